@@ -1,0 +1,12 @@
+//! bindlet: a node-local binding agent for KAI-Scheduler BindRequests.
+//!
+//! Decisions are pure functions over snapshots (`binding`, `plugins`); the
+//! effects layer (`agent`) is the only code that talks to the API server.
+
+pub mod agent;
+pub mod api;
+pub mod binding;
+pub mod cli;
+pub mod demo;
+pub mod plugins;
+pub mod sim;

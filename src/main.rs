@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    bindlet::cli::main()
+}
