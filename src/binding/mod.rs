@@ -1,1 +1,17 @@
-//! placeholder
+//! Pure binding logic: request validation, pod checks, the plugin pipeline, KAI status
+//! semantics and the retry policy. Nothing here talks to the API server directly.
+
+pub mod backoff;
+pub mod decide;
+pub mod failure;
+pub mod pipeline;
+pub mod status;
+
+pub use backoff::Backoff;
+pub use decide::{GpuRequest, PodState, ValidRequest, check_pod, validate_request};
+pub use failure::Failure;
+pub use pipeline::{
+    AttemptError, BindContext, BindFault, BindState, Binder, Plugin, PluginError, PipelineReport,
+    Registry, verdict,
+};
+pub use status::{Outcome, backoff_limit, is_settled, next_status};

@@ -1,1 +1,28 @@
-//! placeholder
+//! Built-in plugins. Adding one is a module here and one line in [`standard`].
+
+pub mod node;
+
+use crate::binding::Registry;
+
+/// How strictly a family of checks is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CheckMode {
+    /// A failed check refuses the bind.
+    #[default]
+    Enforce,
+    /// A failed check is recorded as a warning; the bind goes on.
+    Warn,
+    /// The checks are skipped.
+    Off,
+}
+
+/// Settings the built-in plugins read.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSettings {
+    pub node_checks: CheckMode,
+}
+
+/// The standard pipeline, in order.
+pub fn standard(settings: &PluginSettings) -> Registry {
+    Registry::new().with(node::NodePlugin::new(settings.node_checks))
+}

@@ -1,0 +1,375 @@
+//! The plugin pipeline: validate → pre_bind → bind → post_bind, with rollback of the
+//! pre_bind steps in reverse order when a later step fails.
+//!
+//! Plugins see an immutable [`BindContext`] (the snapshot) and pass data along in the
+//! typed [`BindState`]; the only side effects are their own `pre_bind`/`rollback` and
+//! the [`Binder`] that posts `pods/binding`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use thiserror::Error;
+
+use crate::api::{BindRequest, Verdict, VerdictOutcome};
+
+use super::decide::ValidRequest;
+use super::failure::Failure;
+
+/// Everything a plugin may look at: one consistent snapshot, taken before the attempt.
+pub struct BindContext<'a> {
+    pub node_name: &'a str,
+    pub request: &'a ValidRequest,
+    pub bind_request: &'a BindRequest,
+    pub pod: &'a Pod,
+    pub node: &'a Node,
+}
+
+/// Data plugins hand to later steps of the same attempt (one typed field per plugin
+/// that needs it; none of the built-in plugins does yet).
+#[derive(Debug, Default)]
+pub struct BindState {}
+
+/// A `pre_bind` step that could not complete.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct PluginError {
+    pub message: String,
+    /// True when the cause is infrastructure (API server, timeouts), not the request.
+    pub transient: bool,
+}
+
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Pure checks over the snapshot. Any `Fail` verdict refuses the attempt.
+    fn validate(&self, ctx: &BindContext<'_>) -> Vec<Verdict>;
+    /// May write; everything written must be undone by `rollback`.
+    async fn pre_bind(
+        &self,
+        _ctx: &BindContext<'_>,
+        _state: &mut BindState,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        Ok(Vec::new())
+    }
+    /// Best effort after a successful bind.
+    async fn post_bind(&self, _ctx: &BindContext<'_>, _state: &BindState) {}
+    /// Undo `pre_bind`. Called for every plugin whose `pre_bind` started; must be idempotent.
+    async fn rollback(&self, _ctx: &BindContext<'_>, _state: &mut BindState) {}
+}
+
+/// The plugins of one agent, in pipeline order.
+#[derive(Clone, Default)]
+pub struct Registry {
+    plugins: Vec<Arc<dyn Plugin>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    pub fn with(mut self, plugin: impl Plugin + 'static) -> Self {
+        self.plugins.push(Arc::new(plugin));
+        self
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.plugins.iter().map(|p| p.name()).collect()
+    }
+}
+
+/// How the bind step itself failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindFault {
+    /// The pod turned out to be bound to this node already (e.g. an earlier attempt whose
+    /// answer was lost): success.
+    AlreadyBoundHere,
+    /// A failure about the request or pod: counts as a failed attempt.
+    Failed(Failure),
+    /// Infrastructure trouble: retried without counting an attempt.
+    Transient(String),
+}
+
+/// Posts the binding. Implemented by the effects layer; faked in tests.
+#[async_trait]
+pub trait Binder: Send + Sync {
+    async fn bind(&self, ctx: &BindContext<'_>, pod_uid: &str) -> Result<(), BindFault>;
+}
+
+/// Why an attempt did not bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptError {
+    Failed(Failure),
+    Transient(String),
+    /// The BindRequest disappeared before the irreversible write.
+    Cancelled,
+}
+
+/// The result of running the pipeline once.
+#[derive(Debug)]
+pub struct PipelineReport {
+    /// `Ok(true)` when this agent bound the pod, `Ok(false)` when it was already bound here.
+    pub result: Result<bool, AttemptError>,
+    pub verdicts: Vec<Verdict>,
+    /// Stage name and how long it took, in order.
+    pub stages: Vec<(&'static str, Duration)>,
+    /// Plugins whose rollback ran, in the order it ran.
+    pub rolled_back: Vec<&'static str>,
+}
+
+/// Runs one attempt through the pipeline. `still_wanted` is asked right before the
+/// irreversible bind, so a request deleted mid-flight is not bound.
+pub async fn run(
+    registry: &Registry,
+    ctx: &BindContext<'_>,
+    pod_uid: &str,
+    binder: &dyn Binder,
+    still_wanted: &(dyn Fn() -> bool + Send + Sync),
+) -> PipelineReport {
+    let mut report = PipelineReport {
+        result: Ok(false),
+        verdicts: Vec::new(),
+        stages: Vec::new(),
+        rolled_back: Vec::new(),
+    };
+
+    let t = Instant::now();
+    for plugin in &registry.plugins {
+        report.verdicts.extend(plugin.validate(ctx));
+    }
+    report.stages.push(("validate", t.elapsed()));
+    if let Some(fail) = report
+        .verdicts
+        .iter()
+        .find(|v| v.outcome == VerdictOutcome::Fail)
+    {
+        report.result = Err(AttemptError::Failed(Failure::Refused {
+            plugin: fail.plugin.clone(),
+            check: fail.check.clone(),
+            message: fail.message.clone(),
+        }));
+        return report;
+    }
+
+    let mut state = BindState::default();
+    let mut started = 0;
+    let t = Instant::now();
+    for plugin in &registry.plugins {
+        started += 1;
+        match plugin.pre_bind(ctx, &mut state).await {
+            Ok(verdicts) => report.verdicts.extend(verdicts),
+            Err(e) => {
+                report.stages.push(("pre_bind", t.elapsed()));
+                report.result = Err(if e.transient {
+                    AttemptError::Transient(format!("{}: {}", plugin.name(), e.message))
+                } else {
+                    AttemptError::Failed(Failure::PreBindFailed {
+                        plugin: plugin.name().to_string(),
+                        message: e.message,
+                    })
+                });
+                rollback(registry, started, ctx, &mut state, &mut report).await;
+                return report;
+            }
+        }
+    }
+    report.stages.push(("pre_bind", t.elapsed()));
+
+    if !still_wanted() {
+        report.result = Err(AttemptError::Cancelled);
+        rollback(registry, started, ctx, &mut state, &mut report).await;
+        return report;
+    }
+
+    let t = Instant::now();
+    let bound = binder.bind(ctx, pod_uid).await;
+    report.stages.push(("bind", t.elapsed()));
+    report.result = match bound {
+        Ok(()) => Ok(true),
+        Err(BindFault::AlreadyBoundHere) => Ok(false),
+        Err(BindFault::Failed(f)) => Err(AttemptError::Failed(f)),
+        Err(BindFault::Transient(m)) => Err(AttemptError::Transient(m)),
+    };
+    if report.result.is_err() {
+        rollback(registry, started, ctx, &mut state, &mut report).await;
+        return report;
+    }
+
+    let t = Instant::now();
+    for plugin in &registry.plugins {
+        plugin.post_bind(ctx, &state).await;
+    }
+    report.stages.push(("post_bind", t.elapsed()));
+    report
+}
+
+async fn rollback(
+    registry: &Registry,
+    started: usize,
+    ctx: &BindContext<'_>,
+    state: &mut BindState,
+    report: &mut PipelineReport,
+) {
+    let t = Instant::now();
+    for plugin in registry.plugins[..started].iter().rev() {
+        plugin.rollback(ctx, state).await;
+        report.rolled_back.push(plugin.name());
+    }
+    report.stages.push(("rollback", t.elapsed()));
+}
+
+/// Shorthand for building a verdict.
+pub fn verdict(plugin: &str, check: &str, outcome: VerdictOutcome, message: String) -> Verdict {
+    Verdict {
+        plugin: plugin.to_string(),
+        check: check.to_string(),
+        outcome,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BindRequestSpec, VerdictOutcome::*};
+    use crate::binding::decide::GpuRequest;
+    use std::sync::Mutex;
+
+    /// Records what happened, in order, across plugins and the binder.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct Step {
+        name: &'static str,
+        check: VerdictOutcome,
+        pre_bind_fails: Option<bool>, // Some(transient)
+        log: Log,
+    }
+
+    #[async_trait]
+    impl Plugin for Step {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn validate(&self, _: &BindContext<'_>) -> Vec<Verdict> {
+            vec![verdict(self.name, "check", self.check, format!("{} says {:?}", self.name, self.check))]
+        }
+        async fn pre_bind(&self, _: &BindContext<'_>, _: &mut BindState) -> Result<Vec<Verdict>, PluginError> {
+            self.log.lock().unwrap().push(format!("pre_bind {}", self.name));
+            match self.pre_bind_fails {
+                Some(transient) => Err(PluginError { message: "boom".into(), transient }),
+                None => Ok(vec![]),
+            }
+        }
+        async fn post_bind(&self, _: &BindContext<'_>, _: &BindState) {
+            self.log.lock().unwrap().push(format!("post_bind {}", self.name));
+        }
+        async fn rollback(&self, _: &BindContext<'_>, _: &mut BindState) {
+            self.log.lock().unwrap().push(format!("rollback {}", self.name));
+        }
+    }
+
+    struct FakeBinder {
+        answer: Result<(), BindFault>,
+        log: Log,
+    }
+
+    #[async_trait]
+    impl Binder for FakeBinder {
+        async fn bind(&self, ctx: &BindContext<'_>, uid: &str) -> Result<(), BindFault> {
+            self.log.lock().unwrap().push(format!("bind {uid} to {}", ctx.node_name));
+            self.answer.clone()
+        }
+    }
+
+    fn step(name: &'static str, check: VerdictOutcome, fails: Option<bool>, log: &Log) -> Step {
+        Step { name, check, pre_bind_fails: fails, log: log.clone() }
+    }
+
+    async fn run_case(
+        plugins: Vec<Step>,
+        answer: Result<(), BindFault>,
+        wanted: bool,
+        log: &Log,
+    ) -> PipelineReport {
+        let mut registry = Registry::new();
+        for p in plugins {
+            registry = registry.with(p);
+        }
+        let br = BindRequest::new("p", BindRequestSpec::default());
+        let req = ValidRequest { namespace: "ns".into(), pod_name: "p".into(), gpu: GpuRequest::None };
+        let (pod, node) = (Pod::default(), Node::default());
+        let ctx = BindContext { node_name: "n1", request: &req, bind_request: &br, pod: &pod, node: &node };
+        let binder = FakeBinder { answer, log: log.clone() };
+        run(&registry, &ctx, "uid-1", &binder, &move || wanted).await
+    }
+
+    fn take(log: &Log) -> Vec<String> {
+        std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    #[tokio::test]
+    async fn happy_path_runs_every_stage_in_order() {
+        let log = Log::default();
+        let r = run_case(vec![step("a", Pass, None, &log), step("b", Warn, None, &log)], Ok(()), true, &log).await;
+        assert_eq!(r.result, Ok(true));
+        assert_eq!(r.verdicts.len(), 2);
+        assert_eq!(take(&log), ["pre_bind a", "pre_bind b", "bind uid-1 to n1", "post_bind a", "post_bind b"]);
+        let stages: Vec<_> = r.stages.iter().map(|s| s.0).collect();
+        assert_eq!(stages, ["validate", "pre_bind", "bind", "post_bind"]);
+    }
+
+    #[tokio::test]
+    async fn failed_validation_writes_nothing() {
+        let log = Log::default();
+        let r = run_case(vec![step("a", Pass, None, &log), step("b", Fail, None, &log)], Ok(()), true, &log).await;
+        match r.result {
+            Err(AttemptError::Failed(Failure::Refused { plugin, .. })) => assert_eq!(plugin, "b"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(take(&log).is_empty(), "no pre_bind, no bind");
+    }
+
+    #[tokio::test]
+    async fn pre_bind_failure_rolls_back_in_reverse() {
+        let log = Log::default();
+        let plugins = vec![step("a", Pass, None, &log), step("b", Pass, Some(false), &log), step("c", Pass, None, &log)];
+        let r = run_case(plugins, Ok(()), true, &log).await;
+        assert!(matches!(r.result, Err(AttemptError::Failed(Failure::PreBindFailed { .. }))));
+        assert_eq!(take(&log), ["pre_bind a", "pre_bind b", "rollback b", "rollback a"]);
+        assert_eq!(r.rolled_back, ["b", "a"]);
+    }
+
+    #[tokio::test]
+    async fn transient_pre_bind_error_is_not_a_failure() {
+        let log = Log::default();
+        let r = run_case(vec![step("a", Pass, Some(true), &log)], Ok(()), true, &log).await;
+        assert!(matches!(r.result, Err(AttemptError::Transient(_))));
+    }
+
+    #[tokio::test]
+    async fn bind_failure_rolls_back_everything() {
+        let log = Log::default();
+        let fault = BindFault::Failed(Failure::BindingRejected("nope".into()));
+        let r = run_case(vec![step("a", Pass, None, &log), step("b", Pass, None, &log)], Err(fault), true, &log).await;
+        assert!(matches!(r.result, Err(AttemptError::Failed(Failure::BindingRejected(_)))));
+        assert_eq!(take(&log), ["pre_bind a", "pre_bind b", "bind uid-1 to n1", "rollback b", "rollback a"]);
+    }
+
+    #[tokio::test]
+    async fn already_bound_here_is_success_without_bind_of_our_own() {
+        let log = Log::default();
+        let r = run_case(vec![step("a", Pass, None, &log)], Err(BindFault::AlreadyBoundHere), true, &log).await;
+        assert_eq!(r.result, Ok(false));
+        assert_eq!(take(&log), ["pre_bind a", "bind uid-1 to n1", "post_bind a"]);
+    }
+
+    #[tokio::test]
+    async fn deleted_request_is_not_bound() {
+        let log = Log::default();
+        let r = run_case(vec![step("a", Pass, None, &log)], Ok(()), false, &log).await;
+        assert_eq!(r.result, Err(AttemptError::Cancelled));
+        assert_eq!(take(&log), ["pre_bind a", "rollback a"]);
+    }
+}
