@@ -1,1 +1,390 @@
-//! placeholder
+//! The node agent: watches this node's BindRequests, holds the node Lease, and runs a
+//! bounded pool of workers over a per-object queue. One shutdown token stops it all.
+
+pub mod effects;
+pub mod events;
+pub mod lease;
+pub mod queue;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Node;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Api, Client, ResourceExt};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{BindRequest, SELECTED_NODE_LABEL};
+use crate::binding::{self, Backoff};
+use crate::plugins::{self, PluginSettings};
+
+use effects::Effects;
+use events::EventSink;
+use queue::{Key, WorkQueue};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// Watch only this namespace; `None` watches all namespaces (still only this node's).
+    pub namespace: Option<String>,
+    pub lease_namespace: String,
+    /// This agent instance (pod name in a cluster).
+    pub identity: String,
+    pub workers: usize,
+    pub default_backoff_limit: i32,
+    pub backoff: Backoff,
+    pub api_timeout: Duration,
+    pub lease_duration: Duration,
+    pub lease_retry: Duration,
+    pub plugins: PluginSettings,
+}
+
+impl AgentConfig {
+    /// Defaults for `node`, as `bindlet run` would use them.
+    pub fn for_node(node: &str) -> Self {
+        AgentConfig {
+            node_name: node.to_string(),
+            namespace: None,
+            lease_namespace: "bindlet-system".to_string(),
+            identity: format!("bindlet-{node}-{:08x}", rand::random::<u32>()),
+            workers: 16,
+            default_backoff_limit: 3,
+            backoff: Backoff::default(),
+            api_timeout: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(15),
+            lease_retry: Duration::from_secs(2),
+            plugins: PluginSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Counters and flags others (demo, tests, diagnostics) read while the agent runs.
+#[derive(Default)]
+pub struct Stats {
+    pub leading: AtomicBool,
+    pub synced: AtomicBool,
+    pub bound: AtomicU64,
+    pub already_bound: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub failed_final: AtomicU64,
+    retries: Mutex<HashMap<Key, u32>>,
+    undecodable: Mutex<HashSet<Key>>,
+}
+
+impl Stats {
+    fn succeeded(&self, bound_now: bool) {
+        let c = if bound_now { &self.bound } else { &self.already_bound };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    fn failed(&self, gave_up: bool) {
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        if gave_up {
+            self.failed_final.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn local_retries(&self, key: &Key) -> u32 {
+        lock(&self.retries).get(key).copied().unwrap_or(0)
+    }
+    fn set_local_retries(&self, key: &Key, n: u32) {
+        lock(&self.retries).insert(key.clone(), n);
+    }
+    fn clear_local_retries(&self, key: &Key) {
+        lock(&self.retries).remove(key);
+    }
+    fn first_undecodable_report(&self, key: &Key) -> bool {
+        lock(&self.undecodable).insert(key.clone())
+    }
+    fn forget_undecodable(&self, key: &Key) {
+        lock(&self.undecodable).remove(key);
+    }
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    pub stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+}
+
+impl AgentHandle {
+    /// Graceful stop: finish in-flight work, release the Lease.
+    pub async fn stop(self) -> Result<(), AgentError> {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Abrupt stop, as if the process died: nothing is released.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts the agent on the current runtime.
+pub fn spawn(client: Client, cfg: AgentConfig) -> AgentHandle {
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(client, cfg, shutdown.clone(), stats.clone()));
+    AgentHandle {
+        stats,
+        shutdown,
+        task,
+    }
+}
+
+/// Runs until `shutdown` fires.
+pub async fn run(
+    client: Client,
+    cfg: AgentConfig,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+) -> Result<(), AgentError> {
+    if cfg.node_name.is_empty() {
+        return Err(AgentError::Config("the node name is empty (--node-name / NODE_NAME)".into()));
+    }
+    if cfg.workers == 0 {
+        return Err(AgentError::Config("--workers must be at least 1".into()));
+    }
+    tracing::info!(node = %cfg.node_name, identity = %cfg.identity, workers = cfg.workers,
+        plugins = ?plugins::standard(&cfg.plugins).names(), "bindlet agent starting");
+
+    // Everything spawned here lives in `tasks`: dropping this future (a crash in tests)
+    // aborts them all.
+    let mut tasks = JoinSet::new();
+    let queue = Arc::new(WorkQueue::new());
+    let (leading_tx, mut leading_rx) = watch::channel(false);
+    let background = CancellationToken::new();
+
+    tasks.spawn(lease::run(
+        client.clone(),
+        lease::LeaseConfig {
+            name: lease::lease_name(&cfg.node_name),
+            namespace: cfg.lease_namespace.clone(),
+            identity: cfg.identity.clone(),
+            duration: cfg.lease_duration,
+            retry_period: cfg.lease_retry,
+            api_timeout: cfg.api_timeout,
+        },
+        leading_tx,
+        shutdown.clone(),
+    ));
+
+    let (requests, requests_writer) = reflector::store::<DeserializeGuard<BindRequest>>();
+    let (node_store, node_writer) = reflector::store::<Node>();
+    tasks.spawn(watch_requests(
+        client.clone(),
+        cfg.clone(),
+        requests_writer,
+        queue.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(watch_node(
+        client.clone(),
+        cfg.node_name.clone(),
+        node_writer,
+        requests.clone(),
+        queue.clone(),
+        background.clone(),
+    ));
+
+    let (events, events_task) = EventSink::start(
+        client.clone(),
+        "bindlet".to_string(),
+        cfg.identity.clone(),
+        cfg.api_timeout,
+        background.clone(),
+    );
+    let shared = Arc::new(worker::Shared {
+        registry: plugins::standard(&cfg.plugins),
+        effects: Effects::new(client.clone(), cfg.api_timeout),
+        events,
+        requests,
+        node: node_store,
+        stats: stats.clone(),
+        cfg: cfg.clone(),
+    });
+
+    let mut workers = JoinSet::new();
+    for _ in 0..cfg.workers {
+        let (shared, queue, mut leading) = (shared.clone(), queue.clone(), leading_rx.clone());
+        workers.spawn(async move {
+            loop {
+                // Only the Lease holder works; others keep their cache warm and wait.
+                if leading.wait_for(|l| *l).await.is_err() {
+                    return;
+                }
+                let Some((key, cancelled)) = queue.next().await else {
+                    return;
+                };
+                let next = worker::process(&shared, &key, &cancelled).await;
+                queue.done(key, next);
+            }
+        });
+    }
+
+    let stats_leading = stats.clone();
+    tasks.spawn(async move {
+        while leading_rx.changed().await.is_ok() {
+            let l = *leading_rx.borrow();
+            stats_leading.leading.store(l, Ordering::Relaxed);
+        }
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    queue.shutdown();
+    while workers.join_next().await.is_some() {}
+    background.cancel();
+    let _ = events_task.await;
+    // The lease task saw `shutdown` too and releases the Lease; wait for it, bounded.
+    let _ = tokio::time::timeout(cfg.api_timeout * 2, async {
+        while let Some(t) = tasks.join_next().await {
+            let _ = t;
+        }
+    })
+    .await;
+    tasks.abort_all();
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn key_of(obj: &DeserializeGuard<BindRequest>) -> Option<Key> {
+    Some(Key {
+        namespace: obj.namespace()?,
+        name: obj.name_any(),
+    })
+}
+
+/// Watches this node's BindRequests (label `selected-node=<node>`), keeping the store
+/// current and queueing every change. Errors (410 Gone, API restarts) are retried with
+/// backoff by the watcher, which relists and re-delivers everything.
+async fn watch_requests(
+    client: Client,
+    cfg: AgentConfig,
+    mut writer: Writer<DeserializeGuard<BindRequest>>,
+    queue: Arc<WorkQueue>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let api: Api<DeserializeGuard<BindRequest>> = match &cfg.namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let wc = watcher::Config::default()
+        .labels(&format!("{SELECTED_NODE_LABEL}={}", cfg.node_name))
+        .page_size(500);
+    let stream = watcher::watcher(api, wc)
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear());
+    futures::pin_mut!(stream);
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = stream.try_next() => ev,
+        };
+        match ev {
+            Ok(Some(ev)) => {
+                writer.apply_watcher_event(&ev);
+                match &ev {
+                    Event::Apply(o) | Event::InitApply(o) => {
+                        if let Some(k) = key_of(o) {
+                            queue.add(k);
+                        }
+                    }
+                    Event::Delete(o) => {
+                        if let Some(k) = key_of(o) {
+                            queue.remove(&k);
+                        }
+                    }
+                    Event::InitDone => {
+                        if !stats.synced.swap(true, Ordering::Relaxed) {
+                            tracing::info!(node = %cfg.node_name, "BindRequest watch synced");
+                        }
+                    }
+                    Event::Init => {}
+                }
+            }
+            Ok(None) => return,
+            Err(e) => tracing::warn!(error = %e, "BindRequest watch error; retrying"),
+        }
+    }
+}
+
+/// Watches this node's Node object only (field selector on its name). A change to what
+/// the node checks read (cordon, taints) re-queues every unsettled request at once.
+async fn watch_node(
+    client: Client,
+    node_name: String,
+    mut writer: Writer<Node>,
+    requests: Store<DeserializeGuard<BindRequest>>,
+    queue: Arc<WorkQueue>,
+    stop: CancellationToken,
+) {
+    let api: Api<Node> = Api::all(client);
+    let wc = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let stream = watcher::watcher(api, wc)
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear());
+    futures::pin_mut!(stream);
+    let mut last_spec = None;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = stream.next() => ev,
+        };
+        match ev {
+            Some(Ok(ev)) => {
+                writer.apply_watcher_event(&ev);
+                if let Event::Apply(n) | Event::InitApply(n) = &ev {
+                    let spec = n.spec.clone();
+                    if last_spec.is_some() && last_spec != Some(spec.clone()) {
+                        for br in requests.state() {
+                            if let (Some(k), Ok(b)) = (key_of(&br), &br.0)
+                                && !binding::is_settled(b, 0)
+                            {
+                                queue.add(k);
+                            }
+                        }
+                    }
+                    last_spec = Some(spec);
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Node watch error; retrying"),
+            None => return,
+        }
+    }
+}

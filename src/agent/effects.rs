@@ -1,0 +1,215 @@
+//! The effects layer: the only code that talks to the API server for the agent. Every
+//! call has a timeout; errors are classified into transient (retry without counting an
+//! attempt) and answers about the request.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Error as KubeError};
+use serde_json::json;
+use thiserror::Error;
+
+use crate::api::{BindRequest, BindRequestStatus};
+use crate::binding::{BindFault, Failure};
+
+/// An API call that did not produce an answer about the request.
+#[derive(Debug, Clone, Error)]
+pub enum ApiError {
+    #[error("API request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("API server answered {code} {reason}: {message}")]
+    Status {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("API server unreachable: {0}")]
+    Transport(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn classify(e: KubeError) -> ApiError {
+    match e {
+        KubeError::Api(s) => ApiError::Status {
+            code: s.code,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+        },
+        other => ApiError::Transport(other.to_string()),
+    }
+}
+
+/// Runs one API call under the agent's timeout.
+pub async fn call<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, KubeError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => Err(ApiError::Timeout(timeout)),
+    }
+}
+
+/// Result of a guarded status write.
+#[derive(Debug)]
+pub enum StatusWrite {
+    Written,
+    /// 409: the object changed since we read it; re-read and recompute.
+    Conflict,
+    /// 404: the BindRequest is gone.
+    Gone,
+}
+
+#[derive(Clone)]
+pub struct Effects {
+    client: Client,
+    timeout: Duration,
+}
+
+impl Effects {
+    pub fn new(client: Client, timeout: Duration) -> Self {
+        Effects { client, timeout }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub async fn get_pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, ApiError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        call(self.timeout, api.get_opt(name)).await
+    }
+
+    pub async fn get_bind_request(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BindRequest>, ApiError> {
+        let api: Api<BindRequest> = Api::namespaced(self.client.clone(), ns);
+        call(self.timeout, api.get_opt(name)).await
+    }
+
+    /// Merge-patches `status`, guarded by the resourceVersion we computed it from.
+    pub async fn patch_status(
+        &self,
+        ns: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        status: &BindRequestStatus,
+    ) -> Result<StatusWrite, ApiError> {
+        let api: Api<BindRequest> = Api::namespaced(self.client.clone(), ns);
+        let mut body = json!({ "status": status });
+        if let Some(rv) = resource_version {
+            body["metadata"] = json!({ "resourceVersion": rv });
+        }
+        match call(
+            self.timeout,
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)),
+        )
+        .await
+        {
+            Ok(_) => Ok(StatusWrite::Written),
+            Err(ApiError::Status { code: 409, .. }) => Ok(StatusWrite::Conflict),
+            Err(ApiError::Status { code: 404, .. }) => Ok(StatusWrite::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a status without a resourceVersion guard: only for objects that cannot be
+    /// decoded, whose status we cannot read back.
+    pub async fn force_status(
+        &self,
+        ns: &str,
+        name: &str,
+        status: &BindRequestStatus,
+    ) -> Result<StatusWrite, ApiError> {
+        self.patch_status(ns, name, None, status).await
+    }
+
+    /// POSTs `pods/binding` carrying the pod UID as a precondition, to `node` only.
+    /// A 409 is resolved by reading the pod: already on `node` is success.
+    pub async fn bind_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+    ) -> Result<(), BindFault> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let binding = json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": { "name": name, "namespace": ns, "uid": uid },
+            "target": { "apiVersion": "v1", "kind": "Node", "name": node },
+        });
+        let res: Result<serde_json::Value, ApiError> = call(
+            self.timeout,
+            api.create_subresource("binding", name, &PostParams::default(), &binding),
+        )
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(ApiError::Status { code: 409, message, .. }) => {
+                self.explain_conflict(ns, name, uid, node, message).await
+            }
+            Err(ApiError::Status { code: 404, .. }) => Err(BindFault::Failed(Failure::PodNotFound {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            })),
+            Err(e @ ApiError::Status { code: 400..=428, .. }) => {
+                Err(BindFault::Failed(Failure::BindingRejected(e.to_string())))
+            }
+            Err(e) => Err(BindFault::Transient(e.to_string())),
+        }
+    }
+
+    async fn explain_conflict(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+        message: String,
+    ) -> Result<(), BindFault> {
+        let pod = self
+            .get_pod(ns, name)
+            .await
+            .map_err(|e| BindFault::Transient(format!("binding conflict ({message}); re-read failed: {e}")))?;
+        let Some(pod) = pod else {
+            return Err(BindFault::Failed(Failure::PodNotFound {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }));
+        };
+        let live_uid = pod.metadata.uid.unwrap_or_default();
+        if live_uid != uid {
+            return Err(BindFault::Failed(Failure::PodUidMismatch {
+                name: name.to_string(),
+                expected: uid.to_string(),
+                live: live_uid,
+            }));
+        }
+        match pod.spec.and_then(|s| s.node_name).unwrap_or_default() {
+            n if n == node => Err(BindFault::AlreadyBoundHere),
+            n if !n.is_empty() => Err(BindFault::Failed(Failure::PodBoundElsewhere {
+                name: name.to_string(),
+                node: n,
+            })),
+            _ => Err(BindFault::Failed(Failure::BindingRejected(message))),
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! One attempt for one BindRequest: snapshot → decide → pipeline → status + Events.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::api::{BindRequest, BindRequestStatus, NodeVerification, Phase};
+use crate::binding::{
+    self, AttemptError, BindContext, BindFault, Binder, Failure, Outcome, PodState,
+};
+
+use super::AgentConfig;
+use super::effects::{Effects, StatusWrite};
+use super::events::{EventSink, EventSpec, EventType};
+use super::queue::{Cancelled, Key, Next};
+
+/// What the workers share.
+pub(crate) struct Shared {
+    pub cfg: AgentConfig,
+    pub effects: Effects,
+    pub events: EventSink,
+    pub registry: binding::Registry,
+    pub requests: Store<DeserializeGuard<BindRequest>>,
+    pub node: Store<Node>,
+    pub stats: Arc<super::Stats>,
+}
+
+const STATUS_WRITE_TRIES: usize = 5;
+
+/// Processes one key; returns when (and whether) it should be looked at again.
+pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Next {
+    let oref = ObjectRef::new(&key.name).within(&key.namespace);
+    let Some(entry) = sh.requests.get(&oref) else {
+        return Next::Forget; // deleted
+    };
+    let br = match &entry.0 {
+        Ok(br) => br.clone(),
+        Err(invalid) => return report_undecodable(sh, key, &invalid.error).await,
+    };
+    drop(entry);
+    if binding::is_settled(&br, sh.cfg.default_backoff_limit) {
+        return Next::Forget;
+    }
+    let retry = sh.stats.local_retries(key);
+    let (result, verification) = attempt(sh, &br, cancelled).await;
+    let outcome = match result {
+        Err(AttemptError::Transient(msg)) => {
+            let n = retry + 1;
+            sh.stats.set_local_retries(key, n);
+            let delay = sh.cfg.backoff.jittered(n);
+            tracing::warn!(request = %key, error = %msg, retry_in = ?delay, "transient error; will retry");
+            return Next::After(delay);
+        }
+        Err(AttemptError::Cancelled) => {
+            tracing::info!(request = %key, "BindRequest deleted before binding; nothing bound");
+            sh.stats.clear_local_retries(key);
+            return Next::Forget;
+        }
+        Err(AttemptError::Failed(f)) => Outcome::Failed(f),
+        Ok(outcome) => outcome,
+    };
+    let next = settle(sh, key, br, outcome, verification).await;
+    if next == Next::Forget {
+        sh.stats.clear_local_retries(key);
+    }
+    next
+}
+
+/// The attempt's result, and the verdicts when the pipeline ran.
+type Attempt = (Result<Outcome, AttemptError>, Option<NodeVerification>);
+
+async fn attempt(sh: &Shared, br: &BindRequest, cancelled: &Cancelled) -> Attempt {
+    match snapshot_and_run(sh, br, cancelled).await {
+        Ok(done) => done,
+        Err(e) => (Err(e), None),
+    }
+}
+
+/// Takes the snapshot; `Err` for results reached before the pipeline runs.
+async fn snapshot_and_run(
+    sh: &Shared,
+    br: &BindRequest,
+    cancelled: &Cancelled,
+) -> Result<Attempt, AttemptError> {
+    let me = sh.cfg.node_name.as_str();
+    let req = binding::validate_request(br, me).map_err(AttemptError::Failed)?;
+    let pod = sh
+        .effects
+        .get_pod(&req.namespace, &req.pod_name)
+        .await
+        .map_err(|e| AttemptError::Transient(format!("reading pod: {e}")))?;
+    let uid = match binding::check_pod(br, &req, pod.as_ref(), me) {
+        Ok(PodState::BoundHere) => return Ok((Ok(Outcome::AlreadyBound), None)),
+        Ok(PodState::Unbound { uid }) => uid,
+        Err(f) => return Err(AttemptError::Failed(f)),
+    };
+    let Some(pod) = pod else {
+        return Err(AttemptError::Failed(Failure::PodNotFound {
+            namespace: req.namespace,
+            name: req.pod_name,
+        }));
+    };
+    let Some(node) = sh.node.get(&ObjectRef::new(me)) else {
+        return Err(AttemptError::Failed(Failure::NodeNotFound(me.to_string())));
+    };
+    let ctx = BindContext {
+        node_name: me,
+        request: &req,
+        bind_request: br,
+        pod: &pod,
+        node: &node,
+    };
+    let binder = KubeBinder {
+        effects: &sh.effects,
+    };
+    let still_wanted = || !cancelled.is_set();
+    let report = binding::pipeline::run(&sh.registry, &ctx, &uid, &binder, &still_wanted).await;
+    let verification = NodeVerification {
+        node: me.to_string(),
+        agent: Some(sh.cfg.identity.clone()),
+        attempt: br.failed_attempts().saturating_add(1),
+        observed_at: Some(jiff::Timestamp::now().to_string()),
+        verdicts: report.verdicts,
+    };
+    let result = match report.result {
+        Ok(true) => {
+            // Emitted right after the bind: a later status-write failure retries the
+            // attempt, which then finds the pod already bound and emits nothing.
+            let note = format!(
+                "Bound {}/{} to node {me} after node-local verification",
+                req.namespace, req.pod_name
+            );
+            sh.events.emit(event(pod_ref(&pod), EventType::Normal, "Bound", note.clone()));
+            sh.events.emit(event(request_ref(br), EventType::Normal, "Bound", note));
+            Ok(Outcome::Bound)
+        }
+        Ok(false) => Ok(Outcome::AlreadyBound),
+        Err(e) => Err(e),
+    };
+    Ok((result, Some(verification)))
+}
+
+/// Writes the status for an attempt's outcome (re-reading and recomputing on 409), emits
+/// the failure Events, and returns when to look again.
+async fn settle(
+    sh: &Shared,
+    key: &Key,
+    mut br: BindRequest,
+    outcome: Outcome,
+    verification: Option<NodeVerification>,
+) -> Next {
+    for _ in 0..STATUS_WRITE_TRIES {
+        let status = binding::next_status(
+            &br,
+            &outcome,
+            sh.cfg.default_backoff_limit,
+            &sh.cfg.node_name,
+            verification.clone(),
+        );
+        let rv = br.metadata.resource_version.clone();
+        match sh
+            .effects
+            .patch_status(&key.namespace, &key.name, rv.as_deref(), &status)
+            .await
+        {
+            Ok(StatusWrite::Written) => {
+                log_and_emit(sh, key, &br, &outcome, &status);
+                return next_after(sh, &outcome, &status);
+            }
+            Ok(StatusWrite::Gone) => return Next::Forget,
+            Ok(StatusWrite::Conflict) => {
+                match sh.effects.get_bind_request(&key.namespace, &key.name).await {
+                    Ok(Some(live)) => {
+                        if binding::is_settled(&live, sh.cfg.default_backoff_limit) {
+                            return Next::Forget;
+                        }
+                        br = live;
+                    }
+                    Ok(None) => return Next::Forget,
+                    Err(e) => {
+                        tracing::warn!(request = %key, error = %e, "re-reading after a status conflict failed");
+                        return Next::After(sh.cfg.backoff.jittered(1));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(request = %key, error = %e, "status write failed; will retry the request");
+                return Next::After(sh.cfg.backoff.jittered(1));
+            }
+        }
+    }
+    Next::After(sh.cfg.backoff.jittered(1))
+}
+
+fn next_after(sh: &Shared, outcome: &Outcome, status: &BindRequestStatus) -> Next {
+    match (outcome, status.phase.as_deref().and_then(Phase::parse)) {
+        (Outcome::Failed(_), Some(Phase::Pending)) => {
+            let attempts = status.failed_attempts.unwrap_or(1).max(1) as u32;
+            Next::After(sh.cfg.backoff.jittered(attempts))
+        }
+        _ => Next::Forget,
+    }
+}
+
+fn log_and_emit(
+    sh: &Shared,
+    key: &Key,
+    br: &BindRequest,
+    outcome: &Outcome,
+    status: &BindRequestStatus,
+) {
+    let phase = status.phase.as_deref().unwrap_or("");
+    let attempts = status.failed_attempts.unwrap_or(0);
+    let reason = status.reason.as_deref().unwrap_or("");
+    match outcome {
+        Outcome::Bound => {
+            sh.stats.succeeded(true);
+            tracing::info!(request = %key, node = %sh.cfg.node_name, "bound");
+        }
+        Outcome::AlreadyBound => {
+            sh.stats.succeeded(false);
+            tracing::info!(request = %key, node = %sh.cfg.node_name, "pod already bound here");
+        }
+        Outcome::Failed(f) => {
+            sh.stats.failed(phase == "Failed");
+            tracing::warn!(request = %key, phase, attempts, code = f.code(), reason, "bind attempt failed");
+            let limit = binding::backoff_limit(br, sh.cfg.default_backoff_limit);
+            let note = if phase == "Failed" {
+                format!("Binding failed, giving up (attempt {attempts}): {reason}")
+            } else {
+                format!("Binding attempt {attempts} of {limit} failed, will retry: {reason}")
+            };
+            sh.events.emit(event(request_ref(br), EventType::Warning, f.code(), note.clone()));
+            if !matches!(f, Failure::PodNotFound { .. } | Failure::Malformed(_) | Failure::PodUidMismatch { .. }) {
+                let pod = ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(key.namespace.clone()),
+                    name: br.spec.pod_name.clone(),
+                    uid: br.owner_pod_uid().map(str::to_string),
+                    ..Default::default()
+                };
+                sh.events.emit(event(pod, EventType::Warning, f.code(), note));
+            }
+        }
+    }
+}
+
+/// A BindRequest whose content cannot be decoded: Failed with the decoder's reason, once.
+async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
+    if !sh.stats.first_undecodable_report(key) {
+        return Next::Forget;
+    }
+    let reason = Failure::Malformed(format!("cannot decode the BindRequest: {error}")).to_string();
+    let status = BindRequestStatus {
+        phase: Some(Phase::Failed.as_str().to_string()),
+        reason: Some(reason.clone()),
+        failed_attempts: Some(1),
+        node_verification: None,
+    };
+    tracing::warn!(request = %key, reason = %reason, "malformed BindRequest");
+    match sh.effects.force_status(&key.namespace, &key.name, &status).await {
+        Ok(_) => {
+            let r = ObjectReference {
+                api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
+                kind: Some("BindRequest".into()),
+                namespace: Some(key.namespace.clone()),
+                name: Some(key.name.clone()),
+                ..Default::default()
+            };
+            sh.events.emit(event(r, EventType::Warning, "MalformedRequest", reason));
+            Next::Forget
+        }
+        Err(e) => {
+            sh.stats.forget_undecodable(key);
+            tracing::warn!(request = %key, error = %e, "could not report a malformed BindRequest; will retry");
+            Next::After(sh.cfg.backoff.jittered(1))
+        }
+    }
+}
+
+struct KubeBinder<'a> {
+    effects: &'a Effects,
+}
+
+#[async_trait::async_trait]
+impl Binder for KubeBinder<'_> {
+    async fn bind(&self, ctx: &BindContext<'_>, pod_uid: &str) -> Result<(), BindFault> {
+        // Only ever to this agent's own node.
+        self.effects
+            .bind_pod(&ctx.request.namespace, &ctx.request.pod_name, pod_uid, ctx.node_name)
+            .await
+    }
+}
+
+fn event(regarding: ObjectReference, type_: EventType, reason: &str, note: String) -> EventSpec {
+    EventSpec {
+        regarding,
+        type_,
+        reason: reason.to_string(),
+        note,
+    }
+}
+
+fn pod_ref(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: pod.metadata.namespace.clone(),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
+fn request_ref(br: &BindRequest) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
+        kind: Some("BindRequest".into()),
+        namespace: br.metadata.namespace.clone(),
+        name: br.metadata.name.clone(),
+        uid: br.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
