@@ -1,1 +1,268 @@
-pub fn main() -> anyhow::Result<()> { Ok(()) }
+//! Command line: `bindlet run | demo | crd | version`. Every flag can also be set from
+//! the environment variable named in its help.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::agent::AgentConfig;
+use crate::binding::Backoff;
+use crate::plugins::{CheckMode, PluginSettings};
+
+#[derive(Parser, Debug)]
+#[command(name = "bindlet", version, about = "Node-local, GPU-aware binding agent for KAI-Scheduler BindRequests")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "BINDLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `bindlet=debug`.
+    #[arg(long, env = "BINDLET_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node agent against a cluster (kubeconfig or in-cluster config).
+    Run(RunArgs),
+    /// Run the agent against an embedded simulated control plane with a realistic mix of requests.
+    Demo(crate::demo::DemoArgs),
+    /// Print bindlet's BindRequest CustomResourceDefinition (YAML).
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The node this agent serves (normally from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Path to a kubeconfig; default: KUBECONFIG, ~/.kube/config, then in-cluster.
+    #[arg(long, env = "BINDLET_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, env = "BINDLET_CONTEXT")]
+    pub context: Option<String>,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Agent tuning shared by `run` and `demo`.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Watch BindRequests in this namespace only (default: all namespaces, this node only).
+    #[arg(long, env = "BINDLET_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespace of the per-node Lease (normally the agent's own namespace).
+    #[arg(long, env = "BINDLET_LEASE_NAMESPACE", default_value = "bindlet-system")]
+    pub lease_namespace: String,
+    /// Identity in the Lease (default: POD_NAME, else a random name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Requests worked on at once.
+    #[arg(long, env = "BINDLET_WORKERS", default_value_t = 16)]
+    pub workers: usize,
+    /// Attempts before a request is marked Failed, when the request sets no backoffLimit.
+    #[arg(long, env = "BINDLET_DEFAULT_BACKOFF_LIMIT", default_value_t = 3)]
+    pub default_backoff_limit: i32,
+    /// First retry delay (doubles per attempt), e.g. 500ms.
+    #[arg(long, env = "BINDLET_RETRY_BASE", default_value = "500ms", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "BINDLET_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// Timeout of every API call.
+    #[arg(long, env = "BINDLET_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+    /// How long a silent Lease holder is tolerated before another agent takes over.
+    #[arg(long, env = "BINDLET_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the Lease is renewed (and retried by a waiting agent).
+    #[arg(long, env = "BINDLET_LEASE_RETRY", default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry: Duration,
+    /// Node checks (cordon, taints): enforce, warn or off.
+    #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
+    pub node_checks: CheckMode,
+}
+
+impl AgentArgs {
+    pub fn to_config(&self, node_name: &str) -> AgentConfig {
+        let mut cfg = AgentConfig::for_node(node_name);
+        cfg.namespace = self.namespace.clone();
+        cfg.lease_namespace = self.lease_namespace.clone();
+        if let Some(id) = &self.identity {
+            cfg.identity = id.clone();
+        }
+        cfg.workers = self.workers;
+        cfg.default_backoff_limit = self.default_backoff_limit;
+        cfg.backoff = Backoff {
+            base: self.retry_base,
+            max: self.retry_max.max(self.retry_base),
+        };
+        cfg.api_timeout = self.api_timeout;
+        cfg.lease_duration = self.lease_duration;
+        cfg.lease_retry = self.lease_retry;
+        cfg.plugins = PluginSettings {
+            node_checks: self.node_checks,
+        };
+        cfg
+    }
+}
+
+/// Parses `250ms`, `10s`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration \"{s}\": expected e.g. 500ms, 10s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in \"{s}\": use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration \"{s}\": {e}"))
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid log filter \"{filter}\": {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crate::api::crd_yaml());
+            Ok(())
+        }
+        Command::Version => {
+            println!("bindlet {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_logging(cli.log_format, &cli.log_level)?;
+            runtime()?.block_on(run(args))
+        }
+        Command::Demo(args) => {
+            // The demo prints a summary; agent logs stay quiet unless asked for.
+            let level = if std::env::var_os("BINDLET_LOG").is_some() || cli.log_level != "info" {
+                cli.log_level.clone()
+            } else {
+                "warn".to_string()
+            };
+            init_logging(cli.log_format, &level)?;
+            let ok = runtime()?.block_on(crate::demo::run(args))?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            let opts = kube::config::KubeConfigOptions {
+                context: args.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kc, &opts).await?
+        }
+        None if args.context.is_some() => {
+            let opts = kube::config::KubeConfigOptions {
+                context: args.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_kubeconfig(&opts).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let cfg = args.agent.to_config(&args.node_name);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        signal.cancel();
+    });
+    let stats = std::sync::Arc::new(crate::agent::Stats::default());
+    crate::agent::run(client, cfg, shutdown, stats).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn cli_parses_run_with_env_free_flags() {
+        let cli = Cli::try_parse_from(["bindlet", "run", "--node-name", "n1", "--workers", "4", "--node-checks", "warn"])
+            .expect("parse");
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        let cfg = args.agent.to_config(&args.node_name);
+        assert_eq!(cfg.node_name, "n1");
+        assert_eq!(cfg.workers, 4);
+        assert_eq!(cfg.plugins.node_checks, CheckMode::Warn);
+        assert_eq!(cfg.default_backoff_limit, 3);
+    }
+}
