@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 tmp="$(mktemp)"
 trap 'rm -f "$tmp"' EXIT
 cargo run -q -- crd > "$tmp"
-mv "$tmp" daemonset/crd.yaml
+# Written only after a successful run, so a failure never leaves a truncated file.
+cat "$tmp" > daemonset/crd.yaml
