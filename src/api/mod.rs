@@ -1,127 +1,236 @@
-//! TEMPORARY stand-in for the BindRequest types while the real module is written on its own branch.
-use kube::CustomResource;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+//! KAI-compatible `scheduling.run.ai/v1alpha2` BindRequest types and bindlet's CRD.
+//!
+//! The types accept every object KAI's CRD accepts and serialize it back unchanged; bindlet's
+//! CRD keeps KAI's group, names and fields and only adds optional ones.
+
+mod allocation;
+mod bindrequest;
+mod schema;
+
+pub use allocation::{
+    AllocationConversionError, AllocationResult, DeviceAllocationConfiguration,
+    DeviceAllocationResult, DeviceRequestAllocationResult, DeviceToleration, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, OpaqueDeviceConfiguration, QuantityValue,
+};
+pub use bindrequest::{
+    BindRequest, BindRequestSpec, BindRequestStatus, NodeVerification, Phase, ReceivedGpu,
+    ResourceClaimAllocation, Verdict, VerdictOutcome,
+};
+pub use schema::QUANTITY_PATTERN;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 pub const GROUP: &str = "scheduling.run.ai";
 pub const VERSION: &str = "v1alpha2";
+pub const KIND: &str = "BindRequest";
+pub const PLURAL: &str = "bindrequests";
+/// Label the scheduler always sets to the selected node's name.
 pub const SELECTED_NODE_LABEL: &str = "selected-node";
+/// Default key of the scheduler's node-pool label.
 pub const NODE_POOL_LABEL: &str = "kai.scheduler/node-pool";
+/// Field manager bindlet uses for its writes.
 pub const FIELD_MANAGER: &str = "bindlet";
+/// Field selector path that only bindlet's CRD makes selectable.
+pub const SELECTED_NODE_FIELD: &str = "spec.selectedNode";
 
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "scheduling.run.ai", version = "v1alpha2", kind = "BindRequest", namespaced, status = "BindRequestStatus")]
-#[serde(rename_all = "camelCase")]
-pub struct BindRequestSpec {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub selected_node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub received_resource_type: Option<String>,
-    #[serde(rename = "receivedGPU", skip_serializing_if = "Option::is_none")]
-    pub received_gpu: Option<ReceivedGpu>,
-    #[serde(rename = "selectedGPUGroups", skip_serializing_if = "Option::is_none")]
-    pub selected_gpu_groups: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_claim_allocations: Option<Vec<ResourceClaimAllocation>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_limit: Option<i32>,
+/// bindlet's BindRequest CRD: KAI's schema plus optional additions, `selectableFields` for
+/// `.spec.selectedNode` and printer columns.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = BindRequest::crd();
+    schema::finish(&mut crd, "BindRequestList");
+    crd
 }
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct ReceivedGpu {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub portion: Option<String>,
-}
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct ResourceClaimAllocation {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allocation: Option<serde_json::Value>,
-}
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BindRequestStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_attempts: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_verification: Option<NodeVerification>,
-}
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeVerification {
-    pub node: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
-    pub attempt: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_at: Option<String>,
-    pub verdicts: Vec<Verdict>,
-}
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct Verdict {
-    pub plugin: String,
-    pub check: String,
-    pub outcome: VerdictOutcome,
-    pub message: String,
-}
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum VerdictOutcome {
-    Pass,
-    Warn,
-    Fail,
-    Skip,
-}
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Pending,
-    Succeeded,
-    Failed,
-}
-impl Phase {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Phase::Pending => "Pending",
-            Phase::Succeeded => "Succeeded",
-            Phase::Failed => "Failed",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Phase> {
-        match s {
-            "Pending" => Some(Phase::Pending),
-            "Succeeded" => Some(Phase::Succeeded),
-            "Failed" => Some(Phase::Failed),
-            _ => None,
-        }
-    }
-}
-impl BindRequest {
-    pub fn phase(&self) -> Option<Phase> {
-        self.status.as_ref()?.phase.as_deref().and_then(Phase::parse)
-    }
-    pub fn failed_attempts(&self) -> i32 {
-        self.status.as_ref().and_then(|s| s.failed_attempts).unwrap_or(0)
-    }
-    pub fn owner_pod_uid(&self) -> Option<&str> {
-        self.metadata
-            .owner_references
-            .as_ref()?
-            .iter()
-            .find(|o| o.kind == "Pod" && o.api_version == "v1")
-            .map(|o| o.uid.as_str())
-    }
-}
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    use kube::CustomResourceExt;
-    BindRequest::crd()
-}
+
+/// The CRD as YAML, exactly what `bindlet crd` prints and `daemonset/crd.yaml` holds.
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&crd()).unwrap_or_default()
+    // Serializing a plain in-memory CRD cannot fail: no maps with non-string keys, no I/O.
+    let body = serde_yaml::to_string(&crd()).expect("CRD serializes to YAML");
+    format!(
+        "# Generated by `bindlet crd`; do not edit. Regenerate with hack/gen-crd.sh.\n---\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn with_status(phase: Option<&str>, failed: Option<i32>) -> BindRequest {
+        let mut br = BindRequest::new("p", BindRequestSpec::default());
+        br.status = Some(BindRequestStatus {
+            phase: phase.map(str::to_owned),
+            failed_attempts: failed,
+            ..Default::default()
+        });
+        br
+    }
+
+    fn owner(api_version: &str, kind: &str, uid: &str, controller: Option<bool>) -> OwnerReference {
+        OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: "p".into(),
+            uid: uid.into(),
+            controller,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn phase_parses_known_values_only() {
+        for p in [Phase::Pending, Phase::Succeeded, Phase::Failed] {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert_eq!(Phase::parse("failed"), None);
+        assert_eq!(Phase::parse(""), None);
+        assert_eq!(Phase::parse("Unknown"), None);
+    }
+
+    #[test]
+    fn phase_accessor() {
+        assert_eq!(
+            BindRequest::new("p", Default::default()).phase(),
+            None,
+            "no status"
+        );
+        assert_eq!(with_status(None, None).phase(), None);
+        assert_eq!(
+            with_status(Some("Failed"), None).phase(),
+            Some(Phase::Failed)
+        );
+        assert_eq!(with_status(Some("Bogus"), None).phase(), None);
+    }
+
+    #[test]
+    fn failed_attempts_defaults_to_zero() {
+        assert_eq!(
+            BindRequest::new("p", Default::default()).failed_attempts(),
+            0
+        );
+        assert_eq!(with_status(Some("Pending"), None).failed_attempts(), 0);
+        assert_eq!(with_status(Some("Pending"), Some(3)).failed_attempts(), 3);
+    }
+
+    #[test]
+    fn owner_pod_uid_picks_the_pod_owner() {
+        let mut br = BindRequest::new("p", Default::default());
+        assert_eq!(br.owner_pod_uid(), None);
+        br.metadata.owner_references = Some(vec![
+            owner("apps/v1", "ReplicaSet", "rs-uid", Some(true)),
+            owner("example.com/v1", "Pod", "not-core", None),
+        ]);
+        assert_eq!(br.owner_pod_uid(), None, "only core v1 Pods count");
+        br.metadata
+            .owner_references
+            .as_mut()
+            .unwrap()
+            .push(owner("v1", "Pod", "pod-uid", None));
+        assert_eq!(br.owner_pod_uid(), Some("pod-uid"));
+        br.metadata.owner_references.as_mut().unwrap().push(owner(
+            "v1",
+            "Pod",
+            "controller-uid",
+            Some(true),
+        ));
+        assert_eq!(br.owner_pod_uid(), Some("controller-uid"));
+    }
+
+    #[test]
+    fn verdict_outcome_serializes_capitalized() {
+        for (o, s) in [
+            (VerdictOutcome::Pass, "\"Pass\""),
+            (VerdictOutcome::Warn, "\"Warn\""),
+            (VerdictOutcome::Fail, "\"Fail\""),
+            (VerdictOutcome::Skip, "\"Skip\""),
+        ] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), s);
+            assert_eq!(serde_json::from_str::<VerdictOutcome>(s).unwrap(), o);
+        }
+    }
+
+    #[test]
+    fn quantity_keeps_int_and_string() {
+        let v: std::collections::BTreeMap<String, QuantityValue> =
+            serde_json::from_str(r#"{"a":4,"b":"10Gi"}"#).unwrap();
+        assert_eq!(v["a"], QuantityValue::Int(4));
+        assert_eq!(v["b"], QuantityValue::String("10Gi".into()));
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"a":4,"b":"10Gi"}"#);
+    }
+
+    #[test]
+    fn allocation_converts_to_and_from_k8s_openapi() {
+        let json = serde_json::json!({
+            "allocationTimestamp": "2025-06-01T10:00:00Z",
+            "devices": {
+                "config": [{"source": "FromClaim", "requests": ["gpu"],
+                            "opaque": {"driver": "gpu.example.com", "parameters": {"a": {"b": [1, "x"]}}}}],
+                "results": [{"device": "gpu-0", "driver": "gpu.example.com", "pool": "node-a",
+                             "request": "gpu", "adminAccess": false, "shareID": "s1",
+                             "bindingConditions": ["c"], "bindingFailureConditions": ["f"],
+                             "consumedCapacity": {"memory": "8Gi", "cores": 4},
+                             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute",
+                                              "tolerationSeconds": 30}]}]
+            },
+            "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": ["node-a"]}]}]}
+        });
+        let ours: AllocationResult = serde_json::from_value(json).unwrap();
+        let k8s = k8s_openapi::api::resource::v1::AllocationResult::try_from(ours.clone()).unwrap();
+        assert_eq!(
+            k8s.devices.as_ref().unwrap().results.as_ref().unwrap()[0]
+                .consumed_capacity
+                .as_ref()
+                .unwrap()["cores"]
+                .0,
+            "4"
+        );
+        let back = AllocationResult::from(k8s.clone());
+        // The only change the k8s type makes: integer quantities become strings.
+        let mut expected = ours.clone();
+        expected.devices.as_mut().unwrap().results.as_mut().unwrap()[0]
+            .consumed_capacity
+            .as_mut()
+            .unwrap()
+            .insert("cores".into(), QuantityValue::String("4".into()));
+        assert_eq!(back, expected);
+        // And from the k8s side nothing is lost at all.
+        assert_eq!(
+            k8s_openapi::api::resource::v1::AllocationResult::try_from(back).unwrap(),
+            k8s
+        );
+    }
+
+    #[test]
+    fn allocation_with_bad_timestamp_does_not_convert() {
+        let a = AllocationResult {
+            allocation_timestamp: Some("yesterday".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            k8s_openapi::api::resource::v1::AllocationResult::try_from(a),
+            Err(AllocationConversionError::Timestamp("yesterday".into()))
+        );
+    }
+
+    #[test]
+    fn crd_basics() {
+        let crd = crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("bindrequests.scheduling.run.ai")
+        );
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.kind, KIND);
+        assert_eq!(crd.spec.names.plural, PLURAL);
+        assert_eq!(crd.spec.names.list_kind.as_deref(), Some("BindRequestList"));
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, VERSION);
+        let fields = v.selectable_fields.as_ref().unwrap();
+        assert_eq!(fields[0].json_path, format!(".{SELECTED_NODE_FIELD}"));
+        let yaml = crd_yaml();
+        assert!(yaml.ends_with('\n'));
+        assert_eq!(yaml, crd_yaml(), "deterministic");
+    }
 }
