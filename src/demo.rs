@@ -1,1 +1,470 @@
-//! placeholder
+//! `bindlet demo`: the real agent, in-process, against the embedded simulated control
+//! plane, with a realistic mix of requests; prints what happened and exits non-zero
+//! unless every request reached its expected outcome.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Args;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::agent;
+use crate::api::{BindRequest, Phase};
+use crate::cli::AgentArgs;
+use crate::sim::{SimOptions, Simulator};
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Number of BindRequests to create.
+    #[arg(long, env = "BINDLET_DEMO_PODS", default_value_t = 300)]
+    pub pods: usize,
+    /// Name of the simulated GPU node the agent serves.
+    #[arg(long, env = "BINDLET_DEMO_NODE", default_value = "gpu-node-1")]
+    pub node_name: String,
+    /// Keep the simulated control plane and the agent running after the summary (Ctrl-C to stop).
+    #[arg(long)]
+    pub keep_running: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+const NAMESPACE: &str = "bindlet-demo";
+const OTHER_NODE: &str = "gpu-node-2";
+const GPU_TAINT: &str = "nvidia.com/gpu";
+
+/// The kinds of request the demo creates, each with the outcome it must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Case {
+    Plain,
+    Gpu,
+    AlreadyBoundHere,
+    OtherNodeLabel,
+    WrongSelectedNode,
+    BoundElsewhere,
+    PodDeleted,
+    Malformed,
+    UidMismatch,
+    TaintNotTolerated,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Plain => "plain pod",
+            Case::Gpu => "GPU pod (1 whole GPU)",
+            Case::AlreadyBoundHere => "pod already bound to this node",
+            Case::OtherNodeLabel => "request for another node",
+            Case::WrongSelectedNode => "labelled here, spec.selectedNode elsewhere",
+            Case::BoundElsewhere => "pod already bound to another node",
+            Case::PodDeleted => "pod deleted before binding",
+            Case::Malformed => "malformed request (GPU portion \"1.5\")",
+            Case::UidMismatch => "pod recreated (owner UID differs)",
+            Case::TaintNotTolerated => "pod does not tolerate the node taint",
+        }
+    }
+
+    /// Expected phase (None: this agent must not touch it) and a text the reason must contain.
+    fn expected(self) -> (Option<Phase>, &'static str) {
+        match self {
+            Case::Plain | Case::Gpu => (Some(Phase::Succeeded), "bound to node"),
+            Case::AlreadyBoundHere => (Some(Phase::Succeeded), "already bound"),
+            Case::OtherNodeLabel => (None, ""),
+            Case::WrongSelectedNode => (Some(Phase::Failed), "but this agent serves node"),
+            Case::BoundElsewhere => (Some(Phase::Failed), "already bound to another node"),
+            Case::PodDeleted => (Some(Phase::Failed), "not found"),
+            Case::Malformed => (Some(Phase::Failed), "invalid GPU portion"),
+            Case::UidMismatch => (Some(Phase::Failed), "was recreated"),
+            Case::TaintNotTolerated => (Some(Phase::Failed), "does not tolerate"),
+        }
+    }
+
+    fn expected_text(self) -> String {
+        match self.expected().0 {
+            None => "untouched".into(),
+            Some(p) => p.as_str().into(),
+        }
+    }
+}
+
+/// The mix for `n` requests: two of every special case, the rest plain and GPU pods.
+fn plan(n: usize) -> Vec<Case> {
+    let special = [
+        Case::AlreadyBoundHere,
+        Case::OtherNodeLabel,
+        Case::WrongSelectedNode,
+        Case::BoundElsewhere,
+        Case::PodDeleted,
+        Case::Malformed,
+        Case::UidMismatch,
+        Case::TaintNotTolerated,
+    ];
+    let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
+    let rest = n.saturating_sub(cases.len()).max(4);
+    for i in 0..rest {
+        cases.push(if i % 10 < 3 { Case::Gpu } else { Case::Plain });
+    }
+    cases
+}
+
+struct Item {
+    case: Case,
+    name: String,
+    created_at: Option<Instant>,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
+    let sim = Simulator::start(SimOptions {
+        crds: vec![crate::api::crd()],
+        ..Default::default()
+    })
+    .await?;
+    let client = sim.client();
+    let node = args.node_name.clone();
+    let mut cfg = args.agent.to_config(&node);
+    if args.agent.identity.is_none() {
+        cfg.identity = format!("bindlet-demo-{node}");
+    }
+    let cases = plan(args.pods);
+    println!(
+        "bindlet demo: simulated control plane at {}; agent for node {node} with {} workers; {} BindRequests",
+        sim.url(),
+        cfg.workers,
+        cases.len()
+    );
+
+    setup_cluster(&client, &node, &cfg.lease_namespace).await?;
+    let bound_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let pod_watch = tokio::spawn(record_bind_times(client.clone(), bound_at.clone()));
+
+    let agent = agent::spawn(client.clone(), cfg.clone());
+    let t0 = Instant::now();
+    while !(agent.stats.is_leading() && agent.stats.is_synced()) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the agent did not acquire its node lease and sync within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut items: Vec<Item> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Item {
+            case: *c,
+            name: format!("{}-{i:05}", short(*c)),
+            created_at: None,
+        })
+        .collect();
+    // Pods first (as the scheduler sees them), then the BindRequests in one burst.
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
+    let uids: HashMap<String, String> = futures::stream::iter(items.iter())
+        .map(|it| create_pod(&pods, it, &node))
+        .buffer_unordered(32)
+        .try_collect()
+        .await?;
+    for it in items.iter().filter(|it| it.case == Case::PodDeleted) {
+        pods.delete(&it.name, &DeleteParams::default()).await?;
+    }
+    let brs = Api::<BindRequest>::namespaced(client.clone(), NAMESPACE);
+    let start = Instant::now();
+    let created: Vec<(usize, Instant)> = futures::stream::iter(items.iter().enumerate())
+        .map(|(i, it)| {
+            let uid = uids.get(&it.name).cloned().unwrap_or_default();
+            let brs = brs.clone();
+            let node = node.clone();
+            async move {
+                let at = Instant::now();
+                brs.create(&PostParams::default(), &bind_request(it, &uid, &node)?)
+                    .await?;
+                anyhow::Ok((i, at))
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await?;
+    for (i, at) in created {
+        items[i].created_at = Some(at);
+    }
+
+    // Wait until everything this agent should settle has settled.
+    let deadline = Duration::from_secs(60) + Duration::from_millis(20 * items.len() as u64);
+    let mut last_progress = Instant::now();
+    let results = loop {
+        let list = brs.list(&Default::default()).await?;
+        let by_name: HashMap<String, BindRequest> =
+            list.items.into_iter().map(|b| (b.name_any(), b)).collect();
+        let settled = items
+            .iter()
+            .filter(|it| match it.case.expected().0 {
+                None => true,
+                Some(_) => by_name
+                    .get(&it.name)
+                    .is_some_and(|b| crate::binding::is_settled(b, cfg.default_backoff_limit)),
+            })
+            .count();
+        if settled == items.len() || start.elapsed() > deadline {
+            break by_name;
+        }
+        if last_progress.elapsed() > Duration::from_secs(1) {
+            eprint!("\r  settled {settled}/{} ...", items.len());
+            let _ = std::io::stderr().flush();
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprint!("\r");
+    let elapsed = start.elapsed();
+    let ok = summarize(&items, &results, &bound_at, agent.stats.as_ref(), elapsed);
+
+    if args.keep_running {
+        println!(
+            "\nkeep-running: the simulated control plane stays up at {} (Ctrl-C to stop)",
+            sim.url()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    agent.stop().await?;
+    pod_watch.abort();
+    sim.shutdown().await;
+    Ok(ok)
+}
+
+fn short(c: Case) -> &'static str {
+    match c {
+        Case::Plain => "plain",
+        Case::Gpu => "gpu",
+        Case::AlreadyBoundHere => "prebound",
+        Case::OtherNodeLabel => "othernode",
+        Case::WrongSelectedNode => "wrongnode",
+        Case::BoundElsewhere => "elsewhere",
+        Case::PodDeleted => "deleted",
+        Case::Malformed => "malformed",
+        Case::UidMismatch => "recreated",
+        Case::TaintNotTolerated => "untolerated",
+    }
+}
+
+async fn setup_cluster(client: &Client, node: &str, lease_ns: &str) -> anyhow::Result<()> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    for ns in [NAMESPACE, lease_ns] {
+        let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
+        match namespaces.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let nodes = Api::<Node>::all(client.clone());
+    for (name, gpus) in [(node, 8), (OTHER_NODE, 8)] {
+        let obj: Node = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": {
+                "kubernetes.io/hostname": name,
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"
+            }},
+            "spec": { "taints": [ { "key": GPU_TAINT, "value": "present", "effect": "NoSchedule" } ] },
+            "status": {
+                "capacity": { "cpu": "128", "memory": "2Ti", "nvidia.com/gpu": gpus.to_string(), "pods": "250" },
+                "allocatable": { "cpu": "126", "memory": "2000Gi", "nvidia.com/gpu": gpus.to_string(), "pods": "250" },
+                "conditions": [ { "type": "Ready", "status": "True" } ]
+            }
+        }))?;
+        nodes.create(&PostParams::default(), &obj).await?;
+    }
+    Ok(())
+}
+
+async fn create_pod(
+    pods: &Api<Pod>,
+    it: &Item,
+    node: &str,
+) -> anyhow::Result<(String, String)> {
+    let gpu = it.case == Case::Gpu;
+    let mut resources = json!({ "requests": { "cpu": "500m", "memory": "1Gi" } });
+    if gpu {
+        resources["limits"] = json!({ "nvidia.com/gpu": "1" });
+    }
+    let tolerations = if it.case == Case::TaintNotTolerated {
+        json!([])
+    } else {
+        json!([{ "key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule" }])
+    };
+    let node_name = match it.case {
+        Case::AlreadyBoundHere => json!(node),
+        Case::BoundElsewhere => json!(OTHER_NODE),
+        _ => serde_json::Value::Null,
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": it.name, "namespace": NAMESPACE, "labels": { "app": "demo", "case": short(it.case) } },
+        "spec": {
+            "schedulerName": "kai-scheduler",
+            "nodeName": node_name,
+            "tolerations": tolerations,
+            "containers": [ { "name": "main", "image": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04", "resources": resources } ]
+        }
+    }))?;
+    let created = pods.create(&PostParams::default(), &pod).await?;
+    Ok((it.name.clone(), created.metadata.uid.unwrap_or_default()))
+}
+
+fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequest> {
+    let label_node = if it.case == Case::OtherNodeLabel { OTHER_NODE } else { node };
+    let selected = match it.case {
+        Case::OtherNodeLabel | Case::WrongSelectedNode => OTHER_NODE,
+        _ => node,
+    };
+    let uid = if it.case == Case::UidMismatch {
+        "00000000-0000-0000-0000-00000000dead".to_string()
+    } else {
+        pod_uid.to_string()
+    };
+    let spec = match it.case {
+        Case::Gpu => json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 1, "portion": "1.00" } }),
+        Case::Malformed => json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "1.5" }, "selectedGPUGroups": ["g-1"] }),
+        _ => json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" } }),
+    };
+    let mut spec = spec;
+    spec["podName"] = json!(it.name);
+    spec["selectedNode"] = json!(selected);
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "scheduling.run.ai/v1alpha2",
+        "kind": "BindRequest",
+        "metadata": {
+            "name": it.name,
+            "namespace": NAMESPACE,
+            "labels": { "selected-node": label_node, "kai.scheduler/node-pool": "default" },
+            "ownerReferences": [ { "apiVersion": "v1", "kind": "Pod", "name": it.name, "uid": uid, "controller": true } ]
+        },
+        "spec": spec
+    }))?)
+}
+
+/// Records when each pod is first seen bound.
+async fn record_bind_times(client: Client, bound_at: Arc<Mutex<HashMap<String, Instant>>>) {
+    let pods = Api::<Pod>::namespaced(client, NAMESPACE);
+    let stream = watcher::watcher(pods, watcher::Config::default());
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        let now = Instant::now();
+        if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev
+            && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+            && let Ok(mut m) = bound_at.lock()
+        {
+            m.entry(p.name_any()).or_insert(now);
+        }
+    }
+}
+
+fn summarize(
+    items: &[Item],
+    results: &HashMap<String, BindRequest>,
+    bound_at: &Mutex<HashMap<String, Instant>>,
+    stats: &agent::Stats,
+    elapsed: Duration,
+) -> bool {
+    struct Row {
+        total: usize,
+        ok: usize,
+        got: BTreeMap<String, usize>,
+        example: Option<String>,
+    }
+    let mut rows: BTreeMap<Case, Row> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let bound = bound_at.lock().map(|m| m.clone()).unwrap_or_default();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for it in items {
+        let row = rows.entry(it.case).or_insert(Row {
+            total: 0,
+            ok: 0,
+            got: BTreeMap::new(),
+            example: None,
+        });
+        row.total += 1;
+        let br = results.get(&it.name);
+        let phase = br.and_then(|b| b.phase());
+        let reason = br
+            .and_then(|b| b.status.as_ref())
+            .and_then(|s| s.reason.clone())
+            .unwrap_or_default();
+        let (want_phase, want_text) = it.case.expected();
+        let ok = phase == want_phase && reason.contains(want_text);
+        row.ok += usize::from(ok);
+        let got = phase.map(|p| p.as_str().to_string()).unwrap_or_else(|| "untouched".into());
+        *row.got.entry(got).or_default() += 1;
+        if row.example.is_none() && !reason.is_empty() && phase == Some(Phase::Failed) {
+            row.example = Some(reason);
+        }
+        if matches!(it.case, Case::Plain | Case::Gpu)
+            && let (Some(c), Some(b)) = (it.created_at, bound.get(&it.name))
+        {
+            latencies.push(b.saturating_duration_since(c));
+            first = Some(first.map_or(c, |f| f.min(c)));
+            last = Some(last.map_or(*b, |l| l.max(*b)));
+        }
+    }
+
+    println!();
+    println!("{:<44} {:>8}  {:<10} {}", "case", "requests", "expected", "got");
+    let mut all_ok = true;
+    for (case, row) in &rows {
+        let got: Vec<String> = row.got.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let mark = if row.ok == row.total { "ok" } else { "MISMATCH" };
+        all_ok &= row.ok == row.total;
+        println!(
+            "{:<44} {:>8}  {:<10} {}  {mark}",
+            case.label(),
+            row.total,
+            case.expected_text(),
+            got.join(", ")
+        );
+        if let Some(ex) = &row.example {
+            println!("{:<44} {:>8}  reason: {ex}", "", "");
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| -> String {
+        if latencies.is_empty() {
+            return "-".into();
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        format!("{:.1} ms", latencies[i].as_secs_f64() * 1000.0)
+    };
+    println!();
+    println!(
+        "latency, BindRequest created -> pod bound ({} binds): p50 {}, p99 {}, max {}",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+    if let (Some(f), Some(l)) = (first, last) {
+        let span = l.saturating_duration_since(f).as_secs_f64().max(1e-6);
+        println!(
+            "throughput: {:.0} binds/s ({} binds in {:.2} s)",
+            latencies.len() as f64 / span,
+            latencies.len(),
+            span
+        );
+    }
+    println!(
+        "agent: {} bound, {} already bound, {} failed attempts ({} gave up); everything settled in {:.2} s",
+        stats.bound.load(std::sync::atomic::Ordering::Relaxed),
+        stats.already_bound.load(std::sync::atomic::Ordering::Relaxed),
+        stats.failed_attempts.load(std::sync::atomic::Ordering::Relaxed),
+        stats.failed_final.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed.as_secs_f64()
+    );
+    if all_ok {
+        println!("result: every request reached its expected outcome");
+    } else {
+        println!("result: SOME REQUESTS DID NOT REACH THEIR EXPECTED OUTCOME");
+    }
+    all_ok
+}
