@@ -116,7 +116,8 @@ async fn write_event(
     let obj_name = spec.regarding.name.clone().unwrap_or_default();
     let now = jiff::Timestamp::now();
     // client-go names events "<object>.<unique hex>"; a generateName ending in '.' is invalid.
-    let name = format!("{obj_name}.{:x}", now.as_nanosecond() as u128 ^ rand::random::<u32>() as u128);
+    let stem: String = obj_name.chars().take(200).collect();
+    let name = format!("{stem}.{:x}", now.as_nanosecond() as u128 ^ rand::random::<u32>() as u128);
     let mut note = spec.note;
     if note.len() > MAX_NOTE {
         let mut cut = MAX_NOTE - 3;

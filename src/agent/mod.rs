@@ -186,6 +186,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let queue = Arc::new(WorkQueue::new());
     let (leading_tx, mut leading_rx) = watch::channel(false);
+    // Stopped only after the workers are done, so the Lease is released last.
     let background = CancellationToken::new();
 
     tasks.spawn(lease::run(
@@ -199,7 +200,7 @@ pub async fn run(
             api_timeout: cfg.api_timeout,
         },
         leading_tx,
-        shutdown.clone(),
+        background.clone(),
     ));
 
     let (requests, requests_writer) = reflector::store::<DeserializeGuard<BindRequest>>();
@@ -241,11 +242,13 @@ pub async fn run(
     let mut workers = JoinSet::new();
     for _ in 0..cfg.workers {
         let (shared, queue, mut leading) = (shared.clone(), queue.clone(), leading_rx.clone());
+        let stop = shutdown.clone();
         workers.spawn(async move {
             loop {
                 // Only the Lease holder works; others keep their cache warm and wait.
-                if leading.wait_for(|l| *l).await.is_err() {
-                    return;
+                tokio::select! {
+                    held = leading.wait_for(|l| *l) => if held.is_err() { return },
+                    _ = stop.cancelled() => return,
                 }
                 let Some((key, cancelled)) = queue.next().await else {
                     return;
@@ -270,7 +273,7 @@ pub async fn run(
     while workers.join_next().await.is_some() {}
     background.cancel();
     let _ = events_task.await;
-    // The lease task saw `shutdown` too and releases the Lease; wait for it, bounded.
+    // The lease task releases the Lease now that no worker runs; wait for it, bounded.
     let _ = tokio::time::timeout(cfg.api_timeout * 2, async {
         while let Some(t) = tasks.join_next().await {
             let _ = t;

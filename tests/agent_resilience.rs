@@ -1,0 +1,200 @@
+//! Faults and handovers: nothing lost, nothing bound twice.
+
+mod common;
+
+use std::time::Duration;
+
+use bindlet::api::Phase;
+use bindlet::sim::FaultRule;
+use common::{TestEnv, attempts, reason, wait_until};
+use serde_json::json;
+
+/// Creates `n` pods with requests named `{prefix}-{i}`.
+async fn burst(env: &TestEnv, prefix: &str, n: usize, node: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("{prefix}-{i}");
+        env.pod_and_request(&name, node).await;
+        names.push(name);
+    }
+    names
+}
+
+/// Every request Succeeded, every pod on `node`, and at most one Bound event per pod.
+async fn assert_all_bound_once(env: &TestEnv, names: &[String], node: &str) {
+    for name in names {
+        let br = env.wait_phase(name, Phase::Succeeded).await;
+        assert_eq!(attempts(&br), 0, "{name}: {:?}", br.status);
+        assert_eq!(env.pod_node(name).await.as_deref(), Some(node), "{name}");
+    }
+    // Events are written asynchronously; give them a moment before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for name in names {
+        let bound = env
+            .events_for("Pod", name)
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Bound"))
+            .count();
+        assert!(bound <= 1, "{name}: {bound} Bound events");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lease_holder_per_node_and_graceful_handover() {
+    let env = TestEnv::new("lease").await;
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let mut a_cfg = env.agent_config(&node);
+    a_cfg.identity = "agent-a".into();
+    let a = env.start_agent(a_cfg).await;
+    let mut b_cfg = env.agent_config(&node);
+    b_cfg.identity = "agent-b".into();
+    // A long lease: b can only take over quickly if a releases it.
+    b_cfg.lease_duration = Duration::from_secs(30);
+    let b = bindlet::agent::spawn(env.client.clone(), b_cfg);
+    wait_until(Duration::from_secs(10), "b synced", || async { b.stats.is_synced() }).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(a.stats.is_leading() && !b.stats.is_leading(), "exactly one holder");
+
+    let first = burst(&env, "first", 5, &node).await;
+    assert_all_bound_once(&env, &first, &node).await;
+    assert_eq!(b.stats.bound.load(std::sync::atomic::Ordering::Relaxed), 0, "the waiting agent bound nothing");
+
+    // Rollout: a stops gracefully and releases; b takes over without waiting for expiry.
+    let t = tokio::time::Instant::now();
+    a.stop().await.expect("stop a");
+    wait_until(Duration::from_secs(5), "b leads after a released", || async { b.stats.is_leading() }).await;
+    assert!(t.elapsed() < Duration::from_secs(5), "handover took {:?}", t.elapsed());
+    let second = burst(&env, "second", 5, &node).await;
+    assert_all_bound_once(&env, &second, &node).await;
+    b.stop().await.expect("stop b");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_bind_and_restarted_loses_nothing() {
+    let env = TestEnv::new("crash").await;
+    let Some(sim) = env.sim_or_skip("agent_killed_mid_bind_and_restarted_loses_nothing") else {
+        return env.cleanup().await;
+    };
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let a = env.start_agent(env.agent_config(&node)).await;
+    // Slow API: the agent is caught in the middle of binds when it dies.
+    sim.faults().set_latency(Duration::from_millis(60));
+    let names = burst(&env, "crash", 12, &node).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.kill().await;
+    sim.faults().clear();
+
+    // A successor with another identity waits for the dead holder's lease to expire.
+    let mut cfg = env.agent_config(&node);
+    cfg.identity = "successor".into();
+    let b = env.start_agent(cfg).await;
+    assert_all_bound_once(&env, &names, &node).await;
+    b.stop().await.expect("stop");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_retried_without_counting_attempts() {
+    let env = TestEnv::new("api-errors").await;
+    let Some(sim) = env.sim_or_skip("api_errors_are_retried_without_counting_attempts") else {
+        return env.cleanup().await;
+    };
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    for (verb, resource, status) in [
+        ("get", "pods", 503),
+        ("create", "pods/binding", 500),
+        ("patch", "bindrequests/status", 500),
+        ("patch", "bindrequests/status", 429),
+    ] {
+        sim.faults().add_rule(FaultRule {
+            verb: Some(verb.into()),
+            resource: Some(resource.into()),
+            status,
+            probability: 0.3,
+            times: None,
+        });
+    }
+    let names = burst(&env, "flaky", 20, &node).await;
+    for name in &names {
+        let br = env.wait_phase(name, Phase::Succeeded).await;
+        assert_eq!(attempts(&br), 0, "{name}: infrastructure errors are not failed attempts");
+        assert_eq!(env.pod_node(name).await.as_deref(), Some(node.as_str()));
+    }
+    sim.faults().clear();
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_conflict_is_reread_and_recomputed() {
+    let env = TestEnv::new("conflict").await;
+    let Some(sim) = env.sim_or_skip("status_conflict_is_reread_and_recomputed") else {
+        return env.cleanup().await;
+    };
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    sim.faults().add_rule(FaultRule {
+        verb: Some("patch".into()),
+        resource: Some("bindrequests/status".into()),
+        status: 409,
+        probability: 1.0,
+        times: Some(2),
+    });
+    env.pod_and_request("c1", &node).await;
+    env.create_request("c2", &node, None, json!({})).await; // missing pod: counts attempts
+    let br = env.wait_phase("c1", Phase::Succeeded).await;
+    assert_eq!(attempts(&br), 0);
+    let br = env.wait_phase("c2", Phase::Failed).await;
+    assert_eq!(attempts(&br), 3, "conflicts neither lose nor double-count attempts: {}", reason(&br));
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watches_expired_versions_and_api_restarts_lose_nothing() {
+    let env = TestEnv::new("watch-faults").await;
+    let Some(sim) = env.sim_or_skip("dropped_watches_expired_versions_and_api_restarts_lose_nothing") else {
+        return env.cleanup().await;
+    };
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+
+    let mut all = burst(&env, "w0", 5, &node).await;
+    sim.faults().drop_watches();
+    all.extend(burst(&env, "w1", 5, &node).await);
+    // 410 Gone: history compacted while watches are cut; the agent relists.
+    sim.faults().compact();
+    sim.faults().drop_watches();
+    all.extend(burst(&env, "w2", 5, &node).await);
+    sim.restart().await;
+    all.extend(burst(&env, "w3", 5, &node).await);
+    assert_all_bound_once(&env, &all, &node).await;
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_api_server_at_start_is_waited_out() {
+    let env = TestEnv::new("unreachable").await;
+    let Some(sim) = env.sim_or_skip("unreachable_api_server_at_start_is_waited_out") else {
+        return env.cleanup().await;
+    };
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    env.pod_and_request("early", &node).await;
+    // Every request fails for a while: the agent keeps retrying, then catches up.
+    sim.faults().add_rule(FaultRule { verb: None, resource: None, status: 503, probability: 1.0, times: Some(40) });
+    let agent = bindlet::agent::spawn(env.client.clone(), env.agent_config(&node));
+    let br = env.wait_phase("early", Phase::Succeeded).await;
+    assert_eq!(attempts(&br), 0);
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}

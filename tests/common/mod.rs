@@ -1,0 +1,369 @@
+//! Test environment: the embedded simulated control plane by default, or a real cluster
+//! when `BINDLET_TEST_KUBECONFIG` names a kubeconfig. Each test gets its own namespace
+//! and its own uniquely named Node objects, and cleans them up.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bindlet::agent::{self, AgentConfig, AgentHandle};
+use bindlet::api::{BindRequest, Phase};
+use bindlet::binding::Backoff;
+use bindlet::sim::{SimOptions, Simulator};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+/// Which BindRequest CRD a simulator-backed test installs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Crd {
+    Bindlet,
+    Kai,
+}
+
+pub struct TestEnv {
+    pub client: Client,
+    pub namespace: String,
+    pub sim: Option<Simulator>,
+    prefix: String,
+    nodes: std::sync::Mutex<Vec<String>>,
+}
+
+pub fn kai_crd() -> CustomResourceDefinition {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/kai/scheduling.run.ai_bindrequests.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("KAI's CRD is needed beside the checkout ({}): {e}", path.display()));
+    serde_yaml::from_str(&text).expect("KAI CRD parses")
+}
+
+fn unique(tag: &str) -> String {
+    let tag: String = tag
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(30)
+        .collect();
+    format!("bt-{}-{:06x}", tag.trim_matches('-'), rand::random::<u32>() & 0xff_ffff)
+}
+
+impl TestEnv {
+    pub async fn new(test: &str) -> TestEnv {
+        TestEnv::with_crd(test, Crd::Bindlet).await
+    }
+
+    pub async fn with_crd(test: &str, crd: Crd) -> TestEnv {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("BINDLET_TEST_LOG").unwrap_or_else(|_| "off".into()))
+            .with_test_writer()
+            .try_init();
+        let prefix = unique(test);
+        let (client, sim) = match std::env::var_os("BINDLET_TEST_KUBECONFIG") {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(&path).expect("read BINDLET_TEST_KUBECONFIG");
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .expect("kubeconfig");
+                let client = Client::try_from(cfg).expect("client");
+                ensure_crd(&client).await;
+                (client, None)
+            }
+            None => {
+                let crd = match crd {
+                    Crd::Bindlet => bindlet::api::crd(),
+                    Crd::Kai => kai_crd(),
+                };
+                let sim = Simulator::start(SimOptions { crds: vec![crd], ..Default::default() })
+                    .await
+                    .expect("start simulator");
+                (sim.client(), Some(sim))
+            }
+        };
+        let namespace = prefix.clone();
+        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": namespace } })).expect("ns");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        TestEnv { client, namespace, sim, prefix, nodes: Default::default() }
+    }
+
+    pub fn is_sim(&self) -> bool {
+        self.sim.is_some()
+    }
+
+    /// Fault injection needs the simulator; on a real cluster such tests are skipped.
+    pub fn sim_or_skip(&self, test: &str) -> Option<&Simulator> {
+        if self.sim.is_none() {
+            eprintln!("{test}: skipped on a real cluster (needs the simulator's fault injection)");
+        }
+        self.sim.as_ref()
+    }
+
+    pub fn node_name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    /// Creates a Node (cleaned up at the end).
+    pub async fn create_node(&self, name: &str, spec: Value) -> Node {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "bindlet-test": self.prefix } },
+            "spec": spec,
+            "status": { "allocatable": { "cpu": "64", "memory": "256Gi", "nvidia.com/gpu": "8", "pods": "110" } }
+        }))
+        .expect("node");
+        self.nodes.lock().expect("lock").push(name.to_string());
+        Api::<Node>::all(self.client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node")
+    }
+
+    pub async fn patch_node(&self, name: &str, patch: Value) {
+        Api::<Node>::all(self.client.clone())
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch node");
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn bind_requests(&self) -> Api<BindRequest> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Creates a pod; `extra_spec` is merged into a minimal valid spec.
+    pub async fn create_pod(&self, name: &str, extra_spec: Value) -> Pod {
+        let mut spec = json!({
+            "schedulerName": "kai-scheduler",
+            // Fake nodes have no kubelet: tolerate what the node lifecycle controller adds.
+            "tolerations": [
+                { "key": "node.kubernetes.io/not-ready", "operator": "Exists" },
+                { "key": "node.kubernetes.io/unreachable", "operator": "Exists" }
+            ],
+            "containers": [ { "name": "main", "image": "registry.k8s.io/pause:3.10" } ]
+        });
+        merge(&mut spec, extra_spec);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": self.namespace },
+            "spec": spec
+        }))
+        .expect("pod");
+        self.pods().create(&PostParams::default(), &pod).await.expect("create pod")
+    }
+
+    /// Creates a KAI-style BindRequest: labelled for `label_node`, owned by the pod with `owner_uid`.
+    pub async fn create_request(
+        &self,
+        name: &str,
+        label_node: &str,
+        owner_uid: Option<&str>,
+        extra_spec: Value,
+    ) -> BindRequest {
+        let mut spec = json!({
+            "podName": name,
+            "selectedNode": label_node,
+            "receivedResourceType": "Regular",
+            "receivedGPU": { "count": 0, "portion": "0" }
+        });
+        merge(&mut spec, extra_spec);
+        let mut meta = json!({
+            "name": name,
+            "namespace": self.namespace,
+            "labels": { "selected-node": label_node }
+        });
+        if let Some(uid) = owner_uid {
+            meta["ownerReferences"] = json!([{ "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "controller": true }]);
+        }
+        let br: BindRequest = serde_json::from_value(json!({
+            "apiVersion": "scheduling.run.ai/v1alpha2",
+            "kind": "BindRequest",
+            "metadata": meta,
+            "spec": spec
+        }))
+        .expect("bind request");
+        self.bind_requests()
+            .create(&PostParams::default(), &br)
+            .await
+            .expect("create bind request")
+    }
+
+    /// Pod plus its BindRequest for `node`, the usual scheduler output.
+    pub async fn pod_and_request(&self, name: &str, node: &str) -> Pod {
+        let pod = self.create_pod(name, json!({})).await;
+        self.create_request(name, node, pod.metadata.uid.as_deref(), json!({})).await;
+        pod
+    }
+
+    /// Agent settings for tests: fast retries and a short Lease.
+    pub fn agent_config(&self, node: &str) -> AgentConfig {
+        let mut cfg = AgentConfig::for_node(node);
+        cfg.lease_namespace = self.namespace.clone();
+        cfg.workers = 4;
+        cfg.backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(400) };
+        cfg.api_timeout = Duration::from_secs(5);
+        cfg.lease_duration = Duration::from_secs(2);
+        cfg.lease_retry = Duration::from_millis(200);
+        cfg
+    }
+
+    /// Starts an agent and waits until it leads and its watch has synced.
+    pub async fn start_agent(&self, cfg: AgentConfig) -> AgentHandle {
+        let handle = agent::spawn(self.client.clone(), cfg);
+        wait_until(Duration::from_secs(20), "agent leads and is synced", || async {
+            handle.stats.is_leading() && handle.stats.is_synced()
+        })
+        .await;
+        handle
+    }
+
+    /// The request as the server has it now; `None` when absent or unreadable (fault tests
+    /// make the server fail on purpose).
+    pub async fn get_request(&self, name: &str) -> Option<BindRequest> {
+        self.bind_requests().get_opt(name).await.ok().flatten()
+    }
+
+    /// Waits until the request has the phase `want` and, for Failed, gave up.
+    pub async fn wait_phase(&self, name: &str, want: Phase) -> BindRequest {
+        let mut last = None;
+        let ok = poll(Duration::from_secs(30), || async {
+            let Some(br) = self.get_request(name).await else {
+                return false;
+            };
+            let done = br.phase() == Some(want)
+                && (want != Phase::Failed || bindlet::binding::is_settled(&br, 3));
+            last = Some(br);
+            done
+        })
+        .await;
+        let br = last.unwrap_or_else(|| panic!("BindRequest {name} could not be read"));
+        assert!(ok, "BindRequest {name} did not reach {want:?}; status: {:?}", br.status);
+        br
+    }
+
+    pub async fn pod_node(&self, name: &str) -> Option<String> {
+        self.pods()
+            .get_opt(name)
+            .await
+            .expect("get pod")
+            .and_then(|p| p.spec.and_then(|s| s.node_name))
+    }
+
+    /// Events (events.k8s.io/v1) about the named object, oldest first.
+    pub async fn events_for(&self, kind: &str, name: &str) -> Vec<Event> {
+        let list = Api::<Event>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default())
+            .await
+            .expect("list events");
+        let mut v: Vec<Event> = list
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)
+                })
+            })
+            .collect();
+        v.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        v
+    }
+
+    /// Waits until `kind/name` has at least `n` events with `reason`, returns them all.
+    pub async fn wait_events(&self, kind: &str, name: &str, reason: &str, n: usize) -> Vec<Event> {
+        let mut got = Vec::new();
+        poll(Duration::from_secs(10), || async {
+            got = self.events_for(kind, name).await;
+            got.iter().filter(|e| e.reason.as_deref() == Some(reason)).count() >= n
+        })
+        .await;
+        got
+    }
+
+    pub async fn cleanup(self) {
+        // Pods bound to fake nodes never get a kubelet's final delete: force them.
+        if let Ok(list) = self.pods().list(&ListParams::default()).await {
+            for p in list.items {
+                let _ = self.pods().delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await;
+            }
+        }
+        let nodes = Api::<Node>::all(self.client.clone());
+        let names = self.nodes.lock().map(|n| n.clone()).unwrap_or_default();
+        for n in names {
+            let _ = nodes.delete(&n, &DeleteParams::default()).await;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+        if let Some(sim) = self.sim {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// Installs bindlet's CRD on a real cluster when no BindRequest CRD is there yet.
+async fn ensure_crd(client: &Client) {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    if crds.get_opt("bindrequests.scheduling.run.ai").await.expect("get CRD").is_some() {
+        return;
+    }
+    crds.create(&PostParams::default(), &bindlet::api::crd()).await.expect("create CRD");
+    wait_until(Duration::from_secs(30), "CRD established", || async {
+        crds.get_opt("bindrequests.scheduling.run.ai")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+    })
+    .await;
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes; returns whether it became true.
+pub async fn poll<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if f().await {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(poll(timeout, f).await, "timed out waiting until {what}");
+}
+
+/// Reason text of a request's status.
+pub fn reason(br: &BindRequest) -> String {
+    br.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default()
+}
+
+pub fn attempts(br: &BindRequest) -> i32 {
+    br.failed_attempts()
+}
