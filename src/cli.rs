@@ -1,1 +1,3 @@
-pub fn main() -> anyhow::Result<()> { Ok(()) }
+pub fn main() -> anyhow::Result<()> {
+    Ok(())
+}
