@@ -303,6 +303,7 @@ async fn watch_requests(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
+    let store = writer.as_reader();
     let api: Api<DeserializeGuard<BindRequest>> = match &cfg.namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
@@ -321,11 +322,29 @@ async fn watch_requests(
         };
         match ev {
             Ok(Some(ev)) => {
+                // A changed spec (or a new object) may change the outcome: retry at once.
+                // Anything else, notably our own status writes, must not cut a backoff short.
+                let spec_changed = match &ev {
+                    Event::Apply(o) | Event::InitApply(o) => {
+                        let old = key_of(o).and_then(|k| {
+                            store.get(&reflector::ObjectRef::new(&k.name).within(&k.namespace))
+                        });
+                        match (old.as_deref().map(|g| &g.0), &o.0) {
+                            (Some(Ok(old)), Ok(new)) => old.spec != new.spec,
+                            _ => true,
+                        }
+                    }
+                    _ => false,
+                };
                 writer.apply_watcher_event(&ev);
                 match &ev {
                     Event::Apply(o) | Event::InitApply(o) => {
                         if let Some(k) = key_of(o) {
-                            queue.add(k);
+                            if spec_changed {
+                                queue.add(k);
+                            } else {
+                                queue.add_soft(k);
+                            }
                         }
                     }
                     Event::Delete(o) => {

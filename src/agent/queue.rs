@@ -52,8 +52,9 @@ struct State {
     ready: VecDeque<Key>,
     queued: HashSet<Key>,
     in_flight: HashMap<Key, Cancelled>,
-    /// Added while in flight: queue again when done.
-    dirty: HashSet<Key>,
+    /// Added while in flight: queue again when done. `true` for a hard add, which also
+    /// overrides a retry delay the worker asks for.
+    dirty: HashMap<Key, bool>,
     delayed: BTreeMap<(Instant, u64), Key>,
     due: HashMap<Key, (Instant, u64)>,
     seq: u64,
@@ -78,7 +79,7 @@ impl State {
             let key = entry.remove();
             self.due.remove(&key);
             if self.in_flight.contains_key(&key) {
-                self.dirty.insert(key);
+                self.dirty.entry(key).or_insert(false);
             } else if self.queued.insert(key.clone()) {
                 self.ready.push_back(key);
             }
@@ -103,15 +104,31 @@ impl WorkQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `key` now (a pending delayed retry is brought forward).
+    /// Queue `key` now; a pending delayed retry is brought forward. For changes that can
+    /// make a waiting request succeed (a new request, a changed spec, a changed node).
     pub fn add(&self, key: Key) {
+        self.add_inner(key, true);
+    }
+
+    /// Queue `key` unless a retry is already scheduled for it. For changes that cannot
+    /// change the outcome, such as our own status writes coming back through the watch:
+    /// bringing the retry forward would defeat the backoff.
+    pub fn add_soft(&self, key: Key) {
+        self.add_inner(key, false);
+    }
+
+    fn add_inner(&self, key: Key, hard: bool) {
         {
             let mut s = self.lock();
             if s.closed {
                 return;
             }
             if s.in_flight.contains_key(&key) {
-                s.dirty.insert(key);
+                let d = s.dirty.entry(key).or_insert(false);
+                *d |= hard;
+                return;
+            }
+            if !hard && s.due.contains_key(&key) {
                 return;
             }
             s.push_ready(key);
@@ -202,7 +219,9 @@ impl WorkQueue {
         if s.closed || cancelled {
             return;
         }
-        if s.dirty.remove(&key) {
+        // A soft change while in flight does not override the worker's retry delay.
+        let dirty = s.dirty.remove(&key);
+        if dirty == Some(true) || (dirty.is_some() && next == Next::Forget) {
             s.push_ready(key);
             drop(s);
             self.notify.notify_one();
@@ -279,6 +298,26 @@ mod tests {
         let start = Instant::now();
         assert_eq!(q.next().await.map(|x| x.0), Some(k("b")));
         assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn soft_adds_keep_the_backoff_hard_adds_override_it() {
+        let q = WorkQueue::new();
+        q.add(k("a"));
+        let (key, _) = q.next().await.expect("key");
+        q.add_soft(k("a")); // our own status write echoed by the watch
+        q.done(key, Next::After(Duration::from_secs(5)));
+        q.add_soft(k("a"));
+        let start = Instant::now();
+        assert_eq!(q.next().await.map(|x| x.0), Some(k("a")));
+        assert!(start.elapsed() >= Duration::from_secs(5), "backoff kept");
+
+        q.add_soft(k("a")); // in flight, soft
+        q.add(k("a")); // in flight, hard (e.g. the node was uncordoned)
+        q.done(k("a"), Next::After(Duration::from_secs(5)));
+        let start = Instant::now();
+        assert_eq!(q.next().await.map(|x| x.0), Some(k("a")));
+        assert!(start.elapsed() < Duration::from_secs(1), "hard add overrides the delay");
     }
 
     #[tokio::test]

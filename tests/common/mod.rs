@@ -228,20 +228,20 @@ impl TestEnv {
 
     /// Waits until the request has the phase `want` and, for Failed, gave up.
     pub async fn wait_phase(&self, name: &str, want: Phase) -> BindRequest {
+        let start = tokio::time::Instant::now();
         let mut last = None;
-        let ok = poll(Duration::from_secs(30), || async {
-            let Some(br) = self.get_request(name).await else {
-                return false;
-            };
-            let done = br.phase() == Some(want)
-                && (want != Phase::Failed || bindlet::binding::is_settled(&br, 3));
-            last = Some(br);
-            done
-        })
-        .await;
-        let br = last.unwrap_or_else(|| panic!("BindRequest {name} could not be read"));
-        assert!(ok, "BindRequest {name} did not reach {want:?}; status: {:?}", br.status);
-        br
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(br) = self.get_request(name).await {
+                let done = br.phase() == Some(want)
+                    && (want != Phase::Failed || bindlet::binding::is_settled(&br, 3));
+                if done {
+                    return br;
+                }
+                last = Some(br);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("BindRequest {name} did not reach {want:?}; last status: {:?}", last.map(|b| b.status));
     }
 
     pub async fn pod_node(&self, name: &str) -> Option<String> {
@@ -271,15 +271,18 @@ impl TestEnv {
         v
     }
 
-    /// Waits until `kind/name` has at least `n` events with `reason`, returns them all.
+    /// Waits (up to 10 s) until `kind/name` has at least `n` events with `reason`;
+    /// returns all its events.
     pub async fn wait_events(&self, kind: &str, name: &str, reason: &str, n: usize) -> Vec<Event> {
-        let mut got = Vec::new();
-        poll(Duration::from_secs(10), || async {
-            got = self.events_for(kind, name).await;
-            got.iter().filter(|e| e.reason.as_deref() == Some(reason)).count() >= n
-        })
-        .await;
-        got
+        let start = tokio::time::Instant::now();
+        loop {
+            let got = self.events_for(kind, name).await;
+            let count = got.iter().filter(|e| e.reason.as_deref() == Some(reason)).count();
+            if count >= n || start.elapsed() > Duration::from_secs(10) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn cleanup(self) {
