@@ -194,6 +194,32 @@ pub(crate) fn default_pod(obj: &mut Value) {
     set_default(spec, "priority", json!(0));
 }
 
+/// The DefaultTolerationSeconds admission: tolerate not-ready/unreachable for 300 s.
+pub(crate) fn default_tolerations(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tols = spec
+        .entry("tolerations")
+        .or_insert_with(|| Value::Array(vec![]));
+    let Some(list) = tols.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let present = list.iter().any(|t| {
+            t.get("key").and_then(Value::as_str) == Some(key)
+                || (t.get("operator").and_then(Value::as_str) == Some("Exists")
+                    && t.get("key").is_none_or(|k| k.as_str() == Some("")))
+        });
+        if !present {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
+}
+
 /// Resets a created pod's status the way the pod strategy does.
 pub(crate) fn init_pod_status(obj: &mut Value) {
     let qos = qos_class(obj);

@@ -415,6 +415,7 @@ impl State {
         match def.special {
             Special::Pod => {
                 objects::default_pod(&mut obj);
+                objects::default_tolerations(&mut obj);
                 objects::init_pod_status(&mut obj);
                 causes.extend(objects::validate_pod(&obj));
             }
