@@ -145,7 +145,7 @@ pub(crate) fn validate_meta(def: &ResourceDef, obj: &Value, generate_name: &str)
             match v.as_str() {
                 Some(s) if super::selector::valid_label_value(s) => {}
                 _ => causes.push(Cause::invalid(
-                    format!("metadata.labels"),
+                    "metadata.labels",
                     v,
                     &format!("invalid label value for key \"{k}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
                 )),
