@@ -737,3 +737,26 @@ async fn kube_runtime_watcher_recovers() {
     wait_for(&mut stream, "apply", "d").await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn kubeconfig_yaml_builds_a_working_client() {
+    let sim = sim().await;
+    let kc =
+        kube::config::Kubeconfig::from_yaml(&sim.kubeconfig_yaml()).expect("kubeconfig parses");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("config");
+    assert_eq!(cfg.default_namespace, "default");
+    let client = kube::Client::try_from(cfg).expect("client");
+    let v = client.apiserver_version().await.expect("version");
+    assert_eq!(v.major, "1");
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    sim.shutdown().await;
+}
