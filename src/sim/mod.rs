@@ -80,7 +80,8 @@
 //!   and `allowWatchBookmarks=true`, else 422): ADDED per object, then a BOOKMARK annotated
 //!   `k8s.io/initial-events-end: "true"` (recording 24). `allowWatchBookmarks=true`: a
 //!   BOOKMARK (`apiVersion`, `kind`, `metadata.resourceVersion` only) every
-//!   `SimOptions::bookmark_interval` and just before a `timeoutSeconds` end (recording 22);
+//!   `SimOptions::bookmark_interval` and 2 s before a `timeoutSeconds` end when the timeout
+//!   is longer than 2 s (recordings 22, 24);
 //!   `timeoutSeconds` ends the stream cleanly. Selectors apply per watcher with the watch
 //!   cache's transitions: an object that starts matching arrives as ADDED, one that stops
 //!   matching as DELETED (its last matching state at the new resourceVersion).

@@ -145,7 +145,7 @@ pub(crate) fn validate_meta(def: &ResourceDef, obj: &Value, generate_name: &str)
             match v.as_str() {
                 Some(s) if super::selector::valid_label_value(s) => {}
                 _ => causes.push(Cause::invalid(
-                    format!("metadata.labels"),
+                    "metadata.labels",
                     v,
                     &format!("invalid label value for key \"{k}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
                 )),
@@ -192,6 +192,32 @@ pub(crate) fn default_pod(obj: &mut Value) {
     set_default(spec, "enableServiceLinks", json!(true));
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, "priority", json!(0));
+}
+
+/// The DefaultTolerationSeconds admission: tolerate not-ready/unreachable for 300 s.
+pub(crate) fn default_tolerations(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tols = spec
+        .entry("tolerations")
+        .or_insert_with(|| Value::Array(vec![]));
+    let Some(list) = tols.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let present = list.iter().any(|t| {
+            t.get("key").and_then(Value::as_str) == Some(key)
+                || (t.get("operator").and_then(Value::as_str) == Some("Exists")
+                    && t.get("key").is_none_or(|k| k.as_str() == Some("")))
+        });
+        if !present {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
 }
 
 /// Resets a created pod's status the way the pod strategy does.

@@ -415,6 +415,7 @@ impl State {
         match def.special {
             Special::Pod => {
                 objects::default_pod(&mut obj);
+                objects::default_tolerations(&mut obj);
                 objects::init_pod_status(&mut obj);
                 causes.extend(objects::validate_pod(&obj));
             }
@@ -959,8 +960,7 @@ impl State {
         let ns_filter = ns.filter(|_| def.namespaced).map(str::to_string);
         let mut replay = Vec::new();
         let mut snapshot = Vec::new();
-        let start_rv;
-        match start {
+        let start_rv = match start {
             WatchStart::FromRv(r) => {
                 if r < self.floor {
                     return Err(ApiError::expired(format!(
@@ -974,7 +974,7 @@ impl State {
                         replay.push(e.clone());
                     }
                 }
-                start_rv = r;
+                r
             }
             WatchStart::Snapshot => {
                 if let Some(map) = self.objects.get(&skey) {
@@ -987,9 +987,9 @@ impl State {
                         None => snapshot.extend(map.values().cloned()),
                     }
                 }
-                start_rv = self.rv;
+                self.rv
             }
-        }
+        };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let id = self.next_watcher;
         self.next_watcher += 1;

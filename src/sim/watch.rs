@@ -203,7 +203,18 @@ async fn run(
         }
     };
     tokio::pin!(sleep_deadline);
+    // Like the watch cache, a bookmark goes out 2 s before a timeout (none for shorter watches).
+    let mut final_bookmark = deadline
+        .filter(|_| req.bookmarks && req.timeout.is_some_and(|t| t > Duration::from_secs(2)))
+        .map(|d| d - Duration::from_secs(2));
     loop {
+        let final_at = final_bookmark;
+        let sleep_final = async {
+            match final_at {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
@@ -219,15 +230,17 @@ async fn run(
                 // Dropped by the store (too slow, drop_watches, restart): end the stream.
                 None => return,
             },
-            _ = &mut sleep_deadline => {
-                // Like the real server, a bookmark precedes the end of a timed-out watch.
-                if req.bookmarks {
-                    let rv = drain_then_rv(&sh, &def, &req.filter, &mut rx, &tx, &cancel, &mut last_rv).await;
-                    if let Some(rv) = rv {
-                        let _ = send(&tx, &cancel, bookmark(&def, rv, false)).await;
+            _ = &mut sleep_deadline => return,
+            _ = sleep_final => {
+                final_bookmark = None;
+                match drain_then_rv(&sh, &def, &req.filter, &mut rx, &tx, &cancel, &mut last_rv).await {
+                    Some(rv) => {
+                        if !send(&tx, &cancel, bookmark(&def, rv, false)).await {
+                            return;
+                        }
                     }
+                    None => return,
                 }
-                return;
             }
             _ = tick.tick(), if req.bookmarks => {
                 match drain_then_rv(&sh, &def, &req.filter, &mut rx, &tx, &cancel, &mut last_rv).await {
