@@ -10,7 +10,11 @@ use crate::binding::Backoff;
 use crate::plugins::{CheckMode, PluginSettings};
 
 #[derive(Parser, Debug)]
-#[command(name = "bindlet", version, about = "Node-local, GPU-aware binding agent for KAI-Scheduler BindRequests")]
+#[command(
+    name = "bindlet",
+    version,
+    about = "Node-local, GPU-aware binding agent for KAI-Scheduler BindRequests"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, env = "BINDLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -62,7 +66,11 @@ pub struct AgentArgs {
     #[arg(long, env = "BINDLET_NAMESPACE")]
     pub namespace: Option<String>,
     /// Namespace of the per-node Lease (normally the agent's own namespace).
-    #[arg(long, env = "BINDLET_LEASE_NAMESPACE", default_value = "bindlet-system")]
+    #[arg(
+        long,
+        env = "BINDLET_LEASE_NAMESPACE",
+        default_value = "bindlet-system"
+    )]
     pub lease_namespace: String,
     /// Identity in the Lease (default: POD_NAME, else a random name).
     #[arg(long, env = "POD_NAME")]
@@ -120,7 +128,9 @@ impl AgentArgs {
 /// Parses `250ms`, `10s`, `2m`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -130,7 +140,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in \"{s}\": use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in \"{s}\": use ms, s, m or h"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration \"{s}\": {e}"))
 }
@@ -169,7 +183,7 @@ pub fn main() -> anyhow::Result<()> {
             let level = if std::env::var_os("BINDLET_LOG").is_some() || cli.log_level != "info" {
                 cli.log_level.clone()
             } else {
-                "warn".to_string()
+                "error".to_string()
             };
             init_logging(cli.log_format, &level)?;
             let ok = runtime()?.block_on(crate::demo::run(args))?;
@@ -182,7 +196,9 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -256,9 +272,20 @@ mod tests {
 
     #[test]
     fn cli_parses_run_with_env_free_flags() {
-        let cli = Cli::try_parse_from(["bindlet", "run", "--node-name", "n1", "--workers", "4", "--node-checks", "warn"])
-            .expect("parse");
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let cli = Cli::try_parse_from([
+            "bindlet",
+            "run",
+            "--node-name",
+            "n1",
+            "--workers",
+            "4",
+            "--node-checks",
+            "warn",
+        ])
+        .expect("parse");
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         let cfg = args.agent.to_config(&args.node_name);
         assert_eq!(cfg.node_name, "n1");
         assert_eq!(cfg.workers, 4);

@@ -30,7 +30,7 @@ pub struct DemoArgs {
     #[arg(long, env = "BINDLET_DEMO_NODE", default_value = "gpu-node-1")]
     pub node_name: String,
     /// Keep the simulated control plane and the agent running after the summary (Ctrl-C to stop).
-    #[arg(long)]
+    #[arg(long, env = "BINDLET_DEMO_KEEP_RUNNING")]
     pub keep_running: bool,
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -281,11 +281,7 @@ async fn setup_cluster(client: &Client, node: &str, lease_ns: &str) -> anyhow::R
     Ok(())
 }
 
-async fn create_pod(
-    pods: &Api<Pod>,
-    it: &Item,
-    node: &str,
-) -> anyhow::Result<(String, String)> {
+async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(String, String)> {
     let gpu = it.case == Case::Gpu;
     let mut resources = json!({ "requests": { "cpu": "500m", "memory": "1Gi" } });
     if gpu {
@@ -315,7 +311,11 @@ async fn create_pod(
 }
 
 fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequest> {
-    let label_node = if it.case == Case::OtherNodeLabel { OTHER_NODE } else { node };
+    let label_node = if it.case == Case::OtherNodeLabel {
+        OTHER_NODE
+    } else {
+        node
+    };
     let selected = match it.case {
         Case::OtherNodeLabel | Case::WrongSelectedNode => OTHER_NODE,
         _ => node,
@@ -326,9 +326,15 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
         pod_uid.to_string()
     };
     let spec = match it.case {
-        Case::Gpu => json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 1, "portion": "1.00" } }),
-        Case::Malformed => json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "1.5" }, "selectedGPUGroups": ["g-1"] }),
-        _ => json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" } }),
+        Case::Gpu => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 1, "portion": "1.00" } })
+        }
+        Case::Malformed => {
+            json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "1.5" }, "selectedGPUGroups": ["g-1"] })
+        }
+        _ => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" } })
+        }
     };
     let mut spec = spec;
     spec["podName"] = json!(it.name);
@@ -396,7 +402,9 @@ fn summarize(
         let (want_phase, want_text) = it.case.expected();
         let ok = phase == want_phase && reason.contains(want_text);
         row.ok += usize::from(ok);
-        let got = phase.map(|p| p.as_str().to_string()).unwrap_or_else(|| "untouched".into());
+        let got = phase
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "untouched".into());
         *row.got.entry(got).or_default() += 1;
         if row.example.is_none() && !reason.is_empty() && phase == Some(Phase::Failed) {
             row.example = Some(reason);
@@ -411,11 +419,15 @@ fn summarize(
     }
 
     println!();
-    println!("{:<44} {:>8}  {:<10} {}", "case", "requests", "expected", "got");
+    println!("{:<44} {:>8}  {:<10} got", "case", "requests", "expected");
     let mut all_ok = true;
     for (case, row) in &rows {
         let got: Vec<String> = row.got.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        let mark = if row.ok == row.total { "ok" } else { "MISMATCH" };
+        let mark = if row.ok == row.total {
+            "ok"
+        } else {
+            "MISMATCH"
+        };
         all_ok &= row.ok == row.total;
         println!(
             "{:<44} {:>8}  {:<10} {}  {mark}",
@@ -456,9 +468,15 @@ fn summarize(
     println!(
         "agent: {} bound, {} already bound, {} failed attempts ({} gave up); everything settled in {:.2} s",
         stats.bound.load(std::sync::atomic::Ordering::Relaxed),
-        stats.already_bound.load(std::sync::atomic::Ordering::Relaxed),
-        stats.failed_attempts.load(std::sync::atomic::Ordering::Relaxed),
-        stats.failed_final.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .already_bound
+            .load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .failed_attempts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .failed_final
+            .load(std::sync::atomic::Ordering::Relaxed),
         elapsed.as_secs_f64()
     );
     if all_ok {

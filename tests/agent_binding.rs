@@ -25,13 +25,26 @@ async fn binds_a_pod_and_reports_verified_status_and_events() {
     // The scheduler's PodScheduled condition is set by the server on binding.
     let live = env.pods().get("web-1").await.expect("pod");
     let conds = live.status.and_then(|s| s.conditions).unwrap_or_default();
-    assert!(conds.iter().any(|c| c.type_ == "PodScheduled" && c.status == "True"), "{conds:?}");
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True"),
+        "{conds:?}"
+    );
     assert_eq!(live.metadata.uid, pod.metadata.uid);
 
     // What was verified is recorded with bindlet's CRD.
-    let v = br.status.as_ref().and_then(|s| s.node_verification.clone()).expect("nodeVerification");
+    let v = br
+        .status
+        .as_ref()
+        .and_then(|s| s.node_verification.clone())
+        .expect("nodeVerification");
     assert_eq!(v.node, node);
-    assert!(v.verdicts.iter().any(|v| v.plugin == "node" && v.check == "taints" && v.outcome == VerdictOutcome::Pass));
+    assert!(
+        v.verdicts.iter().any(|v| v.plugin == "node"
+            && v.check == "taints"
+            && v.outcome == VerdictOutcome::Pass)
+    );
 
     let pod_events = env.wait_events("Pod", "web-1", "Bound", 1).await;
     let br_events = env.wait_events("BindRequest", "web-1", "Bound", 1).await;
@@ -55,39 +68,70 @@ async fn decisions_about_the_live_pod() {
 
     // Already bound here: success, nothing posted.
     let p = env.create_pod("here", json!({ "nodeName": node })).await;
-    env.create_request("here", &node, p.metadata.uid.as_deref(), json!({})).await;
+    env.create_request("here", &node, p.metadata.uid.as_deref(), json!({}))
+        .await;
     // Bound to another node: terminal failure.
     let p = env.create_pod("there", json!({ "nodeName": other })).await;
-    env.create_request("there", &node, p.metadata.uid.as_deref(), json!({})).await;
+    env.create_request("there", &node, p.metadata.uid.as_deref(), json!({}))
+        .await;
     // Recreated pod: the request's owner UID is stale.
     env.create_pod("recreated", json!({})).await;
-    env.create_request("recreated", &node, Some("00000000-0000-0000-0000-000000000001"), json!({})).await;
+    env.create_request(
+        "recreated",
+        &node,
+        Some("00000000-0000-0000-0000-000000000001"),
+        json!({}),
+    )
+    .await;
     // Labelled for this node but spec.selectedNode names another.
     let p = env.create_pod("mislabelled", json!({})).await;
-    env.create_request("mislabelled", &node, p.metadata.uid.as_deref(), json!({ "selectedNode": other })).await;
+    env.create_request(
+        "mislabelled",
+        &node,
+        p.metadata.uid.as_deref(),
+        json!({ "selectedNode": other }),
+    )
+    .await;
     // A request for another node: this agent never sees it.
     let p = env.create_pod("foreign", json!({})).await;
-    env.create_request("foreign", &other, p.metadata.uid.as_deref(), json!({})).await;
+    env.create_request("foreign", &other, p.metadata.uid.as_deref(), json!({}))
+        .await;
 
     let br = env.wait_phase("here", Phase::Succeeded).await;
     assert!(reason(&br).contains("already bound"), "{}", reason(&br));
 
     let br = env.wait_phase("there", Phase::Failed).await;
-    assert!(reason(&br).contains(&format!("already bound to another node \"{other}\"")), "{}", reason(&br));
+    assert!(
+        reason(&br).contains(&format!("already bound to another node \"{other}\"")),
+        "{}",
+        reason(&br)
+    );
     assert_eq!(attempts(&br), 1, "terminal at the first attempt");
     assert_eq!(env.pod_node("there").await.as_deref(), Some(other.as_str()));
 
     let br = env.wait_phase("recreated", Phase::Failed).await;
     assert!(reason(&br).contains("was recreated"), "{}", reason(&br));
-    assert_eq!(env.pod_node("recreated").await, None, "a stale request binds nothing");
+    assert_eq!(
+        env.pod_node("recreated").await,
+        None,
+        "a stale request binds nothing"
+    );
 
     let br = env.wait_phase("mislabelled", Phase::Failed).await;
-    assert!(reason(&br).contains(&format!("selects node \"{other}\"")), "{}", reason(&br));
+    assert!(
+        reason(&br).contains(&format!("selects node \"{other}\"")),
+        "{}",
+        reason(&br)
+    );
     assert_eq!(env.pod_node("mislabelled").await, None);
 
     // By now the agent has long processed everything it can see.
     let foreign = env.get_request("foreign").await.expect("foreign request");
-    assert!(foreign.status.is_none(), "another node's request was touched: {:?}", foreign.status);
+    assert!(
+        foreign.status.is_none(),
+        "another node's request was touched: {:?}",
+        foreign.status
+    );
     assert_eq!(env.pod_node("foreign").await, None);
     agent.stop().await.expect("stop");
     env.cleanup().await;
@@ -100,24 +144,46 @@ async fn missing_pod_is_retried_with_increasing_attempts_then_failed() {
     env.create_node(&node, json!({})).await;
     let agent = env.start_agent(env.agent_config(&node)).await;
 
-    env.create_request("ghost", &node, Some("00000000-0000-0000-0000-0000000000aa"), json!({})).await;
-    env.create_request("ghost5", &node, None, json!({ "backoffLimit": 5 })).await;
+    env.create_request(
+        "ghost",
+        &node,
+        Some("00000000-0000-0000-0000-0000000000aa"),
+        json!({}),
+    )
+    .await;
+    env.create_request("ghost5", &node, None, json!({ "backoffLimit": 5 }))
+        .await;
 
     let br = env.wait_phase("ghost", Phase::Failed).await;
     assert_eq!(attempts(&br), 3, "default backoff limit");
-    assert!(reason(&br).contains("not found") && reason(&br).contains("gave up after 3 attempts"), "{}", reason(&br));
+    assert!(
+        reason(&br).contains("not found") && reason(&br).contains("gave up after 3 attempts"),
+        "{}",
+        reason(&br)
+    );
     let br = env.wait_phase("ghost5", Phase::Failed).await;
     assert_eq!(attempts(&br), 5, "the request's own backoffLimit");
 
     // One Warning per attempt; the first ones say they will retry, the last gives up.
-    let evs = env.wait_events("BindRequest", "ghost", "PodNotFound", 3).await;
+    let evs = env
+        .wait_events("BindRequest", "ghost", "PodNotFound", 3)
+        .await;
     let notes: Vec<String> = evs.iter().filter_map(|e| e.note.clone()).collect();
     assert_eq!(notes.len(), 3, "{notes:?}");
-    assert!(notes[0].contains("attempt 1 of 3 failed, will retry"), "{notes:?}");
-    assert!(notes[1].contains("attempt 2 of 3 failed, will retry"), "{notes:?}");
+    assert!(
+        notes[0].contains("attempt 1 of 3 failed, will retry"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("attempt 2 of 3 failed, will retry"),
+        "{notes:?}"
+    );
     assert!(notes[2].contains("giving up"), "{notes:?}");
     assert!(evs.iter().all(|e| e.type_.as_deref() == Some("Warning")));
-    assert!(evs.iter().all(|e| e.reason.as_deref() != Some("Bound")), "no success event after a failure");
+    assert!(
+        evs.iter().all(|e| e.reason.as_deref() != Some("Bound")),
+        "no success event after a failure"
+    );
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
@@ -132,14 +198,24 @@ async fn a_pod_that_appears_during_retries_is_bound() {
     cfg.backoff.max = Duration::from_secs(2);
     let agent = env.start_agent(cfg).await;
 
-    env.create_request("late", &node, None, json!({ "backoffLimit": 10 })).await;
-    common::wait_until(Duration::from_secs(10), "first failed attempt recorded", || async {
-        env.get_request("late").await.is_some_and(|b| attempts(&b) >= 1 && b.phase() == Some(Phase::Pending))
-    })
+    env.create_request("late", &node, None, json!({ "backoffLimit": 10 }))
+        .await;
+    common::wait_until(
+        Duration::from_secs(10),
+        "first failed attempt recorded",
+        || async {
+            env.get_request("late")
+                .await
+                .is_some_and(|b| attempts(&b) >= 1 && b.phase() == Some(Phase::Pending))
+        },
+    )
     .await;
     env.create_pod("late", json!({})).await;
     let br = env.wait_phase("late", Phase::Succeeded).await;
-    assert!(attempts(&br) >= 1, "failedAttempts persisted across the success");
+    assert!(
+        attempts(&br) >= 1,
+        "failedAttempts persisted across the success"
+    );
     assert_eq!(env.pod_node("late").await.as_deref(), Some(node.as_str()));
     agent.stop().await.expect("stop");
     env.cleanup().await;
@@ -160,19 +236,39 @@ async fn malformed_requests_fail_with_a_reason_and_do_not_block_others() {
         json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "1.5" }, "selectedGPUGroups": ["g"] }),
     )
     .await;
-    env.create_request("nopod", &node, None, json!({ "podName": "" })).await;
-    env.create_request("kind", &node, None, json!({ "receivedResourceType": "Whole" })).await;
+    env.create_request("nopod", &node, None, json!({ "podName": "" }))
+        .await;
+    env.create_request(
+        "kind",
+        &node,
+        None,
+        json!({ "receivedResourceType": "Whole" }),
+    )
+    .await;
     env.pod_and_request("fine", &node).await;
 
-    for (name, text) in [("frac", "invalid GPU portion \"1.5\""), ("nopod", "spec.podName is empty"), ("kind", "\"Whole\"")] {
+    for (name, text) in [
+        ("frac", "invalid GPU portion \"1.5\""),
+        ("nopod", "spec.podName is empty"),
+        ("kind", "\"Whole\""),
+    ] {
         let br = env.wait_phase(name, Phase::Failed).await;
-        assert!(reason(&br).contains("malformed BindRequest") && reason(&br).contains(text), "{name}: {}", reason(&br));
+        assert!(
+            reason(&br).contains("malformed BindRequest") && reason(&br).contains(text),
+            "{name}: {}",
+            reason(&br)
+        );
         assert_eq!(attempts(&br), 1, "{name}: terminal at once");
     }
     assert_eq!(env.pod_node("frac").await, None);
     env.wait_phase("fine", Phase::Succeeded).await;
-    let evs = env.wait_events("BindRequest", "frac", "MalformedRequest", 1).await;
-    assert!(evs.iter().any(|e| e.note.as_deref().unwrap_or("").contains("1.5")));
+    let evs = env
+        .wait_events("BindRequest", "frac", "MalformedRequest", 1)
+        .await;
+    assert!(
+        evs.iter()
+            .any(|e| e.note.as_deref().unwrap_or("").contains("1.5"))
+    );
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
@@ -193,26 +289,54 @@ async fn node_checks_refuse_taints_and_cordon_and_retry_after_a_change() {
         { "key": "node.kubernetes.io/unreachable", "operator": "Exists" }
     ] });
     let p = env.create_pod("tolerates", tolerating.clone()).await;
-    env.create_request("tolerates", &node, p.metadata.uid.as_deref(), json!({})).await;
+    env.create_request("tolerates", &node, p.metadata.uid.as_deref(), json!({}))
+        .await;
     env.pod_and_request("intolerant", &node).await;
 
     env.wait_phase("tolerates", Phase::Succeeded).await;
     let br = env.wait_phase("intolerant", Phase::Failed).await;
-    assert!(reason(&br).contains("does not tolerate") && reason(&br).contains("nvidia.com/gpu=present:NoSchedule"), "{}", reason(&br));
+    assert!(
+        reason(&br).contains("does not tolerate")
+            && reason(&br).contains("nvidia.com/gpu=present:NoSchedule"),
+        "{}",
+        reason(&br)
+    );
     assert_eq!(attempts(&br), 3);
     assert_eq!(env.pod_node("intolerant").await, None);
-    let v = br.status.as_ref().and_then(|s| s.node_verification.clone()).expect("verdicts");
-    assert!(v.verdicts.iter().any(|v| v.check == "taints" && v.outcome == VerdictOutcome::Fail));
+    let v = br
+        .status
+        .as_ref()
+        .and_then(|s| s.node_verification.clone())
+        .expect("verdicts");
+    assert!(
+        v.verdicts
+            .iter()
+            .any(|v| v.check == "taints" && v.outcome == VerdictOutcome::Fail)
+    );
 
     // Cordoned: refused while cordoned; uncordoning re-queues at once and it binds.
-    env.patch_node(&node, json!({ "spec": { "unschedulable": true } })).await;
+    env.patch_node(&node, json!({ "spec": { "unschedulable": true } }))
+        .await;
     let p = env.create_pod("cordoned", tolerating).await;
-    env.create_request("cordoned", &node, p.metadata.uid.as_deref(), json!({ "backoffLimit": 50 })).await;
-    common::wait_until(Duration::from_secs(10), "refused while cordoned", || async {
-        env.get_request("cordoned").await.is_some_and(|b| attempts(&b) >= 1 && reason(&b).contains("cordoned"))
-    })
+    env.create_request(
+        "cordoned",
+        &node,
+        p.metadata.uid.as_deref(),
+        json!({ "backoffLimit": 50 }),
+    )
     .await;
-    env.patch_node(&node, json!({ "spec": { "unschedulable": false } })).await;
+    common::wait_until(
+        Duration::from_secs(10),
+        "refused while cordoned",
+        || async {
+            env.get_request("cordoned")
+                .await
+                .is_some_and(|b| attempts(&b) >= 1 && reason(&b).contains("cordoned"))
+        },
+    )
+    .await;
+    env.patch_node(&node, json!({ "spec": { "unschedulable": false } }))
+        .await;
     let br = env.wait_phase("cordoned", Phase::Succeeded).await;
     assert!(attempts(&br) >= 1);
     agent.stop().await.expect("stop");
@@ -223,14 +347,22 @@ async fn node_checks_refuse_taints_and_cordon_and_retry_after_a_change() {
 async fn node_checks_in_warn_mode_bind_and_record_the_warning() {
     let env = TestEnv::new("warn").await;
     let node = env.node_name("n1");
-    env.create_node(&node, json!({ "unschedulable": true })).await;
+    env.create_node(&node, json!({ "unschedulable": true }))
+        .await;
     let mut cfg = env.agent_config(&node);
     cfg.plugins.node_checks = CheckMode::Warn;
     let agent = env.start_agent(cfg).await;
     env.pod_and_request("warned", &node).await;
     let br = env.wait_phase("warned", Phase::Succeeded).await;
-    let v = br.status.and_then(|s| s.node_verification).expect("verdicts");
-    assert!(v.verdicts.iter().any(|v| v.check == "cordon" && v.outcome == VerdictOutcome::Warn));
+    let v = br
+        .status
+        .and_then(|s| s.node_verification)
+        .expect("verdicts");
+    assert!(
+        v.verdicts
+            .iter()
+            .any(|v| v.check == "cordon" && v.outcome == VerdictOutcome::Warn)
+    );
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
@@ -244,16 +376,26 @@ async fn a_request_deleted_while_retrying_is_dropped() {
     cfg.backoff.base = Duration::from_millis(500);
     let agent = env.start_agent(cfg).await;
 
-    env.create_request("dropme", &node, None, json!({ "backoffLimit": 20 })).await;
+    env.create_request("dropme", &node, None, json!({ "backoffLimit": 20 }))
+        .await;
     common::wait_until(Duration::from_secs(10), "first failed attempt", || async {
-        env.get_request("dropme").await.is_some_and(|b| attempts(&b) >= 1)
+        env.get_request("dropme")
+            .await
+            .is_some_and(|b| attempts(&b) >= 1)
     })
     .await;
-    env.bind_requests().delete("dropme", &Default::default()).await.expect("delete request");
+    env.bind_requests()
+        .delete("dropme", &Default::default())
+        .await
+        .expect("delete request");
     // The pod appears after its request is gone: nobody asked to bind it any more.
     env.create_pod("dropme", json!({})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(env.pod_node("dropme").await, None, "a deleted request must not be bound");
+    assert_eq!(
+        env.pod_node("dropme").await,
+        None,
+        "a deleted request must not be bound"
+    );
     // The agent is still healthy.
     env.pod_and_request("after", &node).await;
     env.wait_phase("after", Phase::Succeeded).await;
@@ -268,12 +410,17 @@ async fn works_with_kais_own_crd() {
     env.create_node(&node, json!({})).await;
     let agent = env.start_agent(env.agent_config(&node)).await;
     env.pod_and_request("kai", &node).await;
-    env.create_request("kai-ghost", &node, None, json!({})).await;
+    env.create_request("kai-ghost", &node, None, json!({}))
+        .await;
     let br = env.wait_phase("kai", Phase::Succeeded).await;
     assert_eq!(env.pod_node("kai").await.as_deref(), Some(node.as_str()));
     if env.is_sim() {
         // KAI's schema has no nodeVerification: the server prunes it; phase/reason/attempts stay.
-        assert!(br.status.as_ref().is_some_and(|s| s.node_verification.is_none()));
+        assert!(
+            br.status
+                .as_ref()
+                .is_some_and(|s| s.node_verification.is_none())
+        );
     }
     let br = env.wait_phase("kai-ghost", Phase::Failed).await;
     assert_eq!(attempts(&br), 3);

@@ -53,19 +53,38 @@ async fn one_lease_holder_per_node_and_graceful_handover() {
     // A long lease: b can only take over quickly if a releases it.
     b_cfg.lease_duration = Duration::from_secs(30);
     let b = bindlet::agent::spawn(env.client.clone(), b_cfg);
-    wait_until(Duration::from_secs(10), "b synced", || async { b.stats.is_synced() }).await;
+    wait_until(Duration::from_secs(10), "b synced", || async {
+        b.stats.is_synced()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(a.stats.is_leading() && !b.stats.is_leading(), "exactly one holder");
+    assert!(
+        a.stats.is_leading() && !b.stats.is_leading(),
+        "exactly one holder"
+    );
 
     let first = burst(&env, "first", 5, &node).await;
     assert_all_bound_once(&env, &first, &node).await;
-    assert_eq!(b.stats.bound.load(std::sync::atomic::Ordering::Relaxed), 0, "the waiting agent bound nothing");
+    assert_eq!(
+        b.stats.bound.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the waiting agent bound nothing"
+    );
 
     // Rollout: a stops gracefully and releases; b takes over without waiting for expiry.
     let t = tokio::time::Instant::now();
     a.stop().await.expect("stop a");
-    wait_until(Duration::from_secs(5), "b leads after a released", || async { b.stats.is_leading() }).await;
-    assert!(t.elapsed() < Duration::from_secs(5), "handover took {:?}", t.elapsed());
+    wait_until(
+        Duration::from_secs(5),
+        "b leads after a released",
+        || async { b.stats.is_leading() },
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "handover took {:?}",
+        t.elapsed()
+    );
     let second = burst(&env, "second", 5, &node).await;
     assert_all_bound_once(&env, &second, &node).await;
     b.stop().await.expect("stop b");
@@ -123,7 +142,11 @@ async fn api_errors_are_retried_without_counting_attempts() {
     let names = burst(&env, "flaky", 20, &node).await;
     for name in &names {
         let br = env.wait_phase(name, Phase::Succeeded).await;
-        assert_eq!(attempts(&br), 0, "{name}: infrastructure errors are not failed attempts");
+        assert_eq!(
+            attempts(&br),
+            0,
+            "{name}: infrastructure errors are not failed attempts"
+        );
         assert_eq!(env.pod_node(name).await.as_deref(), Some(node.as_str()));
     }
     sim.faults().clear();
@@ -152,7 +175,12 @@ async fn status_conflict_is_reread_and_recomputed() {
     let br = env.wait_phase("c1", Phase::Succeeded).await;
     assert_eq!(attempts(&br), 0);
     let br = env.wait_phase("c2", Phase::Failed).await;
-    assert_eq!(attempts(&br), 3, "conflicts neither lose nor double-count attempts: {}", reason(&br));
+    assert_eq!(
+        attempts(&br),
+        3,
+        "conflicts neither lose nor double-count attempts: {}",
+        reason(&br)
+    );
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
@@ -160,7 +188,9 @@ async fn status_conflict_is_reread_and_recomputed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watches_expired_versions_and_api_restarts_lose_nothing() {
     let env = TestEnv::new("watch-faults").await;
-    let Some(sim) = env.sim_or_skip("dropped_watches_expired_versions_and_api_restarts_lose_nothing") else {
+    let Some(sim) =
+        env.sim_or_skip("dropped_watches_expired_versions_and_api_restarts_lose_nothing")
+    else {
         return env.cleanup().await;
     };
     let node = env.node_name("n1");
@@ -191,7 +221,13 @@ async fn unreachable_api_server_at_start_is_waited_out() {
     env.create_node(&node, json!({})).await;
     env.pod_and_request("early", &node).await;
     // Every request fails for a while: the agent keeps retrying, then catches up.
-    sim.faults().add_rule(FaultRule { verb: None, resource: None, status: 503, probability: 1.0, times: Some(40) });
+    sim.faults().add_rule(FaultRule {
+        verb: None,
+        resource: None,
+        status: 503,
+        probability: 1.0,
+        times: Some(40),
+    });
     let agent = bindlet::agent::spawn(env.client.clone(), env.agent_config(&node));
     let br = env.wait_phase("early", Phase::Succeeded).await;
     assert_eq!(attempts(&br), 0);

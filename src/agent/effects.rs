@@ -163,16 +163,20 @@ impl Effects {
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(ApiError::Status { code: 409, message, .. }) => {
-                self.explain_conflict(ns, name, uid, node, message).await
+            Err(ApiError::Status {
+                code: 409, message, ..
+            }) => self.explain_conflict(ns, name, uid, node, message).await,
+            Err(ApiError::Status { code: 404, .. }) => {
+                Err(BindFault::Failed(Failure::PodNotFound {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                }))
             }
-            Err(ApiError::Status { code: 404, .. }) => Err(BindFault::Failed(Failure::PodNotFound {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-            })),
-            Err(e @ ApiError::Status { code: 400..=428, .. }) => {
-                Err(BindFault::Failed(Failure::BindingRejected(e.to_string())))
-            }
+            Err(
+                e @ ApiError::Status {
+                    code: 400..=428, ..
+                },
+            ) => Err(BindFault::Failed(Failure::BindingRejected(e.to_string()))),
             Err(e) => Err(BindFault::Transient(e.to_string())),
         }
     }
@@ -185,10 +189,9 @@ impl Effects {
         node: &str,
         message: String,
     ) -> Result<(), BindFault> {
-        let pod = self
-            .get_pod(ns, name)
-            .await
-            .map_err(|e| BindFault::Transient(format!("binding conflict ({message}); re-read failed: {e}")))?;
+        let pod = self.get_pod(ns, name).await.map_err(|e| {
+            BindFault::Transient(format!("binding conflict ({message}); re-read failed: {e}"))
+        })?;
         let Some(pod) = pod else {
             return Err(BindFault::Failed(Failure::PodNotFound {
                 namespace: ns.to_string(),

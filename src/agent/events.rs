@@ -10,8 +10,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -117,7 +117,10 @@ async fn write_event(
     let now = jiff::Timestamp::now();
     // client-go names events "<object>.<unique hex>"; a generateName ending in '.' is invalid.
     let stem: String = obj_name.chars().take(200).collect();
-    let name = format!("{stem}.{:x}", now.as_nanosecond() as u128 ^ rand::random::<u32>() as u128);
+    let name = format!(
+        "{stem}.{:x}",
+        now.as_nanosecond() as u128 ^ rand::random::<u32>() as u128
+    );
     let mut note = spec.note;
     if note.len() > MAX_NOTE {
         let mut cut = MAX_NOTE - 3;

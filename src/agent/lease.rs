@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,9 @@ pub async fn run(
         leading.send_replace(false);
         match release(&api, &cfg).await {
             Ok(()) => tracing::info!(lease = %cfg.name, "released the node lease"),
-            Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "could not release the node lease; a successor waits for it to expire"),
+            Err(e) => {
+                tracing::warn!(lease = %cfg.name, error = %e, "could not release the node lease; a successor waits for it to expire")
+            }
         }
     }
 }

@@ -89,7 +89,11 @@ pub struct Stats {
 
 impl Stats {
     fn succeeded(&self, bound_now: bool) {
-        let c = if bound_now { &self.bound } else { &self.already_bound };
+        let c = if bound_now {
+            &self.bound
+        } else {
+            &self.already_bound
+        };
         c.fetch_add(1, Ordering::Relaxed);
     }
     fn failed(&self, gave_up: bool) {
@@ -173,7 +177,9 @@ pub async fn run(
     stats: Arc<Stats>,
 ) -> Result<(), AgentError> {
     if cfg.node_name.is_empty() {
-        return Err(AgentError::Config("the node name is empty (--node-name / NODE_NAME)".into()));
+        return Err(AgentError::Config(
+            "the node name is empty (--node-name / NODE_NAME)".into(),
+        ));
     }
     if cfg.workers == 0 {
         return Err(AgentError::Config("--workers must be at least 1".into()));

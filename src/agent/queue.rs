@@ -256,7 +256,10 @@ mod tests {
     use super::*;
 
     fn k(n: &str) -> Key {
-        Key { namespace: "ns".into(), name: n.into() }
+        Key {
+            namespace: "ns".into(),
+            name: n.into(),
+        }
     }
 
     #[tokio::test]
@@ -317,7 +320,10 @@ mod tests {
         q.done(k("a"), Next::After(Duration::from_secs(5)));
         let start = Instant::now();
         assert_eq!(q.next().await.map(|x| x.0), Some(k("a")));
-        assert!(start.elapsed() < Duration::from_secs(1), "hard add overrides the delay");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "hard add overrides the delay"
+        );
     }
 
     #[tokio::test]

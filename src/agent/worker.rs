@@ -132,8 +132,14 @@ async fn snapshot_and_run(
                 "Bound {}/{} to node {me} after node-local verification",
                 req.namespace, req.pod_name
             );
-            sh.events.emit(event(pod_ref(&pod), EventType::Normal, "Bound", note.clone()));
-            sh.events.emit(event(request_ref(br), EventType::Normal, "Bound", note));
+            sh.events.emit(event(
+                pod_ref(&pod),
+                EventType::Normal,
+                "Bound",
+                note.clone(),
+            ));
+            sh.events
+                .emit(event(request_ref(br), EventType::Normal, "Bound", note));
             Ok(Outcome::Bound)
         }
         Ok(false) => Ok(Outcome::AlreadyBound),
@@ -232,8 +238,18 @@ fn log_and_emit(
             } else {
                 format!("Binding attempt {attempts} of {limit} failed, will retry: {reason}")
             };
-            sh.events.emit(event(request_ref(br), EventType::Warning, f.code(), note.clone()));
-            if !matches!(f, Failure::PodNotFound { .. } | Failure::Malformed(_) | Failure::PodUidMismatch { .. }) {
+            sh.events.emit(event(
+                request_ref(br),
+                EventType::Warning,
+                f.code(),
+                note.clone(),
+            ));
+            if !matches!(
+                f,
+                Failure::PodNotFound { .. }
+                    | Failure::Malformed(_)
+                    | Failure::PodUidMismatch { .. }
+            ) {
                 let pod = ObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Pod".into()),
@@ -242,7 +258,8 @@ fn log_and_emit(
                     uid: br.owner_pod_uid().map(str::to_string),
                     ..Default::default()
                 };
-                sh.events.emit(event(pod, EventType::Warning, f.code(), note));
+                sh.events
+                    .emit(event(pod, EventType::Warning, f.code(), note));
             }
         }
     }
@@ -261,7 +278,11 @@ async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
         node_verification: None,
     };
     tracing::warn!(request = %key, reason = %reason, "malformed BindRequest");
-    match sh.effects.force_status(&key.namespace, &key.name, &status).await {
+    match sh
+        .effects
+        .force_status(&key.namespace, &key.name, &status)
+        .await
+    {
         Ok(_) => {
             let r = ObjectReference {
                 api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
@@ -270,7 +291,8 @@ async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
                 name: Some(key.name.clone()),
                 ..Default::default()
             };
-            sh.events.emit(event(r, EventType::Warning, "MalformedRequest", reason));
+            sh.events
+                .emit(event(r, EventType::Warning, "MalformedRequest", reason));
             Next::Forget
         }
         Err(e) => {
@@ -290,7 +312,12 @@ impl Binder for KubeBinder<'_> {
     async fn bind(&self, ctx: &BindContext<'_>, pod_uid: &str) -> Result<(), BindFault> {
         // Only ever to this agent's own node.
         self.effects
-            .bind_pod(&ctx.request.namespace, &ctx.request.pod_name, pod_uid, ctx.node_name)
+            .bind_pod(
+                &ctx.request.namespace,
+                &ctx.request.pod_name,
+                pod_uid,
+                ctx.node_name,
+            )
             .await
     }
 }

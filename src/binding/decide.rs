@@ -53,7 +53,9 @@ pub fn validate_request(br: &BindRequest, node_name: &str) -> Result<ValidReques
         return malformed("spec.podName is empty".into());
     }
     if !is_dns_subdomain(pod_name) {
-        return malformed(format!("spec.podName \"{pod_name}\" is not a valid pod name"));
+        return malformed(format!(
+            "spec.podName \"{pod_name}\" is not a valid pod name"
+        ));
     }
     if let Some(limit) = spec.backoff_limit
         && limit < 0
@@ -67,7 +69,11 @@ pub fn validate_request(br: &BindRequest, node_name: &str) -> Result<ValidReques
     {
         return malformed(format!("spec.resourceClaimAllocations[{i}].name is empty"));
     }
-    let count = spec.received_gpu.as_ref().and_then(|g| g.count).unwrap_or(0);
+    let count = spec
+        .received_gpu
+        .as_ref()
+        .and_then(|g| g.count)
+        .unwrap_or(0);
     let count = match u32::try_from(count) {
         Ok(c) => c,
         Err(_) => return malformed(format!("spec.receivedGPU.count {count} is out of range")),
@@ -225,7 +231,10 @@ mod tests {
     #[test]
     fn request_validation_table() {
         let ok = |s: BindRequestSpec| validate_request(&br_with(s), "n1");
-        assert_eq!(ok(spec(None, None, None)).map(|r| r.gpu), Ok(GpuRequest::None));
+        assert_eq!(
+            ok(spec(None, None, None)).map(|r| r.gpu),
+            Ok(GpuRequest::None)
+        );
         assert_eq!(
             ok(spec(Some("Regular"), Some(2), None)).map(|r| r.gpu),
             Ok(GpuRequest::Whole { count: 2 })
@@ -242,17 +251,53 @@ mod tests {
         // (spec mutation, expected error code, text the reason must contain)
         type Mutate = fn(&mut BindRequestSpec);
         let bad: Vec<(Mutate, &str, &str)> = vec![
-            (|s| s.pod_name = None, "MalformedRequest", "spec.podName is empty"),
-            (|s| s.pod_name = Some("Bad_Name".into()), "MalformedRequest", "not a valid pod name"),
-            (|s| s.selected_node = None, "MalformedRequest", "spec.selectedNode is empty"),
-            (|s| s.selected_node = Some("n2".into()), "WrongNode", "\"n2\""),
-            (|s| s.received_resource_type = Some("Shared".into()), "MalformedRequest", "\"Shared\""),
-            (|s| s.received_gpu = Some(ReceivedGpu { count: Some(-1), portion: None }), "MalformedRequest", "-1"),
-            (|s| s.backoff_limit = Some(-2), "MalformedRequest", "backoffLimit"),
+            (
+                |s| s.pod_name = None,
+                "MalformedRequest",
+                "spec.podName is empty",
+            ),
+            (
+                |s| s.pod_name = Some("Bad_Name".into()),
+                "MalformedRequest",
+                "not a valid pod name",
+            ),
+            (
+                |s| s.selected_node = None,
+                "MalformedRequest",
+                "spec.selectedNode is empty",
+            ),
+            (
+                |s| s.selected_node = Some("n2".into()),
+                "WrongNode",
+                "\"n2\"",
+            ),
+            (
+                |s| s.received_resource_type = Some("Shared".into()),
+                "MalformedRequest",
+                "\"Shared\"",
+            ),
+            (
+                |s| {
+                    s.received_gpu = Some(ReceivedGpu {
+                        count: Some(-1),
+                        portion: None,
+                    })
+                },
+                "MalformedRequest",
+                "-1",
+            ),
+            (
+                |s| s.backoff_limit = Some(-2),
+                "MalformedRequest",
+                "backoffLimit",
+            ),
             (
                 |s| {
                     s.received_resource_type = Some("Fraction".into());
-                    s.received_gpu = Some(ReceivedGpu { count: Some(1), portion: Some("1.5".into()) });
+                    s.received_gpu = Some(ReceivedGpu {
+                        count: Some(1),
+                        portion: Some("1.5".into()),
+                    });
                     s.selected_gpu_groups = Some(vec!["g".into()]);
                 },
                 "MalformedRequest",
@@ -261,7 +306,10 @@ mod tests {
             (
                 |s| {
                     s.received_resource_type = Some("Fraction".into());
-                    s.received_gpu = Some(ReceivedGpu { count: Some(1), portion: Some("0.3".into()) });
+                    s.received_gpu = Some(ReceivedGpu {
+                        count: Some(1),
+                        portion: Some("0.3".into()),
+                    });
                     s.selected_gpu_groups = None;
                 },
                 "MalformedRequest",
@@ -292,7 +340,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("p".into()),
                 uid: Some(uid.into()),
-                deletion_timestamp: deleting.then(|| Time(jiff::Timestamp::UNIX_EPOCH)),
+                deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -315,12 +363,27 @@ mod tests {
         }]);
         let req = validate_request(&br, "n1").expect("valid");
         let check = |p: Option<Pod>| check_pod(&br, &req, p.as_ref(), "n1");
-        assert_eq!(check(Some(pod("u1", None, false))), Ok(PodState::Unbound { uid: "u1".into() }));
-        assert_eq!(check(Some(pod("u1", Some("n1"), false))), Ok(PodState::BoundHere));
+        assert_eq!(
+            check(Some(pod("u1", None, false))),
+            Ok(PodState::Unbound { uid: "u1".into() })
+        );
+        assert_eq!(
+            check(Some(pod("u1", Some("n1"), false))),
+            Ok(PodState::BoundHere)
+        );
         assert_eq!(check(None).map_err(|e| e.code()), Err("PodNotFound"));
-        assert_eq!(check(Some(pod("u2", None, false))).map_err(|e| e.code()), Err("PodUIDMismatch"));
-        assert_eq!(check(Some(pod("u1", Some("n2"), false))).map_err(|e| e.code()), Err("PodBoundElsewhere"));
-        assert_eq!(check(Some(pod("u1", None, true))).map_err(|e| e.code()), Err("PodTerminating"));
+        assert_eq!(
+            check(Some(pod("u2", None, false))).map_err(|e| e.code()),
+            Err("PodUIDMismatch")
+        );
+        assert_eq!(
+            check(Some(pod("u1", Some("n2"), false))).map_err(|e| e.code()),
+            Err("PodBoundElsewhere")
+        );
+        assert_eq!(
+            check(Some(pod("u1", None, true))).map_err(|e| e.code()),
+            Err("PodTerminating")
+        );
         // Without an owner reference any uid is accepted.
         br.metadata.owner_references = None;
         assert_eq!(

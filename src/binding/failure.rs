@@ -14,7 +14,9 @@ pub enum Failure {
     WrongNode { selected: String, me: String },
     #[error("pod {namespace}/{name} not found")]
     PodNotFound { namespace: String, name: String },
-    #[error("pod {name} was recreated: the request was made for uid {expected}, the live pod has uid {live}")]
+    #[error(
+        "pod {name} was recreated: the request was made for uid {expected}, the live pod has uid {live}"
+    )]
     PodUidMismatch {
         name: String,
         expected: String,

@@ -11,7 +11,7 @@ pub use backoff::Backoff;
 pub use decide::{GpuRequest, PodState, ValidRequest, check_pod, validate_request};
 pub use failure::Failure;
 pub use pipeline::{
-    AttemptError, BindContext, BindFault, BindState, Binder, Plugin, PluginError, PipelineReport,
+    AttemptError, BindContext, BindFault, BindState, Binder, PipelineReport, Plugin, PluginError,
     Registry, verdict,
 };
 pub use status::{Outcome, backoff_limit, is_settled, next_status};

@@ -253,20 +253,41 @@ mod tests {
             self.name
         }
         fn validate(&self, _: &BindContext<'_>) -> Vec<Verdict> {
-            vec![verdict(self.name, "check", self.check, format!("{} says {:?}", self.name, self.check))]
+            vec![verdict(
+                self.name,
+                "check",
+                self.check,
+                format!("{} says {:?}", self.name, self.check),
+            )]
         }
-        async fn pre_bind(&self, _: &BindContext<'_>, _: &mut BindState) -> Result<Vec<Verdict>, PluginError> {
-            self.log.lock().unwrap().push(format!("pre_bind {}", self.name));
+        async fn pre_bind(
+            &self,
+            _: &BindContext<'_>,
+            _: &mut BindState,
+        ) -> Result<Vec<Verdict>, PluginError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("pre_bind {}", self.name));
             match self.pre_bind_fails {
-                Some(transient) => Err(PluginError { message: "boom".into(), transient }),
+                Some(transient) => Err(PluginError {
+                    message: "boom".into(),
+                    transient,
+                }),
                 None => Ok(vec![]),
             }
         }
         async fn post_bind(&self, _: &BindContext<'_>, _: &BindState) {
-            self.log.lock().unwrap().push(format!("post_bind {}", self.name));
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("post_bind {}", self.name));
         }
         async fn rollback(&self, _: &BindContext<'_>, _: &mut BindState) {
-            self.log.lock().unwrap().push(format!("rollback {}", self.name));
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("rollback {}", self.name));
         }
     }
 
@@ -278,13 +299,21 @@ mod tests {
     #[async_trait]
     impl Binder for FakeBinder {
         async fn bind(&self, ctx: &BindContext<'_>, uid: &str) -> Result<(), BindFault> {
-            self.log.lock().unwrap().push(format!("bind {uid} to {}", ctx.node_name));
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("bind {uid} to {}", ctx.node_name));
             self.answer.clone()
         }
     }
 
     fn step(name: &'static str, check: VerdictOutcome, fails: Option<bool>, log: &Log) -> Step {
-        Step { name, check, pre_bind_fails: fails, log: log.clone() }
+        Step {
+            name,
+            check,
+            pre_bind_fails: fails,
+            log: log.clone(),
+        }
     }
 
     async fn run_case(
@@ -298,10 +327,23 @@ mod tests {
             registry = registry.with(p);
         }
         let br = BindRequest::new("p", BindRequestSpec::default());
-        let req = ValidRequest { namespace: "ns".into(), pod_name: "p".into(), gpu: GpuRequest::None };
+        let req = ValidRequest {
+            namespace: "ns".into(),
+            pod_name: "p".into(),
+            gpu: GpuRequest::None,
+        };
         let (pod, node) = (Pod::default(), Node::default());
-        let ctx = BindContext { node_name: "n1", request: &req, bind_request: &br, pod: &pod, node: &node };
-        let binder = FakeBinder { answer, log: log.clone() };
+        let ctx = BindContext {
+            node_name: "n1",
+            request: &req,
+            bind_request: &br,
+            pod: &pod,
+            node: &node,
+        };
+        let binder = FakeBinder {
+            answer,
+            log: log.clone(),
+        };
         run(&registry, &ctx, "uid-1", &binder, &move || wanted).await
     }
 
@@ -312,10 +354,25 @@ mod tests {
     #[tokio::test]
     async fn happy_path_runs_every_stage_in_order() {
         let log = Log::default();
-        let r = run_case(vec![step("a", Pass, None, &log), step("b", Warn, None, &log)], Ok(()), true, &log).await;
+        let r = run_case(
+            vec![step("a", Pass, None, &log), step("b", Warn, None, &log)],
+            Ok(()),
+            true,
+            &log,
+        )
+        .await;
         assert_eq!(r.result, Ok(true));
         assert_eq!(r.verdicts.len(), 2);
-        assert_eq!(take(&log), ["pre_bind a", "pre_bind b", "bind uid-1 to n1", "post_bind a", "post_bind b"]);
+        assert_eq!(
+            take(&log),
+            [
+                "pre_bind a",
+                "pre_bind b",
+                "bind uid-1 to n1",
+                "post_bind a",
+                "post_bind b"
+            ]
+        );
         let stages: Vec<_> = r.stages.iter().map(|s| s.0).collect();
         assert_eq!(stages, ["validate", "pre_bind", "bind", "post_bind"]);
     }
@@ -323,7 +380,13 @@ mod tests {
     #[tokio::test]
     async fn failed_validation_writes_nothing() {
         let log = Log::default();
-        let r = run_case(vec![step("a", Pass, None, &log), step("b", Fail, None, &log)], Ok(()), true, &log).await;
+        let r = run_case(
+            vec![step("a", Pass, None, &log), step("b", Fail, None, &log)],
+            Ok(()),
+            true,
+            &log,
+        )
+        .await;
         match r.result {
             Err(AttemptError::Failed(Failure::Refused { plugin, .. })) => assert_eq!(plugin, "b"),
             other => panic!("unexpected {other:?}"),
@@ -334,10 +397,20 @@ mod tests {
     #[tokio::test]
     async fn pre_bind_failure_rolls_back_in_reverse() {
         let log = Log::default();
-        let plugins = vec![step("a", Pass, None, &log), step("b", Pass, Some(false), &log), step("c", Pass, None, &log)];
+        let plugins = vec![
+            step("a", Pass, None, &log),
+            step("b", Pass, Some(false), &log),
+            step("c", Pass, None, &log),
+        ];
         let r = run_case(plugins, Ok(()), true, &log).await;
-        assert!(matches!(r.result, Err(AttemptError::Failed(Failure::PreBindFailed { .. }))));
-        assert_eq!(take(&log), ["pre_bind a", "pre_bind b", "rollback b", "rollback a"]);
+        assert!(matches!(
+            r.result,
+            Err(AttemptError::Failed(Failure::PreBindFailed { .. }))
+        ));
+        assert_eq!(
+            take(&log),
+            ["pre_bind a", "pre_bind b", "rollback b", "rollback a"]
+        );
         assert_eq!(r.rolled_back, ["b", "a"]);
     }
 
@@ -352,17 +425,44 @@ mod tests {
     async fn bind_failure_rolls_back_everything() {
         let log = Log::default();
         let fault = BindFault::Failed(Failure::BindingRejected("nope".into()));
-        let r = run_case(vec![step("a", Pass, None, &log), step("b", Pass, None, &log)], Err(fault), true, &log).await;
-        assert!(matches!(r.result, Err(AttemptError::Failed(Failure::BindingRejected(_)))));
-        assert_eq!(take(&log), ["pre_bind a", "pre_bind b", "bind uid-1 to n1", "rollback b", "rollback a"]);
+        let r = run_case(
+            vec![step("a", Pass, None, &log), step("b", Pass, None, &log)],
+            Err(fault),
+            true,
+            &log,
+        )
+        .await;
+        assert!(matches!(
+            r.result,
+            Err(AttemptError::Failed(Failure::BindingRejected(_)))
+        ));
+        assert_eq!(
+            take(&log),
+            [
+                "pre_bind a",
+                "pre_bind b",
+                "bind uid-1 to n1",
+                "rollback b",
+                "rollback a"
+            ]
+        );
     }
 
     #[tokio::test]
     async fn already_bound_here_is_success_without_bind_of_our_own() {
         let log = Log::default();
-        let r = run_case(vec![step("a", Pass, None, &log)], Err(BindFault::AlreadyBoundHere), true, &log).await;
+        let r = run_case(
+            vec![step("a", Pass, None, &log)],
+            Err(BindFault::AlreadyBoundHere),
+            true,
+            &log,
+        )
+        .await;
         assert_eq!(r.result, Ok(false));
-        assert_eq!(take(&log), ["pre_bind a", "bind uid-1 to n1", "post_bind a"]);
+        assert_eq!(
+            take(&log),
+            ["pre_bind a", "bind uid-1 to n1", "post_bind a"]
+        );
     }
 
     #[tokio::test]

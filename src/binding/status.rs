@@ -131,7 +131,14 @@ mod tests {
         // (backoffLimit, current phase, current attempts, outcome, want phase, want attempts)
         let cases = [
             (None, None, None, Outcome::Bound, "Succeeded", 0),
-            (None, Some("Pending"), Some(2), Outcome::Bound, "Succeeded", 2),
+            (
+                None,
+                Some("Pending"),
+                Some(2),
+                Outcome::Bound,
+                "Succeeded",
+                2,
+            ),
             (None, None, None, Outcome::AlreadyBound, "Succeeded", 0),
             (None, None, None, retryable(), "Pending", 1),
             (None, Some("Pending"), Some(1), retryable(), "Pending", 2),
@@ -157,7 +164,13 @@ mod tests {
 
     #[test]
     fn gave_up_reason_names_the_cause() {
-        let s = next_status(&br(None, Some("Pending"), Some(2)), &retryable(), 3, "n1", None);
+        let s = next_status(
+            &br(None, Some("Pending"), Some(2)),
+            &retryable(),
+            3,
+            "n1",
+            None,
+        );
         let reason = s.reason.unwrap_or_default();
         assert!(reason.contains("pod ns/p not found"), "{reason}");
         assert!(reason.contains("gave up after 3 attempts"), "{reason}");

@@ -41,7 +41,12 @@ impl Plugin for NodePlugin {
 pub fn node_verdicts(node: &Node, tolerations: &[Toleration], mode: CheckMode) -> Vec<Verdict> {
     let name = node.metadata.name.as_deref().unwrap_or("");
     if mode == CheckMode::Off {
-        return vec![verdict(NAME, "node", VerdictOutcome::Skip, "node checks are off".into())];
+        return vec![verdict(
+            NAME,
+            "node",
+            VerdictOutcome::Skip,
+            "node checks are off".into(),
+        )];
     }
     let problem = if mode == CheckMode::Warn {
         VerdictOutcome::Warn
@@ -81,7 +86,10 @@ pub fn node_verdicts(node: &Node, tolerations: &[Toleration], mode: CheckMode) -
             NAME,
             "taints",
             VerdictOutcome::Pass,
-            format!("pod tolerates all {} NoSchedule/NoExecute taints", taints.len()),
+            format!(
+                "pod tolerates all {} NoSchedule/NoExecute taints",
+                taints.len()
+            ),
         ));
     } else {
         out.push(verdict(
@@ -132,10 +140,20 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
-        Taint { key: key.into(), value: value.map(Into::into), effect: effect.into(), ..Default::default() }
+        Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: effect.into(),
+            ..Default::default()
+        }
     }
 
-    fn tol(key: Option<&str>, op: Option<&str>, value: Option<&str>, effect: Option<&str>) -> Toleration {
+    fn tol(
+        key: Option<&str>,
+        op: Option<&str>,
+        value: Option<&str>,
+        effect: Option<&str>,
+    ) -> Toleration {
         Toleration {
             key: key.map(Into::into),
             operator: op.map(Into::into),
@@ -149,26 +167,64 @@ mod tests {
     fn toleration_table() {
         let gpu = taint("nvidia.com/gpu", Some("present"), "NoSchedule");
         let cases = [
-            (tol(Some("nvidia.com/gpu"), Some("Exists"), None, None), true),
-            (tol(Some("nvidia.com/gpu"), None, Some("present"), None), true),
-            (tol(Some("nvidia.com/gpu"), Some("Equal"), Some("present"), Some("NoSchedule")), true),
-            (tol(Some("nvidia.com/gpu"), Some("Equal"), Some("absent"), None), false),
-            (tol(Some("nvidia.com/gpu"), Some("Exists"), None, Some("NoExecute")), false),
+            (
+                tol(Some("nvidia.com/gpu"), Some("Exists"), None, None),
+                true,
+            ),
+            (
+                tol(Some("nvidia.com/gpu"), None, Some("present"), None),
+                true,
+            ),
+            (
+                tol(
+                    Some("nvidia.com/gpu"),
+                    Some("Equal"),
+                    Some("present"),
+                    Some("NoSchedule"),
+                ),
+                true,
+            ),
+            (
+                tol(Some("nvidia.com/gpu"), Some("Equal"), Some("absent"), None),
+                false,
+            ),
+            (
+                tol(
+                    Some("nvidia.com/gpu"),
+                    Some("Exists"),
+                    None,
+                    Some("NoExecute"),
+                ),
+                false,
+            ),
             (tol(Some("other"), Some("Exists"), None, None), false),
             (tol(None, Some("Exists"), None, None), true),
             (tol(None, Some("Equal"), None, None), false),
-            (tol(Some("nvidia.com/gpu"), Some("Gt"), Some("1"), None), false),
+            (
+                tol(Some("nvidia.com/gpu"), Some("Gt"), Some("1"), None),
+                false,
+            ),
         ];
         for (i, (t, want)) in cases.iter().enumerate() {
             assert_eq!(tolerates(t, &gpu), *want, "case {i}: {t:?}");
         }
-        assert!(tolerates(&tol(Some("k"), None, None, None), &taint("k", None, "NoSchedule")));
+        assert!(tolerates(
+            &tol(Some("k"), None, None, None),
+            &taint("k", None, "NoSchedule")
+        ));
     }
 
     fn node(unschedulable: bool, taints: Vec<Taint>) -> Node {
         Node {
-            metadata: ObjectMeta { name: Some("n1".into()), ..Default::default() },
-            spec: Some(NodeSpec { unschedulable: Some(unschedulable), taints: Some(taints), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable: Some(unschedulable),
+                taints: Some(taints),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -191,12 +247,27 @@ mod tests {
         assert_eq!(outcomes(&v), [("cordon", Fail), ("taints", Pass)]);
         assert!(v[0].message.contains("cordoned"));
 
-        let v = node_verdicts(&node(false, vec![gpu.clone(), soft.clone()]), &[], CheckMode::Enforce);
+        let v = node_verdicts(
+            &node(false, vec![gpu.clone(), soft.clone()]),
+            &[],
+            CheckMode::Enforce,
+        );
         assert_eq!(outcomes(&v), [("cordon", Pass), ("taints", Fail)]);
-        assert!(v[1].message.contains("nvidia.com/gpu:NoSchedule"), "{}", v[1].message);
-        assert!(!v[1].message.contains("soft"), "PreferNoSchedule is not enforced");
+        assert!(
+            v[1].message.contains("nvidia.com/gpu:NoSchedule"),
+            "{}",
+            v[1].message
+        );
+        assert!(
+            !v[1].message.contains("soft"),
+            "PreferNoSchedule is not enforced"
+        );
 
-        let v = node_verdicts(&node(false, vec![gpu.clone()]), std::slice::from_ref(&gpu_tol), CheckMode::Enforce);
+        let v = node_verdicts(
+            &node(false, vec![gpu.clone()]),
+            std::slice::from_ref(&gpu_tol),
+            CheckMode::Enforce,
+        );
         assert_eq!(outcomes(&v), [("cordon", Pass), ("taints", Pass)]);
 
         let v = node_verdicts(&node(true, vec![gpu.clone()]), &[], CheckMode::Warn);

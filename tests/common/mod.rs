@@ -34,18 +34,32 @@ pub struct TestEnv {
 pub fn kai_crd() -> CustomResourceDefinition {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/kai/scheduling.run.ai_bindrequests.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("KAI's CRD is needed beside the checkout ({}): {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "KAI's CRD is needed beside the checkout ({}): {e}",
+            path.display()
+        )
+    });
     serde_yaml::from_str(&text).expect("KAI CRD parses")
 }
 
 fn unique(tag: &str) -> String {
     let tag: String = tag
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(30)
         .collect();
-    format!("bt-{}-{:06x}", tag.trim_matches('-'), rand::random::<u32>() & 0xff_ffff)
+    format!(
+        "bt-{}-{:06x}",
+        tag.trim_matches('-'),
+        rand::random::<u32>() & 0xff_ffff
+    )
 }
 
 impl TestEnv {
@@ -61,7 +75,8 @@ impl TestEnv {
         let prefix = unique(test);
         let (client, sim) = match std::env::var_os("BINDLET_TEST_KUBECONFIG") {
             Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(&path).expect("read BINDLET_TEST_KUBECONFIG");
+                let kc = kube::config::Kubeconfig::read_from(&path)
+                    .expect("read BINDLET_TEST_KUBECONFIG");
                 let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
                     .await
                     .expect("kubeconfig");
@@ -74,19 +89,29 @@ impl TestEnv {
                     Crd::Bindlet => bindlet::api::crd(),
                     Crd::Kai => kai_crd(),
                 };
-                let sim = Simulator::start(SimOptions { crds: vec![crd], ..Default::default() })
-                    .await
-                    .expect("start simulator");
+                let sim = Simulator::start(SimOptions {
+                    crds: vec![crd],
+                    ..Default::default()
+                })
+                .await
+                .expect("start simulator");
                 (sim.client(), Some(sim))
             }
         };
         let namespace = prefix.clone();
-        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": namespace } })).expect("ns");
+        let ns: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": namespace } })).expect("ns");
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        TestEnv { client, namespace, sim, prefix, nodes: Default::default() }
+        TestEnv {
+            client,
+            namespace,
+            sim,
+            prefix,
+            nodes: Default::default(),
+        }
     }
 
     pub fn is_sim(&self) -> bool {
@@ -152,7 +177,10 @@ impl TestEnv {
             "spec": spec
         }))
         .expect("pod");
-        self.pods().create(&PostParams::default(), &pod).await.expect("create pod")
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod")
     }
 
     /// Creates a KAI-style BindRequest: labelled for `label_node`, owned by the pod with `owner_uid`.
@@ -194,7 +222,8 @@ impl TestEnv {
     /// Pod plus its BindRequest for `node`, the usual scheduler output.
     pub async fn pod_and_request(&self, name: &str, node: &str) -> Pod {
         let pod = self.create_pod(name, json!({})).await;
-        self.create_request(name, node, pod.metadata.uid.as_deref(), json!({})).await;
+        self.create_request(name, node, pod.metadata.uid.as_deref(), json!({}))
+            .await;
         pod
     }
 
@@ -203,7 +232,10 @@ impl TestEnv {
         let mut cfg = AgentConfig::for_node(node);
         cfg.lease_namespace = self.namespace.clone();
         cfg.workers = 4;
-        cfg.backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(400) };
+        cfg.backoff = Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+        };
         cfg.api_timeout = Duration::from_secs(5);
         cfg.lease_duration = Duration::from_secs(2);
         cfg.lease_retry = Duration::from_millis(200);
@@ -213,9 +245,11 @@ impl TestEnv {
     /// Starts an agent and waits until it leads and its watch has synced.
     pub async fn start_agent(&self, cfg: AgentConfig) -> AgentHandle {
         let handle = agent::spawn(self.client.clone(), cfg);
-        wait_until(Duration::from_secs(20), "agent leads and is synced", || async {
-            handle.stats.is_leading() && handle.stats.is_synced()
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "agent leads and is synced",
+            || async { handle.stats.is_leading() && handle.stats.is_synced() },
+        )
         .await;
         handle
     }
@@ -241,7 +275,10 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("BindRequest {name} did not reach {want:?}; last status: {:?}", last.map(|b| b.status));
+        panic!(
+            "BindRequest {name} did not reach {want:?}; last status: {:?}",
+            last.map(|b| b.status)
+        );
     }
 
     pub async fn pod_node(&self, name: &str) -> Option<String> {
@@ -277,7 +314,10 @@ impl TestEnv {
         let start = tokio::time::Instant::now();
         loop {
             let got = self.events_for(kind, name).await;
-            let count = got.iter().filter(|e| e.reason.as_deref() == Some(reason)).count();
+            let count = got
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .count();
             if count >= n || start.elapsed() > Duration::from_secs(10) {
                 return got;
             }
@@ -289,7 +329,10 @@ impl TestEnv {
         // Pods bound to fake nodes never get a kubelet's final delete: force them.
         if let Ok(list) = self.pods().list(&ListParams::default()).await {
             for p in list.items {
-                let _ = self.pods().delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await;
+                let _ = self
+                    .pods()
+                    .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
+                    .await;
             }
         }
         let nodes = Api::<Node>::all(self.client.clone());
@@ -309,10 +352,17 @@ impl TestEnv {
 /// Installs bindlet's CRD on a real cluster when no BindRequest CRD is there yet.
 async fn ensure_crd(client: &Client) {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    if crds.get_opt("bindrequests.scheduling.run.ai").await.expect("get CRD").is_some() {
+    if crds
+        .get_opt("bindrequests.scheduling.run.ai")
+        .await
+        .expect("get CRD")
+        .is_some()
+    {
         return;
     }
-    crds.create(&PostParams::default(), &bindlet::api::crd()).await.expect("create CRD");
+    crds.create(&PostParams::default(), &bindlet::api::crd())
+        .await
+        .expect("create CRD");
     wait_until(Duration::from_secs(30), "CRD established", || async {
         crds.get_opt("bindrequests.scheduling.run.ai")
             .await
@@ -320,7 +370,10 @@ async fn ensure_crd(client: &Client) {
             .flatten()
             .and_then(|c| c.status)
             .and_then(|s| s.conditions)
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
     })
     .await;
 }
@@ -364,7 +417,10 @@ where
 
 /// Reason text of a request's status.
 pub fn reason(br: &BindRequest) -> String {
-    br.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default()
+    br.status
+        .as_ref()
+        .and_then(|s| s.reason.clone())
+        .unwrap_or_default()
 }
 
 pub fn attempts(br: &BindRequest) -> i32 {
