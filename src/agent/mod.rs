@@ -216,7 +216,6 @@ pub async fn run(
         cfg.clone(),
         requests_writer,
         queue.clone(),
-        stats.clone(),
         background.clone(),
     ));
     tasks.spawn(watch_node(
@@ -244,6 +243,20 @@ pub async fn run(
         stats: stats.clone(),
         cfg: cfg.clone(),
     });
+
+    // Workers start once both caches hold a full list: a request must not fail with
+    // "node not found" only because the Node watch has not delivered yet.
+    let (requests_ready, node_ready) = (shared.requests.clone(), shared.node.clone());
+    let stats_synced = stats.clone();
+    let node_name = cfg.node_name.clone();
+    let synced = tokio::select! {
+        r = async { requests_ready.wait_until_ready().await.and(node_ready.wait_until_ready().await) } => r.is_ok(),
+        _ = shutdown.cancelled() => false,
+    };
+    if synced {
+        stats_synced.synced.store(true, Ordering::Relaxed);
+        tracing::info!(node = %node_name, "caches synced (BindRequests and Node)");
+    }
 
     let mut workers = JoinSet::new();
     for _ in 0..cfg.workers {
@@ -291,6 +304,34 @@ pub async fn run(
     Ok(())
 }
 
+/// Backoff for re-establishing watches: capped at a few seconds, because a watch that is
+/// down means binds wait (kube-rs's default grows to 30 s). Reset by the first good event.
+#[derive(Default)]
+struct WatchBackoff {
+    failures: u32,
+}
+
+impl WatchBackoff {
+    const POLICY: Backoff = Backoff {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.failures = self.failures.saturating_add(1);
+        Some(Self::POLICY.jittered(self.failures))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 fn key_of(obj: &DeserializeGuard<BindRequest>) -> Option<Key> {
     Some(Key {
         namespace: obj.namespace()?,
@@ -306,7 +347,6 @@ async fn watch_requests(
     cfg: AgentConfig,
     mut writer: Writer<DeserializeGuard<BindRequest>>,
     queue: Arc<WorkQueue>,
-    stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
     let store = writer.as_reader();
@@ -318,7 +358,7 @@ async fn watch_requests(
         .labels(&format!("{SELECTED_NODE_LABEL}={}", cfg.node_name))
         .page_size(500);
     let stream = watcher::watcher(api, wc)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|o| o.managed_fields_mut().clear());
     futures::pin_mut!(stream);
     loop {
@@ -358,12 +398,7 @@ async fn watch_requests(
                             queue.remove(&k);
                         }
                     }
-                    Event::InitDone => {
-                        if !stats.synced.swap(true, Ordering::Relaxed) {
-                            tracing::info!(node = %cfg.node_name, "BindRequest watch synced");
-                        }
-                    }
-                    Event::Init => {}
+                    Event::Init | Event::InitDone => {}
                 }
             }
             Ok(None) => return,
@@ -385,7 +420,7 @@ async fn watch_node(
     let api: Api<Node> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let stream = watcher::watcher(api, wc)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|o| o.managed_fields_mut().clear());
     futures::pin_mut!(stream);
     let mut last_spec = None;

@@ -177,8 +177,9 @@ impl TestEnv {
             "spec": spec
         }))
         .expect("pod");
-        self.pods()
-            .create(&PostParams::default(), &pod)
+        let pods = self.pods();
+        let pp = PostParams::default();
+        retry_transport(|| pods.create(&pp, &pod))
             .await
             .expect("create pod")
     }
@@ -213,8 +214,9 @@ impl TestEnv {
             "spec": spec
         }))
         .expect("bind request");
-        self.bind_requests()
-            .create(&PostParams::default(), &br)
+        let api = self.bind_requests();
+        let pp = PostParams::default();
+        retry_transport(|| api.create(&pp, &br))
             .await
             .expect("create bind request")
     }
@@ -376,6 +378,25 @@ async fn ensure_crd(client: &Client) {
             })
     })
     .await;
+}
+
+/// Retries a call that failed below HTTP (a pooled connection cut by an API server
+/// restart); API answers are returned as they are.
+async fn retry_transport<T, F, Fut>(mut f: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(e) if !matches!(e, kube::Error::Api(_)) && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn merge(base: &mut Value, extra: Value) {
