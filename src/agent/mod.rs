@@ -117,6 +117,11 @@ impl Stats {
     fn forget_undecodable(&self, key: &Key) {
         lock(&self.undecodable).remove(key);
     }
+    /// The object is gone: drop everything kept about it.
+    fn forget(&self, key: &Key) {
+        self.clear_local_retries(key);
+        self.forget_undecodable(key);
+    }
     pub fn is_leading(&self) -> bool {
         self.leading.load(Ordering::Relaxed)
     }
@@ -216,6 +221,7 @@ pub async fn run(
         cfg.clone(),
         requests_writer,
         queue.clone(),
+        stats.clone(),
         background.clone(),
     ));
     tasks.spawn(watch_node(
@@ -347,6 +353,7 @@ async fn watch_requests(
     cfg: AgentConfig,
     mut writer: Writer<DeserializeGuard<BindRequest>>,
     queue: Arc<WorkQueue>,
+    stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
     let store = writer.as_reader();
@@ -396,6 +403,7 @@ async fn watch_requests(
                     Event::Delete(o) => {
                         if let Some(k) = key_of(o) {
                             queue.remove(&k);
+                            stats.forget(&k);
                         }
                     }
                     Event::Init | Event::InitDone => {}

@@ -33,7 +33,9 @@ const STATUS_WRITE_TRIES: usize = 5;
 pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Next {
     let oref = ObjectRef::new(&key.name).within(&key.namespace);
     let Some(entry) = sh.requests.get(&oref) else {
-        return Next::Forget; // deleted
+        // Deleted (possibly while the watch was down, so no Delete event came).
+        sh.stats.forget(key);
+        return Next::Forget;
     };
     let br = match &entry.0 {
         Ok(br) => br.clone(),
