@@ -126,6 +126,14 @@ impl AgentArgs {
 }
 
 /// Parses `250ms`, `10s`, `2m`, or plain seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use bindlet::cli::parse_duration;
+/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+/// assert!(parse_duration("2 weeks").is_err());
+/// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s

@@ -427,3 +427,61 @@ async fn works_with_kais_own_crd() {
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_request_is_failed_once_and_the_agent_goes_on() {
+    // KAI's schema does not require `spec`; bindlet's types do, so this object cannot be
+    // decoded. It must still get a Failed status with the reason, exactly once.
+    let env = TestEnv::with_crd("undecodable", Crd::Kai).await;
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    let raw = json!({
+        "apiVersion": "scheduling.run.ai/v1alpha2",
+        "kind": "BindRequest",
+        "metadata": { "name": "nospec", "namespace": env.namespace, "labels": { "selected-node": node } }
+    });
+    let api: kube::Api<kube::core::DynamicObject> = kube::Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &kube::core::ApiResource::erase::<bindlet::api::BindRequest>(&()),
+    );
+    let obj: kube::core::DynamicObject = serde_json::from_value(raw).expect("object");
+    api.create(&Default::default(), &obj).await.expect("create");
+
+    let mut status = serde_json::Value::Null;
+    let done = common::poll(Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let o = api.get("nospec").await.expect("get");
+            o.data
+                .get("status")
+                .and_then(|s| s.get("phase"))
+                .and_then(|p| p.as_str())
+                == Some("Failed")
+        }
+    })
+    .await;
+    assert!(done, "the undecodable request was not marked Failed");
+    if let Ok(o) = api.get("nospec").await {
+        status = o.data.get("status").cloned().unwrap_or_default();
+    }
+    let reason = status.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+    assert!(
+        reason.contains("malformed BindRequest: cannot decode"),
+        "{status}"
+    );
+    let evs = env
+        .wait_events("BindRequest", "nospec", "MalformedRequest", 1)
+        .await;
+    // The agent keeps working.
+    env.pod_and_request("after", &node).await;
+    env.wait_phase("after", Phase::Succeeded).await;
+    let count = evs
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("MalformedRequest"))
+        .count();
+    assert_eq!(count, 1, "reported once, not in a loop");
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}

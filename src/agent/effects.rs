@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::{Client, Error as KubeError};
 use serde_json::json;
 use thiserror::Error;
@@ -26,6 +27,8 @@ pub enum ApiError {
     },
     #[error("API server unreachable: {0}")]
     Transport(String),
+    #[error("cannot decode the API server's answer: {0}")]
+    Decode(String),
 }
 
 impl ApiError {
@@ -44,6 +47,7 @@ fn classify(e: KubeError) -> ApiError {
             reason: s.reason.clone(),
             message: s.message.clone(),
         },
+        KubeError::SerdeError(e) => ApiError::Decode(e.to_string()),
         other => ApiError::Transport(other.to_string()),
     }
 }
@@ -111,7 +115,9 @@ impl Effects {
         resource_version: Option<&str>,
         status: &BindRequestStatus,
     ) -> Result<StatusWrite, ApiError> {
-        let api: Api<BindRequest> = Api::namespaced(self.client.clone(), ns);
+        // The answer is decoded leniently: a request whose content bindlet cannot decode
+        // still gets its status written (and the write must not look like a failure).
+        let api: Api<DeserializeGuard<BindRequest>> = Api::namespaced(self.client.clone(), ns);
         let mut body = json!({ "status": status });
         if let Some(rv) = resource_version {
             body["metadata"] = json!({ "resourceVersion": rv });

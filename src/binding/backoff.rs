@@ -19,6 +19,15 @@ impl Default for Backoff {
 
 impl Backoff {
     /// Delay before retry number `retry` (1 = first retry): base·2^(retry-1), capped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bindlet::binding::Backoff;
+    /// let b = Backoff { base: Duration::from_millis(500), max: Duration::from_secs(60) };
+    /// assert_eq!(b.delay(1), Duration::from_millis(500));
+    /// assert_eq!(b.delay(3), Duration::from_secs(2));
+    /// assert_eq!(b.delay(20), Duration::from_secs(60));
+    /// ```
     pub fn delay(&self, retry: u32) -> Duration {
         let exp = retry.saturating_sub(1).min(30);
         self.base.saturating_mul(1u32 << exp).min(self.max)
