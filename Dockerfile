@@ -5,14 +5,11 @@
 
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && cargo build --release --locked --bin bindlet \
-    && rm -rf src
 COPY . .
-RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin bindlet \
+# Cache mounts keep the registry and build outputs between builds.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin bindlet \
     && install -D -m 0755 target/release/bindlet /out/bindlet
 
 # distroless "cc": glibc, libgcc, CA certificates, no shell; user 65532 ("nonroot").
