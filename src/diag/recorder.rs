@@ -561,3 +561,80 @@ fn gpu_state(g: &GpuFacts) -> &'static str {
         GpuFacts::Loaded { .. } => "loaded",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::Failure;
+
+    fn br(name: &str) -> BindRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "scheduling.run.ai/v1alpha2",
+            "kind": "BindRequest",
+            "metadata": { "name": name, "namespace": "ns", "creationTimestamp": "2020-01-01T00:00:00Z" },
+            "spec": { "podName": name, "selectedNode": "n1" }
+        }))
+        .expect("BindRequest")
+    }
+
+    #[test]
+    fn the_timeline_stays_bounded() {
+        let r = Recorder::new(10);
+        for i in 0..1000 {
+            let b = br(&format!("p-{i}"));
+            // Many attempts each: kept per request is bounded too.
+            for _ in 0..20 {
+                let t = r.attempt_started(&b);
+                r.pipeline_ran(&b, &[("validate", Duration::from_micros(5))]);
+                let failed = Err(AttemptError::Failed(Failure::Malformed("x".repeat(5000))));
+                r.attempt_finished(&b, t, &failed, None);
+            }
+        }
+        let i = r.lock();
+        assert_eq!(i.requests.len(), 10);
+        assert_eq!(i.requests.back().map(|x| x.name.as_str()), Some("p-999"));
+        for rec in &i.requests {
+            assert_eq!(rec.attempts_total, 20);
+            assert_eq!(rec.attempts.len(), ATTEMPTS_KEPT);
+            let reason = rec.attempts[0].reason.as_deref().unwrap_or("");
+            assert!(reason.len() <= TEXT_MAX + 3, "{}", reason.len());
+        }
+    }
+
+    #[test]
+    fn an_active_request_is_not_evicted_first() {
+        let r = Recorder::new(3);
+        let (a, b, c, d) = (br("a"), br("b"), br("c"), br("d"));
+        for x in [&a, &b, &c] {
+            r.attempt_started(x);
+        }
+        r.attempt_started(&a); // a retries: now the most recent
+        r.attempt_started(&d); // evicts b, the idlest
+        let names: Vec<String> = r.lock().requests.iter().map(|x| x.name.clone()).collect();
+        assert_eq!(names, ["c", "a", "d"]);
+    }
+
+    #[test]
+    fn bind_latency_counts_from_creation() {
+        let r = Recorder::default();
+        let b = br("old");
+        let status = BindRequestStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        };
+        r.attempt_started(&b);
+        r.settled(&b, &Outcome::Bound, &status);
+        let lat = r.lock().requests[0].bind_latency_seconds.unwrap_or(0.0);
+        // Created in 2020: years, not milliseconds.
+        assert!(lat > 3600.0 * 24.0 * 365.0, "{lat}");
+        let text = r.metrics.encode();
+        assert!(
+            text.contains("bindlet_bind_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bindlet_binds_total{outcome="bound",reason=""} 1"#),
+            "{text}"
+        );
+    }
+}
