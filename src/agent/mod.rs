@@ -372,6 +372,7 @@ async fn watch_requests(
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
+    // api_calls::LIST_BIND_REQUESTS, WATCH_BIND_REQUESTS
     let wc = watcher::Config::default()
         .labels(&format!("{SELECTED_NODE_LABEL}={}", cfg.node_name))
         .page_size(500);
@@ -436,6 +437,7 @@ async fn watch_node(
     stop: CancellationToken,
 ) {
     let api: Api<Node> = Api::all(client);
+    // api_calls::LIST_NODES, WATCH_NODES
     let wc = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let stream = watcher::watcher(api, wc)
         .backoff(WatchBackoff::default())
