@@ -1,4 +1,12 @@
 #!/usr/bin/env bash
-# Runs every check CI runs.
+# Runs every check CI runs (.ci/run: fmt, clippy, tests), then, when the tools are
+# installed, renders the kustomization and lints the shell scripts.
 set -euo pipefail
-exec "$(dirname "$0")/../.ci/run"
+cd "$(dirname "$0")/.."
+.ci/run
+if command -v kubectl >/dev/null; then
+  kubectl kustomize daemonset/ >/dev/null && echo "daemonset/: kustomize renders"
+fi
+if command -v shellcheck >/dev/null; then
+  shellcheck hack/*.sh .ci/run
+fi

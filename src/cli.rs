@@ -57,6 +57,8 @@ pub struct RunArgs {
     pub context: Option<String>,
     #[command(flatten)]
     pub agent: AgentArgs,
+    #[command(flatten)]
+    pub diag: crate::diag::DiagArgs,
 }
 
 /// Agent tuning shared by `run` and `demo`.
@@ -237,7 +239,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown signal received");
         signal.cancel();
     });
-    let stats = std::sync::Arc::new(crate::agent::Stats::default());
+    let recorder = std::sync::Arc::new(crate::diag::Recorder::new(args.diag.diag_history));
+    let stats = std::sync::Arc::new(crate::agent::Stats::with_recorder(recorder));
+    // Started before the agent so probes answer (not ready) while it syncs; stops with it.
+    if let Some(diag) = args
+        .diag
+        .to_config(crate::diag::DEFAULT_ADDR, cfg.api_timeout)?
+    {
+        let server =
+            crate::diag::start(diag, stats.clone(), Some(client.clone()), shutdown.clone()).await?;
+        tracing::info!(url = %server.url(), "diagnostics server listening");
+    }
     crate::agent::run(client, cfg, shutdown, stats).await?;
     Ok(())
 }

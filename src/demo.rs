@@ -34,6 +34,8 @@ pub struct DemoArgs {
     pub keep_running: bool,
     #[command(flatten)]
     pub agent: AgentArgs,
+    #[command(flatten)]
+    pub diag: crate::diag::DiagArgs,
 }
 
 const NAMESPACE: &str = "bindlet-demo";
@@ -144,7 +146,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let bound_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let pod_watch = tokio::spawn(record_bind_times(client.clone(), bound_at.clone()));
 
-    let agent = agent::spawn(client.clone(), cfg.clone());
+    let recorder = Arc::new(crate::diag::Recorder::new(args.diag.diag_history));
+    let stats = Arc::new(agent::Stats::with_recorder(recorder));
+    let agent = agent::spawn_with_stats(client.clone(), cfg.clone(), stats);
+    let diag = start_diag(&args, &sim, &agent, cfg.api_timeout).await?;
     let t0 = Instant::now();
     while !(agent.stats.is_leading() && agent.stats.is_synced()) {
         if t0.elapsed() > Duration::from_secs(30) {
@@ -225,8 +230,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     if args.keep_running {
         println!(
-            "\nkeep-running: the simulated control plane stays up at {} (Ctrl-C to stop)",
-            sim.url()
+            "\nkeep-running: the simulated control plane stays up at {}{} (Ctrl-C to stop)",
+            sim.url(),
+            diag.as_ref()
+                .map(|d| format!(", diagnostics at {}/debug", d.url()))
+                .unwrap_or_default()
         );
         let _ = tokio::signal::ctrl_c().await;
     }
@@ -234,6 +242,41 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     pod_watch.abort();
     sim.shutdown().await;
     Ok(ok)
+}
+
+/// Serves diagnostics for the demo's agent (stopped with it) and prints the address.
+async fn start_diag(
+    args: &DemoArgs,
+    sim: &Simulator,
+    agent: &agent::AgentHandle,
+    api_timeout: Duration,
+) -> anyhow::Result<Option<crate::diag::DiagServer>> {
+    let Some(cfg) = args.diag.to_config("127.0.0.1:0", api_timeout)? else {
+        return Ok(None);
+    };
+    let auth = cfg.auth;
+    let server = crate::diag::start(
+        cfg,
+        agent.stats.clone(),
+        Some(sim.client()),
+        agent.shutdown_token(),
+    )
+    .await?;
+    println!(
+        "diagnostics: {url}/debug (also /metrics, /debug/state, /readyz, /livez)",
+        url = server.url()
+    );
+    if auth == crate::diag::AuthMode::Kubernetes {
+        // The simulated API server accepts one demo token, allowed to read diagnostics.
+        let token = format!("demo-{:016x}", rand::random::<u64>());
+        let a = sim.auth();
+        a.add_token(&token, "demo-viewer", &["bindlet:diag-readers"]);
+        for path in ["/metrics", "/debug", "/debug/*"] {
+            a.allow_path("bindlet:diag-readers", "get", path);
+        }
+        println!("diagnostics token: Authorization: Bearer {token}");
+    }
+    Ok(Some(server))
 }
 
 fn short(c: Case) -> &'static str {

@@ -2,6 +2,7 @@
 //! call has a timeout; errors are classified into transient (retry without counting an
 //! attempt) and answers about the request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -13,6 +14,9 @@ use thiserror::Error;
 
 use crate::api::{BindRequest, BindRequestStatus};
 use crate::binding::{BindFault, Failure};
+use crate::diag::Recorder;
+
+use super::api_calls::{self, ApiCall};
 
 /// An API call that did not produce an answer about the request.
 #[derive(Debug, Clone, Error)]
@@ -64,6 +68,30 @@ pub async fn call<T>(
     }
 }
 
+/// [`call`], counted in the diagnostics metrics by verb, resource and status code.
+pub async fn call_as<T>(
+    diag: &Recorder,
+    what: ApiCall,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, KubeError>>,
+) -> Result<T, ApiError> {
+    let r = call(timeout, fut).await;
+    diag.api_request(what, r.as_ref().map(|_| ()));
+    r
+}
+
+/// [`call_as`] for `get_opt`, which turns a 404 answer into `Ok(None)`.
+pub async fn call_opt_as<T>(
+    diag: &Recorder,
+    what: ApiCall,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<Option<T>, KubeError>>,
+) -> Result<Option<T>, ApiError> {
+    let r = call(timeout, fut).await;
+    diag.api_request_opt(what, r.as_ref().map(Option::is_some));
+    r
+}
+
 /// Result of a guarded status write.
 #[derive(Debug)]
 pub enum StatusWrite {
@@ -78,11 +106,22 @@ pub enum StatusWrite {
 pub struct Effects {
     client: Client,
     timeout: Duration,
+    diag: Arc<Recorder>,
 }
 
 impl Effects {
     pub fn new(client: Client, timeout: Duration) -> Self {
-        Effects { client, timeout }
+        Effects {
+            client,
+            timeout,
+            diag: Arc::default(),
+        }
+    }
+
+    /// Counts this layer's API calls in `diag`.
+    pub fn with_recorder(mut self, diag: Arc<Recorder>) -> Self {
+        self.diag = diag;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -95,7 +134,8 @@ impl Effects {
 
     pub async fn get_pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, ApiError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        call(self.timeout, api.get_opt(name)).await
+        let what = api_calls::GET_POD;
+        call_opt_as(&self.diag, what, self.timeout, api.get_opt(name)).await
     }
 
     pub async fn get_bind_request(
@@ -104,7 +144,8 @@ impl Effects {
         name: &str,
     ) -> Result<Option<BindRequest>, ApiError> {
         let api: Api<BindRequest> = Api::namespaced(self.client.clone(), ns);
-        call(self.timeout, api.get_opt(name)).await
+        let what = api_calls::GET_BIND_REQUEST;
+        call_opt_as(&self.diag, what, self.timeout, api.get_opt(name)).await
     }
 
     /// Merge-patches `status`, guarded by the resourceVersion we computed it from.
@@ -122,7 +163,9 @@ impl Effects {
         if let Some(rv) = resource_version {
             body["metadata"] = json!({ "resourceVersion": rv });
         }
-        match call(
+        match call_as(
+            &self.diag,
+            api_calls::PATCH_BIND_REQUEST_STATUS,
             self.timeout,
             api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)),
         )
@@ -162,7 +205,9 @@ impl Effects {
             "metadata": { "name": name, "namespace": ns, "uid": uid },
             "target": { "apiVersion": "v1", "kind": "Node", "name": node },
         });
-        let res: Result<serde_json::Value, ApiError> = call(
+        let res: Result<serde_json::Value, ApiError> = call_as(
+            &self.diag,
+            api_calls::CREATE_POD_BINDING,
             self.timeout,
             api.create_subresource("binding", name, &PostParams::default(), &binding),
         )

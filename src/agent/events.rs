@@ -15,7 +15,8 @@ use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::effects::call;
+use super::api_calls::CREATE_EVENT;
+use super::effects::call_as;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -51,16 +52,29 @@ impl EventSink {
         timeout: Duration,
         shutdown: CancellationToken,
     ) -> (EventSink, tokio::task::JoinHandle<()>) {
+        let diag = Arc::default();
+        Self::start_with_recorder(client, controller, instance, timeout, shutdown, diag)
+    }
+
+    /// [`EventSink::start`], counting the writes in `diag`.
+    pub fn start_with_recorder(
+        client: Client,
+        controller: String,
+        instance: String,
+        timeout: Duration,
+        shutdown: CancellationToken,
+        diag: Arc<crate::diag::Recorder>,
+    ) -> (EventSink, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<EventSpec>(BUFFER);
         let counter = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(async move {
             let stream = receiver_stream(rx, shutdown);
             stream
                 .for_each_concurrent(WRITERS, |spec| {
-                    let client = client.clone();
+                    let (client, diag) = (client.clone(), diag.clone());
                     let (controller, instance) = (controller.clone(), instance.clone());
                     async move {
-                        write_event(client, &controller, &instance, timeout, spec).await;
+                        write_event(client, &diag, &controller, &instance, timeout, spec).await;
                     }
                 })
                 .await;
@@ -103,6 +117,7 @@ fn receiver_stream(
 
 async fn write_event(
     client: Client,
+    diag: &crate::diag::Recorder,
     controller: &str,
     instance: &str,
     timeout: Duration,
@@ -150,7 +165,14 @@ async fn write_event(
         ..Default::default()
     };
     let api: Api<Event> = Api::namespaced(client, &ns);
-    if let Err(e) = call(timeout, api.create(&PostParams::default(), &event)).await {
+    if let Err(e) = call_as(
+        diag,
+        CREATE_EVENT,
+        timeout,
+        api.create(&PostParams::default(), &event),
+    )
+    .await
+    {
         tracing::warn!(error = %e, namespace = %ns, "could not write event");
     }
 }

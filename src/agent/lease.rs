@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::effects::{ApiError, call};
+use super::api_calls::{CREATE_LEASE, GET_LEASE, UPDATE_LEASE};
+use super::effects::{ApiError, call_as, call_opt_as};
 
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -29,6 +30,8 @@ pub struct LeaseConfig {
     /// How often the holder renews, and others retry.
     pub retry_period: Duration,
     pub api_timeout: Duration,
+    /// Counts API calls and keeps the observed holder for diagnostics.
+    pub diag: std::sync::Arc<crate::diag::Recorder>,
 }
 
 /// Lease name for a node.
@@ -56,6 +59,7 @@ pub async fn run(
         let is_leading = *leading.borrow();
         match try_acquire_or_renew(&api, &cfg, &mut observed).await {
             Ok(true) => {
+                cfg.diag.lease_observed(&cfg.identity);
                 last_renew_ok = Instant::now();
                 if !is_leading {
                     tracing::info!(lease = %cfg.name, identity = %cfg.identity, "acquired the node lease; this agent now binds for the node");
@@ -104,7 +108,14 @@ async fn try_acquire_or_renew(
     observed: &mut Option<Observed>,
 ) -> Result<bool, ApiError> {
     let duration_secs = i32::try_from(cfg.duration.as_secs().max(1)).unwrap_or(i32::MAX);
-    let Some(mut lease) = call(cfg.api_timeout, api.get_opt(&cfg.name)).await? else {
+    let Some(mut lease) = call_opt_as(
+        &cfg.diag,
+        GET_LEASE,
+        cfg.api_timeout,
+        api.get_opt(&cfg.name),
+    )
+    .await?
+    else {
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(cfg.name.clone()),
@@ -120,7 +131,14 @@ async fn try_acquire_or_renew(
                 ..Default::default()
             }),
         };
-        return match call(cfg.api_timeout, api.create(&PostParams::default(), &lease)).await {
+        return match call_as(
+            &cfg.diag,
+            CREATE_LEASE,
+            cfg.api_timeout,
+            api.create(&PostParams::default(), &lease),
+        )
+        .await
+        {
             Ok(_) => Ok(true),
             Err(ApiError::Status { code: 409, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -130,6 +148,7 @@ async fn try_acquire_or_renew(
     let holder = spec.holder_identity.clone().unwrap_or_default();
     let renew = spec.renew_time.as_ref().map(|t| t.0);
     let held_by_me = holder == cfg.identity;
+    cfg.diag.lease_observed(&holder);
     if !held_by_me && !holder.is_empty() {
         let changed = observed
             .as_ref()
@@ -162,7 +181,9 @@ async fn try_acquire_or_renew(
     spec.lease_duration_seconds = Some(duration_secs);
     spec.renew_time = Some(now());
     // `replace` sends metadata.resourceVersion: a concurrent writer makes this a 409.
-    match call(
+    match call_as(
+        &cfg.diag,
+        UPDATE_LEASE,
         cfg.api_timeout,
         api.replace(&cfg.name, &PostParams::default(), &lease),
     )
@@ -178,7 +199,14 @@ async fn try_acquire_or_renew(
 }
 
 async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), ApiError> {
-    let Some(mut lease) = call(cfg.api_timeout, api.get_opt(&cfg.name)).await? else {
+    let Some(mut lease) = call_opt_as(
+        &cfg.diag,
+        GET_LEASE,
+        cfg.api_timeout,
+        api.get_opt(&cfg.name),
+    )
+    .await?
+    else {
         return Ok(());
     };
     let Some(spec) = lease.spec.as_mut() else {
@@ -189,7 +217,9 @@ async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), ApiError> {
     }
     spec.holder_identity = None;
     spec.renew_time = Some(now());
-    call(
+    call_as(
+        &cfg.diag,
+        UPDATE_LEASE,
         cfg.api_timeout,
         api.replace(&cfg.name, &PostParams::default(), &lease),
     )

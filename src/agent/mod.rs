@@ -1,6 +1,7 @@
 //! The node agent: watches this node's BindRequests, holds the node Lease, and runs a
 //! bounded pool of workers over a per-object queue. One shutdown token stops it all.
 
+pub mod api_calls;
 pub mod effects;
 pub mod events;
 pub mod lease;
@@ -83,11 +84,20 @@ pub struct Stats {
     pub already_bound: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub failed_final: AtomicU64,
+    /// Metrics and per-request timelines for the diagnostics server.
+    pub diag: Arc<crate::diag::Recorder>,
     retries: Mutex<HashMap<Key, u32>>,
     undecodable: Mutex<HashSet<Key>>,
 }
 
 impl Stats {
+    /// Stats whose diagnostics go to `diag` (e.g. one sized by `--diag-history`).
+    pub fn with_recorder(diag: Arc<crate::diag::Recorder>) -> Self {
+        Stats {
+            diag,
+            ..Default::default()
+        }
+    }
     fn succeeded(&self, bound_now: bool) {
         let c = if bound_now {
             &self.bound
@@ -164,7 +174,11 @@ impl AgentHandle {
 
 /// Starts the agent on the current runtime.
 pub fn spawn(client: Client, cfg: AgentConfig) -> AgentHandle {
-    let stats = Arc::new(Stats::default());
+    spawn_with_stats(client, cfg, Arc::new(Stats::default()))
+}
+
+/// [`spawn`] with caller-made stats (e.g. a diagnostics recorder of a chosen size).
+pub fn spawn_with_stats(client: Client, cfg: AgentConfig, stats: Arc<Stats>) -> AgentHandle {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(client, cfg, shutdown.clone(), stats.clone()));
     AgentHandle {
@@ -196,6 +210,7 @@ pub async fn run(
     // aborts them all.
     let mut tasks = JoinSet::new();
     let queue = Arc::new(WorkQueue::new());
+    stats.diag.agent_started(&cfg, queue.clone());
     let (leading_tx, mut leading_rx) = watch::channel(false);
     // Stopped only after the workers are done, so the Lease is released last.
     let background = CancellationToken::new();
@@ -209,6 +224,7 @@ pub async fn run(
             duration: cfg.lease_duration,
             retry_period: cfg.lease_retry,
             api_timeout: cfg.api_timeout,
+            diag: stats.diag.clone(),
         },
         leading_tx,
         background.clone(),
@@ -233,16 +249,18 @@ pub async fn run(
         background.clone(),
     ));
 
-    let (events, events_task) = EventSink::start(
+    let (events, events_task) = EventSink::start_with_recorder(
         client.clone(),
         "bindlet".to_string(),
         cfg.identity.clone(),
         cfg.api_timeout,
         background.clone(),
+        stats.diag.clone(),
     );
     let shared = Arc::new(worker::Shared {
         registry: plugins::standard(&cfg.plugins),
-        effects: Effects::new(client.clone(), cfg.api_timeout),
+        effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),
+        diag: stats.diag.clone(),
         events,
         requests,
         node: node_store,
@@ -361,6 +379,7 @@ async fn watch_requests(
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
+    // api_calls::LIST_BIND_REQUESTS, WATCH_BIND_REQUESTS
     let wc = watcher::Config::default()
         .labels(&format!("{SELECTED_NODE_LABEL}={}", cfg.node_name))
         .page_size(500);
@@ -426,6 +445,7 @@ async fn watch_node(
     stop: CancellationToken,
 ) {
     let api: Api<Node> = Api::all(client);
+    // api_calls::LIST_NODES, WATCH_NODES
     let wc = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let stream = watcher::watcher(api, wc)
         .backoff(WatchBackoff::default())

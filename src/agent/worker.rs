@@ -25,6 +25,7 @@ pub(crate) struct Shared {
     pub requests: Store<DeserializeGuard<BindRequest>>,
     pub node: Store<Node>,
     pub stats: Arc<super::Stats>,
+    pub diag: Arc<crate::diag::Recorder>,
 }
 
 const STATUS_WRITE_TRIES: usize = 5;
@@ -46,7 +47,10 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
         return Next::Forget;
     }
     let retry = sh.stats.local_retries(key);
+    let timer = sh.diag.attempt_started(&br);
     let (result, verification) = attempt(sh, &br, cancelled).await;
+    sh.diag
+        .attempt_finished(&br, timer, &result, verification.as_ref());
     let outcome = match result {
         Err(AttemptError::Transient(msg)) => {
             let n = retry + 1;
@@ -119,6 +123,7 @@ async fn snapshot_and_run(
     };
     let still_wanted = || !cancelled.is_set();
     let report = binding::pipeline::run(&sh.registry, &ctx, &uid, &binder, &still_wanted).await;
+    sh.diag.pipeline_ran(br, &report.stages);
     let verification = NodeVerification {
         node: me.to_string(),
         agent: Some(sh.cfg.identity.clone()),
@@ -222,6 +227,7 @@ fn log_and_emit(
     let phase = status.phase.as_deref().unwrap_or("");
     let attempts = status.failed_attempts.unwrap_or(0);
     let reason = status.reason.as_deref().unwrap_or("");
+    sh.diag.settled(br, outcome, status);
     match outcome {
         Outcome::Bound => {
             sh.stats.succeeded(true);

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use super::Shared;
 use super::objects::PatchType;
-use super::registry::{MAIN_VERBS, ResourceDef};
+use super::registry::{MAIN_VERBS, ResourceDef, Special};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{ObjKey, Sub, WatchStart};
@@ -359,6 +359,19 @@ fn execute(
         return Err(ApiError::bad_request(
             "dryRun is not supported by the simulated API server",
         ));
+    }
+    if matches!(def.special, Special::TokenReview | Special::AccessReview) {
+        // Reviews are answered, never stored: create is their only verb.
+        if op != Op::Create {
+            return Err(ApiError::method_not_allowed());
+        }
+        let body = parse_json(bytes)?;
+        let answer = if def.special == Special::TokenReview {
+            sh.auth.token_review(body)?
+        } else {
+            sh.auth.access_review(body)?
+        };
+        return Ok(json_resp(201, &answer, &[]));
     }
     match op {
         Op::Get => {

@@ -97,7 +97,10 @@
 //! # Known differences from a real kube-apiserver
 //!
 //! - No authentication, authorization, admission webhooks or ValidatingAdmissionPolicies
-//!   (so node-restricted binding policies of design §2 are not enforced).
+//!   (so node-restricted binding policies of design §2 are not enforced). TokenReview and
+//!   SubjectAccessReview are served from a table the test fills (`Simulator::auth`), for
+//!   clients that delegate their own access checks; requests to the simulator itself are
+//!   never checked. Discovery lists all verbs for them although only `create` is served.
 //! - `managedFields` are not kept: server-side apply is a merge patch with no field
 //!   ownership, no conflicts (`force` is ignored) and no removal of fields a manager stopped
 //!   applying.
@@ -130,6 +133,7 @@
 //! - Request counts include every request for a resource (faulted ones too); non-resource
 //!   requests count as `("get", "discovery")`. Fault rules apply to resource requests only.
 
+mod auth;
 mod http;
 mod objects;
 mod registry;
@@ -151,6 +155,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::AuthHandle;
 use store::State;
 
 /// Errors starting the simulator.
@@ -301,6 +306,7 @@ impl RequestCounts {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) faults: Faults,
+    pub(crate) auth: auth::AuthTable,
     counts: Mutex<BTreeMap<(String, String), u64>>,
     pub(crate) root: CancellationToken,
     conn_epoch: Mutex<CancellationToken>,
@@ -398,6 +404,7 @@ impl Simulator {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(opts.watch_history, current_rv.clone())),
             faults: Faults::default(),
+            auth: auth::AuthTable::default(),
             counts: Mutex::new(BTreeMap::new()),
             conn_epoch: Mutex::new(root.child_token()),
             watch_epoch: Mutex::new(root.child_token()),
@@ -476,6 +483,13 @@ impl Simulator {
     /// Fault injection handle.
     pub fn faults(&self) -> FaultHandle {
         FaultHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Tokens and grants for the simulated TokenReview and SubjectAccessReview.
+    pub fn auth(&self) -> AuthHandle {
+        AuthHandle {
             shared: self.shared.clone(),
         }
     }

@@ -30,6 +30,10 @@ pub(crate) enum Special {
     Namespace,
     Crd,
     Custom,
+    /// `tokenreviews`: create-only, answered from the auth table, not stored.
+    TokenReview,
+    /// `subjectaccessreviews`: create-only, answered from the auth table, not stored.
+    AccessReview,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +242,25 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     crd.short_names = vec!["crd".into(), "crds".into()];
     crd.etcd_prefix = "/registry/apiextensions.k8s.io/customresourcedefinitions".into();
     out.push(crd);
+
+    let mut tr = ResourceDef::base(
+        "authentication.k8s.io",
+        "v1",
+        "tokenreviews",
+        "TokenReview",
+        false,
+    );
+    tr.special = Special::TokenReview;
+    out.push(tr);
+    let mut sar = ResourceDef::base(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        false,
+    );
+    sar.special = Special::AccessReview;
+    out.push(sar);
 
     out
 }

@@ -437,7 +437,8 @@ impl State {
                     warnings = out.warnings;
                 }
             }
-            Special::None => {}
+            // Reviews never reach the store (see http.rs).
+            Special::None | Special::TokenReview | Special::AccessReview => {}
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(
@@ -559,7 +560,10 @@ impl State {
                     }
                 }
                 Special::Crd => new_defs = Some(registry::defs_from_crd(&new)?),
-                Special::Namespace | Special::None => {}
+                Special::Namespace
+                | Special::None
+                | Special::TokenReview
+                | Special::AccessReview => {}
             }
             if def.generation && spec_part(&old) != spec_part(&new) {
                 let g = meta(&old)

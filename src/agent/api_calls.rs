@@ -1,0 +1,70 @@
+//! Every Kubernetes API call bindlet makes, in one list.
+//!
+//! This is the single source of truth the shipped RBAC (`daemonset/rbac.yaml`) is checked
+//! against in both directions (`tests/diag_manifests.rs`), and the simulator-backed test
+//! checks that the agent makes no request outside it. Call sites name one of these
+//! constants when they go through [`super::effects::call_as`]; watches name theirs in a
+//! comment beside the watcher. Adding an API call means adding it here first.
+
+/// One API call: group (`""` for core), resource (with `/subresource`), verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApiCall {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verb: &'static str,
+}
+
+const fn c(group: &'static str, resource: &'static str, verb: &'static str) -> ApiCall {
+    ApiCall {
+        group,
+        resource,
+        verb,
+    }
+}
+
+const KAI: &str = crate::api::GROUP;
+
+pub const GET_POD: ApiCall = c("", "pods", "get");
+pub const CREATE_POD_BINDING: ApiCall = c("", "pods/binding", "create");
+pub const LIST_NODES: ApiCall = c("", "nodes", "list");
+pub const WATCH_NODES: ApiCall = c("", "nodes", "watch");
+pub const GET_BIND_REQUEST: ApiCall = c(KAI, "bindrequests", "get");
+pub const LIST_BIND_REQUESTS: ApiCall = c(KAI, "bindrequests", "list");
+pub const WATCH_BIND_REQUESTS: ApiCall = c(KAI, "bindrequests", "watch");
+pub const PATCH_BIND_REQUEST_STATUS: ApiCall = c(KAI, "bindrequests/status", "patch");
+pub const GET_LEASE: ApiCall = c("coordination.k8s.io", "leases", "get");
+pub const CREATE_LEASE: ApiCall = c("coordination.k8s.io", "leases", "create");
+pub const UPDATE_LEASE: ApiCall = c("coordination.k8s.io", "leases", "update");
+pub const CREATE_EVENT: ApiCall = c("events.k8s.io", "events", "create");
+/// Only with `--diag-auth=kubernetes`.
+pub const CREATE_TOKEN_REVIEW: ApiCall = c("authentication.k8s.io", "tokenreviews", "create");
+/// Only with `--diag-auth=kubernetes`.
+pub const CREATE_SUBJECT_ACCESS_REVIEW: ApiCall =
+    c("authorization.k8s.io", "subjectaccessreviews", "create");
+
+/// What the code calls today.
+pub const API_CALLS: &[ApiCall] = &[
+    GET_POD,
+    CREATE_POD_BINDING,
+    LIST_NODES,
+    WATCH_NODES,
+    GET_BIND_REQUEST,
+    LIST_BIND_REQUESTS,
+    WATCH_BIND_REQUESTS,
+    PATCH_BIND_REQUEST_STATUS,
+    GET_LEASE,
+    CREATE_LEASE,
+    UPDATE_LEASE,
+    CREATE_EVENT,
+    CREATE_TOKEN_REVIEW,
+    CREATE_SUBJECT_ACCESS_REVIEW,
+];
+
+/// PLANNED, not yet called: the DRA plugin will write ResourceClaim allocations, which
+/// needs `update` on `resourceclaims/status` and on the synthetic `resourceclaims/binding`
+/// (design §2). The ClusterRole grants them already; the RBAC test allows exactly these
+/// beyond [`API_CALLS`].
+pub const PLANNED_API_CALLS: &[ApiCall] = &[
+    c("resource.k8s.io", "resourceclaims/status", "update"),
+    c("resource.k8s.io", "resourceclaims/binding", "update"),
+];

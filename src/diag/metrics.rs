@@ -1,0 +1,164 @@
+//! The Prometheus metrics (OpenMetrics text), one registry per agent: no globals.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BindLabels {
+    /// bound | already_bound | failed_retrying | failed_final
+    pub outcome: String,
+    /// The failure code (e.g. `PodBoundElsewhere`); empty on success.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// bound | already_bound | failed | transient | cancelled
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub verb: String,
+    pub resource: String,
+    /// HTTP status code, or `timeout` / `error` when no answer came.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub gpu: String,
+    pub uuid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HolderLabels {
+    pub holder: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s: from a quick bind to one stuck behind retries.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn stage_histogram() -> Histogram {
+    // 50 µs .. ~3.3 s: most stages are in-memory checks or one API round trip.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 17))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric bindlet exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub binds: Family<BindLabels, Counter>,
+    pub bind_latency: Histogram,
+    pub stage_duration: HistogramFamily<StageLabels>,
+    pub attempts: Family<ResultLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub in_flight: Gauge,
+    pub api_requests: Family<ApiLabels, Counter>,
+    pub gpu_healthy: Family<GpuLabels, Gauge>,
+    pub volume_check_failures: Family<CheckLabels, Counter>,
+    pub lease_held: Gauge,
+    pub lease_holder: Family<HolderLabels, Gauge>,
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bindlet");
+        let m = Metrics {
+            binds: Family::default(),
+            bind_latency: latency_histogram(),
+            stage_duration: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
+            attempts: Family::default(),
+            queue_depth: Gauge::default(),
+            in_flight: Gauge::default(),
+            api_requests: Family::default(),
+            gpu_healthy: Family::default(),
+            volume_check_failures: Family::default(),
+            lease_held: Gauge::default(),
+            lease_holder: Family::default(),
+            ready: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "binds",
+            "BindRequests settled (status written), by outcome and failure reason",
+            m.binds.clone(),
+        );
+        registry.register(
+            "bind_latency_seconds",
+            "Time from BindRequest creation to the pod bound by this agent",
+            m.bind_latency.clone(),
+        );
+        registry.register(
+            "stage_duration_seconds",
+            "Duration of each pipeline stage per attempt",
+            m.stage_duration.clone(),
+        );
+        registry.register("attempts", "Bind attempts, by result", m.attempts.clone());
+        registry.register(
+            "queue_depth",
+            "BindRequests waiting in the work queue (ready or backing off)",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "BindRequests being worked on now",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Kubernetes API requests made by the agent (watches excluded), by verb, resource and status code",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "gpu_healthy",
+            "1 when the GPU is healthy, 0 when not; only present while a GPU inventory is loaded",
+            m.gpu_healthy.clone(),
+        );
+        registry.register(
+            "volume_check_failures",
+            "Failed volume checks, by check",
+            m.volume_check_failures.clone(),
+        );
+        registry.register(
+            "lease_held",
+            "1 when this agent holds the node Lease",
+            m.lease_held.clone(),
+        );
+        registry.register(
+            "lease_holder",
+            "The node Lease's holder as last observed (value 1)",
+            m.lease_holder.clone(),
+        );
+        registry.register("ready", "1 when /readyz answers ready", m.ready.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

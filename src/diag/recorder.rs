@@ -1,0 +1,640 @@
+//! The agent's observer: counts into the metrics and keeps a bounded timeline of the last
+//! N BindRequests. The agent calls it at a few points (attempt start and end, pipeline
+//! stages, status written, every API call); the server reads snapshots of it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::agent::api_calls::ApiCall;
+use crate::agent::effects::ApiError;
+use crate::agent::queue::WorkQueue;
+use crate::agent::{AgentConfig, Stats};
+use crate::api::{BindRequest, BindRequestStatus, NodeVerification, VerdictOutcome};
+use crate::binding::{AttemptError, Outcome};
+
+use super::facts::{GpuFacts, NodeFacts, VolumeFacts};
+use super::metrics::{
+    ApiLabels, BindLabels, CheckLabels, GpuLabels, HolderLabels, Metrics, ResultLabels, StageLabels,
+};
+
+/// Requests kept in the timeline unless configured otherwise.
+pub const DEFAULT_HISTORY: usize = 256;
+/// Attempts kept per request (the oldest are dropped; the count is kept).
+const ATTEMPTS_KEPT: usize = 8;
+/// Verdicts kept per attempt.
+const VERDICTS_KEPT: usize = 32;
+/// Longest text (reason, message) kept, in bytes.
+const TEXT_MAX: usize = 300;
+
+/// One stage of an attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRecord {
+    pub stage: &'static str,
+    pub seconds: f64,
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerdictRecord {
+    pub plugin: String,
+    pub check: String,
+    pub outcome: VerdictOutcome,
+    pub message: String,
+}
+
+/// One attempt at binding a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    /// Wall-clock start (RFC 3339).
+    pub started_at: String,
+    /// None while running.
+    pub seconds: Option<f64>,
+    /// running | bound | already_bound | failed | transient | cancelled
+    pub result: &'static str,
+    pub reason: Option<String>,
+    pub stages: Vec<StageRecord>,
+    pub verdicts: Vec<VerdictRecord>,
+}
+
+/// What the agent did with one BindRequest.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub namespace: String,
+    pub name: String,
+    pub pod: Option<String>,
+    pub created_at: Option<String>,
+    /// The status phase and reason last written by this agent.
+    pub phase: Option<String>,
+    pub reason: Option<String>,
+    /// Creation to bound, when this agent bound it.
+    pub bind_latency_seconds: Option<f64>,
+    pub attempts_total: u32,
+    /// The last few attempts, oldest first.
+    pub attempts: VecDeque<AttemptRecord>,
+}
+
+/// Returned by [`Recorder::attempt_started`]; hand it back to [`Recorder::attempt_finished`].
+#[derive(Debug)]
+pub struct AttemptTimer {
+    started: Instant,
+}
+
+/// Why the agent is or is not ready.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// The BindRequest (and Node) watches delivered their first full list.
+    pub watch_synced: bool,
+    /// This agent knows who holds the node Lease (itself or another).
+    pub lease_known: bool,
+    /// not_configured | loading | unavailable | loaded
+    pub gpus: &'static str,
+}
+
+impl Readiness {
+    /// What is still missing, for the `/readyz` body.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.watch_synced {
+            v.push("BindRequest watch not synced");
+        }
+        if !self.lease_known {
+            v.push("node Lease state not known yet");
+        }
+        if self.gpus == "loading" {
+            v.push("GPU inventory still loading");
+        }
+        v
+    }
+}
+
+/// The node Lease as this agent sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseView {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub identity: Option<String>,
+    pub held: bool,
+    /// The holder last observed (empty: nobody); None until first observed.
+    pub holder: Option<String>,
+}
+
+/// Everything `/debug/state` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct DebugState {
+    pub node: Option<String>,
+    pub readiness: Readiness,
+    pub lease: LeaseView,
+    pub queue_depth: usize,
+    pub in_flight: usize,
+    pub totals: Totals,
+    pub gpus: GpuFacts,
+    pub volumes: VolumeFacts,
+    /// Most recent first.
+    pub requests: Vec<RequestRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub bound: u64,
+    pub already_bound: u64,
+    pub failed_attempts: u64,
+    pub failed_final: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: VecDeque<RequestRecord>,
+    node: Option<String>,
+    identity: Option<String>,
+    lease: Option<(String, String)>,
+    queue: Option<Arc<WorkQueue>>,
+    lease_holder: Option<String>,
+    facts: Option<Arc<dyn NodeFacts>>,
+}
+
+/// Metrics and timelines of one agent. Cheap to call from the hot path: a counter bump
+/// and one short lock over a bounded ring.
+pub struct Recorder {
+    metrics: Metrics,
+    history: usize,
+    inner: Mutex<Inner>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new(DEFAULT_HISTORY)
+    }
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("history", &self.history)
+            .finish_non_exhaustive()
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= TEXT_MAX {
+        return s.to_string();
+    }
+    let mut cut = TEXT_MAX;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &s[..cut])
+}
+
+fn key_of(br: &BindRequest) -> (String, String) {
+    (
+        br.metadata.namespace.clone().unwrap_or_default(),
+        br.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Recorder {
+    /// A recorder keeping the last `history` requests (at least 1).
+    pub fn new(history: usize) -> Self {
+        Recorder {
+            metrics: Metrics::default(),
+            history: history.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the source of GPU and volume facts (the GPU inventory calls this).
+    pub fn set_facts(&self, facts: Arc<dyn NodeFacts>) {
+        self.lock().facts = Some(facts);
+    }
+
+    /// Called once by the agent at start.
+    pub fn agent_started(&self, cfg: &AgentConfig, queue: Arc<WorkQueue>) {
+        let mut i = self.lock();
+        i.node = Some(cfg.node_name.clone());
+        i.identity = Some(cfg.identity.clone());
+        i.lease = Some((
+            crate::agent::lease::lease_name(&cfg.node_name),
+            cfg.lease_namespace.clone(),
+        ));
+        i.queue = Some(queue);
+    }
+
+    /// The Lease's holder as just read or written (empty: nobody).
+    pub fn lease_observed(&self, holder: &str) {
+        let mut i = self.lock();
+        if i.lease_holder.as_deref() != Some(holder) {
+            i.lease_holder = Some(holder.to_string());
+        }
+    }
+
+    /// One API call and its answer.
+    pub fn api_request(&self, what: ApiCall, result: Result<(), &ApiError>) {
+        let code = match result {
+            // The API server answers 201 to creates, 200 to everything else we call.
+            Ok(()) if what.verb == "create" => "201".to_string(),
+            Ok(()) => "200".to_string(),
+            Err(e) => error_code(e),
+        };
+        self.count_api(what, code);
+    }
+
+    /// A `get_opt` call: `Ok(false)` was a 404 answer.
+    pub fn api_request_opt(&self, what: ApiCall, result: Result<bool, &ApiError>) {
+        let code = match result {
+            Ok(true) => "200".to_string(),
+            Ok(false) => "404".to_string(),
+            Err(e) => error_code(e),
+        };
+        self.count_api(what, code);
+    }
+
+    fn count_api(&self, what: ApiCall, code: String) {
+        self.metrics
+            .api_requests
+            .get_or_create(&ApiLabels {
+                verb: what.verb.to_string(),
+                resource: what.resource.to_string(),
+                code,
+            })
+            .inc();
+    }
+
+    /// An attempt begins for `br`.
+    pub fn attempt_started(&self, br: &BindRequest) -> AttemptTimer {
+        let key = key_of(br);
+        let mut i = self.lock();
+        let mut rec = match i
+            .requests
+            .iter()
+            .position(|r| r.namespace == key.0 && r.name == key.1)
+        {
+            // Active requests move to the back so the ring evicts idle ones first.
+            Some(pos) => i.requests.remove(pos),
+            None => None,
+        }
+        .unwrap_or_else(|| RequestRecord {
+            namespace: key.0,
+            name: key.1,
+            pod: br.spec.pod_name.clone(),
+            created_at: br
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string()),
+            phase: None,
+            reason: None,
+            bind_latency_seconds: None,
+            attempts_total: 0,
+            attempts: VecDeque::new(),
+        });
+        rec.attempts_total = rec.attempts_total.saturating_add(1);
+        if rec.attempts.len() >= ATTEMPTS_KEPT {
+            rec.attempts.pop_front();
+        }
+        rec.attempts.push_back(AttemptRecord {
+            started_at: jiff::Timestamp::now().to_string(),
+            seconds: None,
+            result: "running",
+            reason: None,
+            stages: Vec::new(),
+            verdicts: Vec::new(),
+        });
+        while i.requests.len() >= self.history {
+            i.requests.pop_front();
+        }
+        i.requests.push_back(rec);
+        AttemptTimer {
+            started: Instant::now(),
+        }
+    }
+
+    /// The pipeline ran for `br`, with these stage durations.
+    pub fn pipeline_ran(&self, br: &BindRequest, stages: &[(&'static str, Duration)]) {
+        for (stage, d) in stages {
+            self.metrics
+                .stage_duration
+                .get_or_create(&StageLabels {
+                    stage: (*stage).to_string(),
+                })
+                .observe(d.as_secs_f64());
+        }
+        self.with_current_attempt(br, |a| {
+            a.stages = stages
+                .iter()
+                .map(|(stage, d)| StageRecord {
+                    stage,
+                    seconds: d.as_secs_f64(),
+                })
+                .collect();
+        });
+    }
+
+    /// The attempt ended (before its status was written).
+    pub fn attempt_finished(
+        &self,
+        br: &BindRequest,
+        timer: AttemptTimer,
+        result: &Result<Outcome, AttemptError>,
+        verification: Option<&NodeVerification>,
+    ) {
+        let (label, reason) = match result {
+            Ok(Outcome::Bound) => ("bound", None),
+            Ok(Outcome::AlreadyBound) => ("already_bound", None),
+            Ok(Outcome::Failed(f)) | Err(AttemptError::Failed(f)) => {
+                ("failed", Some(format!("{}: {f}", f.code())))
+            }
+            Err(AttemptError::Transient(m)) => ("transient", Some(m.clone())),
+            Err(AttemptError::Cancelled) => ("cancelled", None),
+        };
+        self.metrics
+            .attempts
+            .get_or_create(&ResultLabels {
+                result: label.to_string(),
+            })
+            .inc();
+        let verdicts = verification.map(|v| v.verdicts.as_slice()).unwrap_or(&[]);
+        for v in verdicts {
+            // Volume checks report through the pipeline's verdicts like every plugin.
+            if v.plugin == "volumes" && v.outcome == VerdictOutcome::Fail {
+                self.metrics
+                    .volume_check_failures
+                    .get_or_create(&CheckLabels {
+                        check: v.check.clone(),
+                    })
+                    .inc();
+            }
+        }
+        let seconds = timer.started.elapsed().as_secs_f64();
+        self.with_current_attempt(br, |a| {
+            a.seconds = Some(seconds);
+            a.result = label;
+            a.reason = reason.as_deref().map(truncate);
+            a.verdicts = verdicts
+                .iter()
+                .take(VERDICTS_KEPT)
+                .map(|v| VerdictRecord {
+                    plugin: v.plugin.clone(),
+                    check: v.check.clone(),
+                    outcome: v.outcome,
+                    message: truncate(&v.message),
+                })
+                .collect();
+        });
+    }
+
+    /// The status for `outcome` was written.
+    pub fn settled(&self, br: &BindRequest, outcome: &Outcome, status: &BindRequestStatus) {
+        let phase = status.phase.as_deref().unwrap_or("");
+        let (label, reason) = match outcome {
+            Outcome::Bound => ("bound", ""),
+            Outcome::AlreadyBound => ("already_bound", ""),
+            Outcome::Failed(f) if phase == "Failed" => ("failed_final", f.code()),
+            Outcome::Failed(f) => ("failed_retrying", f.code()),
+        };
+        self.metrics
+            .binds
+            .get_or_create(&BindLabels {
+                outcome: label.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        let latency = match (outcome, &br.metadata.creation_timestamp) {
+            (Outcome::Bound, Some(created)) => {
+                let d = jiff::Timestamp::now().duration_since(created.0);
+                // Creation timestamps have 1 s resolution: never report a negative time.
+                let secs = d.as_secs_f64().max(0.0);
+                self.metrics.bind_latency.observe(secs);
+                Some(secs)
+            }
+            _ => None,
+        };
+        let key = key_of(br);
+        let mut i = self.lock();
+        if let Some(r) = i
+            .requests
+            .iter_mut()
+            .rev()
+            .find(|r| r.namespace == key.0 && r.name == key.1)
+        {
+            r.phase = status.phase.clone();
+            r.reason = status.reason.as_deref().map(truncate);
+            if latency.is_some() {
+                r.bind_latency_seconds = latency;
+            }
+        }
+    }
+
+    fn with_current_attempt(&self, br: &BindRequest, f: impl FnOnce(&mut AttemptRecord)) {
+        let key = key_of(br);
+        let mut i = self.lock();
+        if let Some(a) = i
+            .requests
+            .iter_mut()
+            .rev()
+            .find(|r| r.namespace == key.0 && r.name == key.1)
+            .and_then(|r| r.attempts.back_mut())
+        {
+            f(a);
+        }
+    }
+
+    fn gpus(&self) -> GpuFacts {
+        let facts = self.lock().facts.clone();
+        facts.map(|f| f.gpus()).unwrap_or(GpuFacts::NotConfigured)
+    }
+
+    /// Readiness now: watches synced, Lease state known, GPU inventory settled.
+    pub fn readiness(&self, stats: &Stats) -> Readiness {
+        let gpus = gpu_state(&self.gpus());
+        let lease_known = self.lock().lease_holder.is_some();
+        let watch_synced = stats.is_synced();
+        Readiness {
+            ready: watch_synced && lease_known && gpus != "loading",
+            watch_synced,
+            lease_known,
+            gpus,
+        }
+    }
+
+    /// Everything `/debug/state` shows.
+    pub fn debug_state(&self, stats: &Stats) -> DebugState {
+        use std::sync::atomic::Ordering::Relaxed;
+        let readiness = self.readiness(stats);
+        let (gpus, volumes) = {
+            let facts = self.lock().facts.clone();
+            match facts {
+                Some(f) => (f.gpus(), f.volumes()),
+                None => (GpuFacts::NotConfigured, VolumeFacts::NotConfigured),
+            }
+        };
+        let i = self.lock();
+        let (depth, in_flight) = i
+            .queue
+            .as_ref()
+            .map(|q| (q.depth(), q.in_flight()))
+            .unwrap_or((0, 0));
+        DebugState {
+            node: i.node.clone(),
+            readiness,
+            lease: LeaseView {
+                name: i.lease.as_ref().map(|l| l.0.clone()),
+                namespace: i.lease.as_ref().map(|l| l.1.clone()),
+                identity: i.identity.clone(),
+                held: stats.is_leading(),
+                holder: i.lease_holder.clone(),
+            },
+            queue_depth: depth,
+            in_flight,
+            totals: Totals {
+                bound: stats.bound.load(Relaxed),
+                already_bound: stats.already_bound.load(Relaxed),
+                failed_attempts: stats.failed_attempts.load(Relaxed),
+                failed_final: stats.failed_final.load(Relaxed),
+            },
+            gpus,
+            volumes,
+            requests: i.requests.iter().rev().cloned().collect(),
+        }
+    }
+
+    /// OpenMetrics text, with the gauges refreshed from the current state.
+    pub fn encode_metrics(&self, stats: &Stats) -> String {
+        let readiness = self.readiness(stats);
+        let gpus = self.gpus();
+        {
+            let i = self.lock();
+            let (depth, in_flight) = i
+                .queue
+                .as_ref()
+                .map(|q| (q.depth(), q.in_flight()))
+                .unwrap_or((0, 0));
+            let m = &self.metrics;
+            m.queue_depth.set(depth as i64);
+            m.in_flight.set(in_flight as i64);
+            m.lease_held.set(i64::from(stats.is_leading()));
+            m.lease_holder.clear();
+            if let Some(h) = &i.lease_holder {
+                m.lease_holder
+                    .get_or_create(&HolderLabels { holder: h.clone() })
+                    .set(1);
+            }
+            m.ready.set(i64::from(readiness.ready));
+        }
+        // Rebuilt from the inventory each scrape: a GPU that disappears stops being reported.
+        self.metrics.gpu_healthy.clear();
+        if let GpuFacts::Loaded { devices } = gpus {
+            for d in devices {
+                self.metrics
+                    .gpu_healthy
+                    .get_or_create(&GpuLabels {
+                        gpu: d.index.to_string(),
+                        uuid: d.uuid.clone(),
+                    })
+                    .set(i64::from(d.healthy));
+            }
+        }
+        self.metrics.encode()
+    }
+}
+
+fn error_code(e: &ApiError) -> String {
+    match e {
+        ApiError::Status { code, .. } => code.to_string(),
+        ApiError::Timeout(_) => "timeout".to_string(),
+        ApiError::Transport(_) => "error".to_string(),
+    }
+}
+
+fn gpu_state(g: &GpuFacts) -> &'static str {
+    match g {
+        GpuFacts::NotConfigured => "not_configured",
+        GpuFacts::Loading => "loading",
+        GpuFacts::Unavailable { .. } => "unavailable",
+        GpuFacts::Loaded { .. } => "loaded",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::Failure;
+
+    fn br(name: &str) -> BindRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "scheduling.run.ai/v1alpha2",
+            "kind": "BindRequest",
+            "metadata": { "name": name, "namespace": "ns", "creationTimestamp": "2020-01-01T00:00:00Z" },
+            "spec": { "podName": name, "selectedNode": "n1" }
+        }))
+        .expect("BindRequest")
+    }
+
+    #[test]
+    fn the_timeline_stays_bounded() {
+        let r = Recorder::new(10);
+        for i in 0..1000 {
+            let b = br(&format!("p-{i}"));
+            // Many attempts each: kept per request is bounded too.
+            for _ in 0..20 {
+                let t = r.attempt_started(&b);
+                r.pipeline_ran(&b, &[("validate", Duration::from_micros(5))]);
+                let failed = Err(AttemptError::Failed(Failure::Malformed("x".repeat(5000))));
+                r.attempt_finished(&b, t, &failed, None);
+            }
+        }
+        let i = r.lock();
+        assert_eq!(i.requests.len(), 10);
+        assert_eq!(i.requests.back().map(|x| x.name.as_str()), Some("p-999"));
+        for rec in &i.requests {
+            assert_eq!(rec.attempts_total, 20);
+            assert_eq!(rec.attempts.len(), ATTEMPTS_KEPT);
+            let reason = rec.attempts[0].reason.as_deref().unwrap_or("");
+            assert!(reason.len() <= TEXT_MAX + 3, "{}", reason.len());
+        }
+    }
+
+    #[test]
+    fn an_active_request_is_not_evicted_first() {
+        let r = Recorder::new(3);
+        let (a, b, c, d) = (br("a"), br("b"), br("c"), br("d"));
+        for x in [&a, &b, &c] {
+            r.attempt_started(x);
+        }
+        r.attempt_started(&a); // a retries: now the most recent
+        r.attempt_started(&d); // evicts b, the idlest
+        let names: Vec<String> = r.lock().requests.iter().map(|x| x.name.clone()).collect();
+        assert_eq!(names, ["c", "a", "d"]);
+    }
+
+    #[test]
+    fn bind_latency_counts_from_creation() {
+        let r = Recorder::default();
+        let b = br("old");
+        let status = BindRequestStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        };
+        r.attempt_started(&b);
+        r.settled(&b, &Outcome::Bound, &status);
+        let lat = r.lock().requests[0].bind_latency_seconds.unwrap_or(0.0);
+        // Created in 2020: years, not milliseconds.
+        assert!(lat > 3600.0 * 24.0 * 365.0, "{lat}");
+        let text = r.metrics.encode();
+        assert!(
+            text.contains("bindlet_bind_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bindlet_binds_total{outcome="bound",reason=""} 1"#),
+            "{text}"
+        );
+    }
+}
