@@ -550,6 +550,7 @@ fn error_code(e: &ApiError) -> String {
         ApiError::Status { code, .. } => code.to_string(),
         ApiError::Timeout(_) => "timeout".to_string(),
         ApiError::Transport(_) => "error".to_string(),
+        ApiError::Decode(_) => "decode_error".to_string(),
     }
 }
 
