@@ -217,7 +217,22 @@ impl HealthTracker {
             HealthEvent::Xid(x) => format!("XID {x} ({})", xid_meaning(x)),
             HealthEvent::DoubleBitEcc => "double-bit ECC error event".to_string(),
         };
-        let t = self.gpus.get_mut(uuid)?;
+        if uuid.is_empty() {
+            return None;
+        }
+        // An event may beat the first probe of its GPU: start tracking it here.
+        let t = self.gpus.entry(uuid.to_string()).or_insert_with(|| Track {
+            index: 0,
+            healthy: true,
+            reason: String::new(),
+            since: None,
+            last_fault: None,
+            ecc_seen: None,
+            last: Gpu {
+                uuid: uuid.to_string(),
+                ..Default::default()
+            },
+        });
         t.last_fault = Some((now, why.clone()));
         if !t.healthy {
             return None;
