@@ -234,7 +234,7 @@ fn recovers_after_the_quiet_period_and_when_faults_clear() {
         Duration::from_millis(400),
     );
     n.until("XID 48 seen", |s| !s.gpus[0].health.healthy);
-    assert_eq!(healthy(&n.snap())[1], false);
+    assert!(!healthy(&n.snap())[1]);
     // No new fault: GPU-a is healthy again after the quiet period; GPU-b's fault persists.
     let s = n.until("GPU-a recovered", |s| s.gpus[0].health.healthy);
     assert!(!s.gpus[1].health.healthy);
