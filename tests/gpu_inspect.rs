@@ -1,18 +1,20 @@
 //! `bindlet inspect`: the node's GPUs and their health, as a person runs it.
 
-use std::process::Command;
+use bindlet::cli::{Cli, Command};
+use clap::Parser;
 
+/// `bindlet inspect ARGS`, parsed as the binary parses it; returns what it prints.
 fn inspect(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bindlet"))
-        .arg("inspect")
-        .args(args)
-        .env_remove("BINDLET_GPU_INVENTORY_FILE")
-        .output()
-        .expect("run bindlet inspect");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let mut argv = vec!["bindlet", "inspect"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("arguments parse");
+    let Command::Inspect(a) = cli.command else {
+        panic!("not the inspect command");
+    };
+    match bindlet::gpu::inspect::render(&a) {
+        Ok(out) => (true, out),
+        Err(e) => (false, e.to_string()),
+    }
 }
 
 #[test]

@@ -15,15 +15,20 @@ pub struct InspectArgs {
 
 /// Probes once and prints. A missing driver prints as `unavailable`; it is not an error.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
+    print!("{}", render(args)?);
+    Ok(())
+}
+
+/// What `run` prints.
+pub fn render(args: &InspectArgs) -> anyhow::Result<String> {
     let a = &args.gpu;
     let inv = super::open(&a.source(), a.health(), a.gpu_recheck, None)?;
     let snap = inv.snapshot();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&snap)?);
+    Ok(if args.json {
+        serde_json::to_string_pretty(&snap)? + "\n"
     } else {
-        print!("{}", table(&snap));
-    }
-    Ok(())
+        table(&snap)
+    })
 }
 
 fn gib(b: u64) -> String {
