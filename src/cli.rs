@@ -40,6 +40,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Print bindlet's BindRequest CustomResourceDefinition (YAML).
     Crd,
+    /// Show this node's GPU inventory and health (NVML or --gpu-inventory-file).
+    Inspect(crate::gpu::inspect::InspectArgs),
     /// Print the version.
     Version,
 }
@@ -101,6 +103,8 @@ pub struct AgentArgs {
     /// Node checks (cordon, taints): enforce, warn or off.
     #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
     pub node_checks: CheckMode,
+    #[command(flatten)]
+    pub gpu: crate::gpu::GpuArgs,
 }
 
 impl AgentArgs {
@@ -122,6 +126,10 @@ impl AgentArgs {
         cfg.lease_retry = self.lease_retry;
         cfg.plugins = PluginSettings {
             node_checks: self.node_checks,
+            gpu: crate::plugins::gpu::GpuSettings {
+                args: self.gpu.clone(),
+                runtime: None,
+            },
         };
         cfg
     }
@@ -179,6 +187,10 @@ pub fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", crate::api::crd_yaml());
             Ok(())
+        }
+        Command::Inspect(args) => {
+            init_logging(cli.log_format, &cli.log_level)?;
+            crate::gpu::inspect::run(&args)
         }
         Command::Version => {
             println!("bindlet {}", env!("CARGO_PKG_VERSION"));

@@ -41,6 +41,17 @@ pub struct DemoArgs {
 const NAMESPACE: &str = "bindlet-demo";
 const OTHER_NODE: &str = "gpu-node-2";
 const GPU_TAINT: &str = "nvidia.com/gpu";
+/// The demo node's GPU 5 reports XID 79 (fallen off the bus) at the first probe.
+const UNHEALTHY_GPU: &str = "GPU-00000005-demo";
+const UNHEALTHY_GROUP: &str = "demo-group-on-gpu-5";
+
+/// The demo node's GPUs: 8 H100s, one of which has a scripted XID 79.
+fn demo_inventory() -> String {
+    format!(
+        "{}faults:\n  - {{ gpu: {UNHEALTHY_GPU}, afterProbes: 1, xid: 79 }}\n",
+        crate::gpu::file::InventoryFile::healthy_node(8)
+    )
+}
 
 /// The kinds of request the demo creates, each with the outcome it must reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,13 +66,19 @@ enum Case {
     Malformed,
     UidMismatch,
     TaintNotTolerated,
+    WholeGpus,
+    GpuUnhealthy,
+    TooManyGpus,
 }
 
 impl Case {
     fn label(self) -> &'static str {
         match self {
             Case::Plain => "plain pod",
-            Case::Gpu => "GPU pod (1 whole GPU)",
+            Case::Gpu => "GPU pod (0.25 of a GPU)",
+            Case::WholeGpus => "GPU pod (2 whole GPUs)",
+            Case::GpuUnhealthy => "GPU share on the GPU with XID 79",
+            Case::TooManyGpus => "8 whole GPUs, 7 healthy",
             Case::AlreadyBoundHere => "pod already bound to this node",
             Case::OtherNodeLabel => "request for another node",
             Case::WrongSelectedNode => "labelled here, spec.selectedNode elsewhere",
@@ -85,6 +102,9 @@ impl Case {
             Case::Malformed => (Some(Phase::Failed), "invalid GPU portion"),
             Case::UidMismatch => (Some(Phase::Failed), "was recreated"),
             Case::TaintNotTolerated => (Some(Phase::Failed), "does not tolerate"),
+            Case::WholeGpus => (Some(Phase::Succeeded), "bound to node"),
+            Case::GpuUnhealthy => (Some(Phase::Failed), "which is unhealthy: XID 79"),
+            Case::TooManyGpus => (Some(Phase::Failed), "needs 8 whole GPU(s)"),
         }
     }
 
@@ -107,6 +127,9 @@ fn plan(n: usize) -> Vec<Case> {
         Case::Malformed,
         Case::UidMismatch,
         Case::TaintNotTolerated,
+        Case::WholeGpus,
+        Case::GpuUnhealthy,
+        Case::TooManyGpus,
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
@@ -130,6 +153,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     .await?;
     let client = sim.client();
     let node = args.node_name.clone();
+    // The demo node's GPUs come from a file unless one is given.
+    let mut args = args;
+    let demo_file = if args.agent.gpu.gpu_inventory_file.is_none() {
+        let p = std::env::temp_dir().join(format!("bindlet-demo-{}-gpus.yaml", std::process::id()));
+        std::fs::write(&p, demo_inventory())?;
+        args.agent.gpu.gpu_inventory_file = Some(p.clone());
+        Some(p)
+    } else {
+        None
+    };
     let mut cfg = args.agent.to_config(&node);
     if args.agent.identity.is_none() {
         cfg.identity = format!("bindlet-demo-{node}");
@@ -143,6 +176,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     );
 
     setup_cluster(&client, &node, &cfg.lease_namespace).await?;
+    create_reservation(&client, &node).await?;
     let bound_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let pod_watch = tokio::spawn(record_bind_times(client.clone(), bound_at.clone()));
 
@@ -241,6 +275,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     agent.stop().await?;
     pod_watch.abort();
     sim.shutdown().await;
+    if let Some(p) = demo_file {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(ok)
 }
 
@@ -291,6 +328,9 @@ fn short(c: Case) -> &'static str {
         Case::Malformed => "malformed",
         Case::UidMismatch => "recreated",
         Case::TaintNotTolerated => "untolerated",
+        Case::WholeGpus => "whole",
+        Case::GpuUnhealthy => "xid",
+        Case::TooManyGpus => "toomany",
     }
 }
 
@@ -324,11 +364,35 @@ async fn setup_cluster(client: &Client, node: &str, lease_ns: &str) -> anyhow::R
     Ok(())
 }
 
+/// KAI's reservation pod for a GPU group on the demo's unhealthy GPU.
+async fn create_reservation(client: &Client, node: &str) -> anyhow::Result<()> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "gpu-reservation-5", "namespace": NAMESPACE,
+            "labels": { crate::gpu::verdict::GPU_GROUP_LABEL: UNHEALTHY_GROUP },
+            "annotations": { crate::gpu::verdict::RESERVED_GPU_ANNOTATION: UNHEALTHY_GPU }
+        },
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{ "key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule" }],
+            "containers": [ { "name": "reservation", "image": "registry.k8s.io/pause:3.10" } ]
+        }
+    }))?;
+    Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &pod)
+        .await?;
+    Ok(())
+}
+
 async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(String, String)> {
-    let gpu = it.case == Case::Gpu;
     let mut resources = json!({ "requests": { "cpu": "500m", "memory": "1Gi" } });
-    if gpu {
-        resources["limits"] = json!({ "nvidia.com/gpu": "1" });
+    let whole = match it.case {
+        Case::WholeGpus => 2,
+        Case::TooManyGpus => 8,
+        _ => 0,
+    };
+    if whole > 0 {
+        resources["limits"] = json!({ "nvidia.com/gpu": whole.to_string() });
     }
     let tolerations = if it.case == Case::TaintNotTolerated {
         json!([])
@@ -369,8 +433,18 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
         pod_uid.to_string()
     };
     let spec = match it.case {
+        // KAI sizes shares by group; a new group has no reserved GPU yet.
         Case::Gpu => {
-            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 1, "portion": "1.00" } })
+            json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "0.25" }, "selectedGPUGroups": [format!("group-{}", it.name)] })
+        }
+        Case::GpuUnhealthy => {
+            json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "0.25" }, "selectedGPUGroups": [UNHEALTHY_GROUP] })
+        }
+        Case::WholeGpus => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 2, "portion": "1.00" } })
+        }
+        Case::TooManyGpus => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 8, "portion": "1.00" } })
         }
         Case::Malformed => {
             json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "1.5" }, "selectedGPUGroups": ["g-1"] })
@@ -452,7 +526,7 @@ fn summarize(
         if row.example.is_none() && !reason.is_empty() && phase == Some(Phase::Failed) {
             row.example = Some(reason);
         }
-        if matches!(it.case, Case::Plain | Case::Gpu)
+        if matches!(it.case, Case::Plain | Case::Gpu | Case::WholeGpus)
             && let (Some(c), Some(b)) = (it.created_at, bound.get(&it.name))
         {
             latencies.push(b.saturating_duration_since(c));

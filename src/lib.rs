@@ -9,5 +9,6 @@ pub mod binding;
 pub mod cli;
 pub mod demo;
 pub mod diag;
+pub mod gpu;
 pub mod plugins;
 pub mod sim;

@@ -25,6 +25,9 @@ const fn c(group: &'static str, resource: &'static str, verb: &'static str) -> A
 const KAI: &str = crate::api::GROUP;
 
 pub const GET_POD: ApiCall = c("", "pods", "get");
+/// The pods bound to this node (`fieldSelector=spec.nodeName=<node>`), only for requests
+/// that ask for GPUs.
+pub const LIST_PODS: ApiCall = c("", "pods", "list");
 pub const CREATE_POD_BINDING: ApiCall = c("", "pods/binding", "create");
 pub const LIST_NODES: ApiCall = c("", "nodes", "list");
 pub const WATCH_NODES: ApiCall = c("", "nodes", "watch");
@@ -45,6 +48,7 @@ pub const CREATE_SUBJECT_ACCESS_REVIEW: ApiCall =
 /// What the code calls today.
 pub const API_CALLS: &[ApiCall] = &[
     GET_POD,
+    LIST_PODS,
     CREATE_POD_BINDING,
     LIST_NODES,
     WATCH_NODES,

@@ -203,6 +203,15 @@ pub async fn run(
     if cfg.workers == 0 {
         return Err(AgentError::Config("--workers must be at least 1".into()));
     }
+    // The GPU inventory (NVML thread or file) lives as long as the agent's config.
+    let mut cfg = cfg;
+    let gpu_notices = plugins::gpu::ensure_runtime(
+        &mut cfg.plugins.gpu,
+        &client,
+        &cfg.node_name,
+        cfg.api_timeout,
+        stats.diag.clone(),
+    );
     tracing::info!(node = %cfg.node_name, identity = %cfg.identity, workers = cfg.workers,
         plugins = ?plugins::standard(&cfg.plugins).names(), "bindlet agent starting");
 
@@ -257,6 +266,14 @@ pub async fn run(
         background.clone(),
         stats.diag.clone(),
     );
+    if let Some(rx) = gpu_notices {
+        tasks.spawn(plugins::gpu::forward_notices(
+            rx,
+            events.clone(),
+            cfg.node_name.clone(),
+            background.clone(),
+        ));
+    }
     let shared = Arc::new(worker::Shared {
         registry: plugins::standard(&cfg.plugins),
         effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),

@@ -27,9 +27,12 @@ pub struct BindContext<'a> {
 }
 
 /// Data plugins hand to later steps of the same attempt (one typed field per plugin
-/// that needs it; none of the built-in plugins does yet).
+/// that needs it).
 #[derive(Debug, Default)]
-pub struct BindState {}
+pub struct BindState {
+    /// The `gpu` plugin's probe, verdicts and the node's GPU bind lock.
+    pub gpu: Option<crate::plugins::gpu::GpuBindState>,
+}
 
 /// A `pre_bind` step that could not complete.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -45,7 +48,8 @@ pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
     /// Pure checks over the snapshot. Any `Fail` verdict refuses the attempt.
     fn validate(&self, ctx: &BindContext<'_>) -> Vec<Verdict>;
-    /// May write; everything written must be undone by `rollback`.
+    /// May write; everything written must be undone by `rollback`. A `Fail` verdict
+    /// refuses the attempt like one from `validate` (after this plugin's rollback).
     async fn pre_bind(
         &self,
         _ctx: &BindContext<'_>,
@@ -159,7 +163,24 @@ pub async fn run(
     for plugin in &registry.plugins {
         started += 1;
         match plugin.pre_bind(ctx, &mut state).await {
-            Ok(verdicts) => report.verdicts.extend(verdicts),
+            Ok(verdicts) => {
+                // Checks that need local facts (e.g. a fresh GPU probe) refuse here.
+                let refusal = verdicts
+                    .iter()
+                    .find(|v| v.outcome == VerdictOutcome::Fail)
+                    .map(|f| Failure::Refused {
+                        plugin: f.plugin.clone(),
+                        check: f.check.clone(),
+                        message: f.message.clone(),
+                    });
+                report.verdicts.extend(verdicts);
+                if let Some(refusal) = refusal {
+                    report.stages.push(("pre_bind", t.elapsed()));
+                    report.result = Err(AttemptError::Failed(refusal));
+                    rollback(registry, started, ctx, &mut state, &mut report).await;
+                    return report;
+                }
+            }
             Err(e) => {
                 report.stages.push(("pre_bind", t.elapsed()));
                 report.result = Err(if e.transient {
@@ -471,5 +492,74 @@ mod tests {
         let r = run_case(vec![step("a", Pass, None, &log)], Ok(()), false, &log).await;
         assert_eq!(r.result, Err(AttemptError::Cancelled));
         assert_eq!(take(&log), ["pre_bind a", "rollback a"]);
+    }
+
+    /// A plugin whose pre_bind checks (local facts) fail.
+    struct RefusesAtPreBind(Log);
+
+    #[async_trait]
+    impl Plugin for RefusesAtPreBind {
+        fn name(&self) -> &'static str {
+            "late"
+        }
+        fn validate(&self, _: &BindContext<'_>) -> Vec<Verdict> {
+            Vec::new()
+        }
+        async fn pre_bind(
+            &self,
+            _: &BindContext<'_>,
+            _: &mut BindState,
+        ) -> Result<Vec<Verdict>, PluginError> {
+            self.0.lock().unwrap().push("pre_bind late".into());
+            Ok(vec![verdict("late", "probe", Fail, "no free GPU".into())])
+        }
+        async fn rollback(&self, _: &BindContext<'_>, _: &mut BindState) {
+            self.0.lock().unwrap().push("rollback late".into());
+        }
+    }
+
+    #[tokio::test]
+    async fn fail_verdict_from_pre_bind_refuses_and_rolls_back() {
+        let log = Log::default();
+        let mut registry = Registry::new().with(step("a", Pass, None, &log));
+        registry = registry.with(RefusesAtPreBind(log.clone()));
+        registry = registry.with(step("c", Pass, None, &log));
+        let br = BindRequest::new("p", BindRequestSpec::default());
+        let req = ValidRequest {
+            namespace: "ns".into(),
+            pod_name: "p".into(),
+            gpu: GpuRequest::Whole { count: 1 },
+        };
+        let (pod, node) = (Pod::default(), Node::default());
+        let ctx = BindContext {
+            node_name: "n1",
+            request: &req,
+            bind_request: &br,
+            pod: &pod,
+            node: &node,
+        };
+        let binder = FakeBinder {
+            answer: Ok(()),
+            log: log.clone(),
+        };
+        let r = run(&registry, &ctx, "uid-1", &binder, &|| true).await;
+        match &r.result {
+            Err(AttemptError::Failed(Failure::Refused {
+                plugin, message, ..
+            })) => {
+                assert_eq!(plugin, "late");
+                assert_eq!(message, "no free GPU");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            r.verdicts.iter().any(|v| v.check == "probe"),
+            "the failing verdict is reported"
+        );
+        assert_eq!(
+            take(&log),
+            ["pre_bind a", "pre_bind late", "rollback late", "rollback a"],
+            "no bind, no later plugin"
+        );
     }
 }

@@ -1,0 +1,588 @@
+//! The `gpu` plugin's decisions, as pure functions over a GPU snapshot, the pod, and what
+//! the pods already on this node hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::decide::GpuRequest;
+use crate::binding::verdict;
+use crate::plugins::CheckMode;
+
+use super::{GpuSnapshot, InventoryState};
+
+pub const PLUGIN: &str = "gpu";
+/// The extended resource whole-GPU pods request.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Label KAI puts on the pods that share a fractional GPU group (reservation pod included).
+pub const GPU_GROUP_LABEL: &str = "runai-gpu-group";
+/// Annotation of KAI's reservation pod naming the physical GPU (its UUID) of the group.
+pub const RESERVED_GPU_ANNOTATION: &str = "run.ai/reserve_for_gpu_index";
+
+/// Where the "already held" numbers came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderSource {
+    /// Pods bound to this node, listed from the API server, counting their GPU limits.
+    NodePods,
+}
+
+impl HolderSource {
+    pub fn describe(self) -> &'static str {
+        match self {
+            HolderSource::NodePods => "limits of the pods bound to this node (API server)",
+        }
+    }
+}
+
+/// What the pods already on this node hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holders {
+    pub source: HolderSource,
+    /// Whole GPUs held (the sum of `nvidia.com/gpu` limits of running pods).
+    pub whole: u32,
+    /// Pods counted in `whole`, for messages.
+    pub pods: u32,
+    /// Fractional GPU groups whose reservation names a physical GPU: group → GPU UUID.
+    pub reservations: BTreeMap<String, String>,
+}
+
+/// Summarizes the pods bound to this node. Finished pods (Succeeded, Failed) and pods
+/// being deleted with no containers left hold nothing.
+pub fn holders_from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Holders {
+    let mut h = Holders {
+        source: HolderSource::NodePods,
+        whole: 0,
+        pods: 0,
+        reservations: BTreeMap::new(),
+    };
+    for pod in pods {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded") | Some("Failed")) {
+            continue;
+        }
+        let meta = &pod.metadata;
+        if let (Some(group), Some(uuid)) = (
+            meta.labels.as_ref().and_then(|l| l.get(GPU_GROUP_LABEL)),
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get(RESERVED_GPU_ANNOTATION)),
+        ) && !uuid.trim().is_empty()
+        {
+            h.reservations
+                .insert(group.clone(), uuid.trim().to_string());
+        }
+        // A pod with an unreadable limit is counted as holding nothing here; its own
+        // bind was refused for that reason.
+        if let Ok(n) = pod_gpu_limit(pod)
+            && n > 0
+        {
+            h.whole = h.whole.saturating_add(n);
+            h.pods += 1;
+        }
+    }
+    h
+}
+
+/// The whole GPUs a pod asks for: the sum of its containers' `nvidia.com/gpu` limits
+/// (requests must equal limits for extended resources).
+pub fn pod_gpu_limit(pod: &Pod) -> Result<u32, String> {
+    let mut total: u32 = 0;
+    let containers = pod.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[]);
+    for c in containers {
+        let q = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get(GPU_RESOURCE));
+        if let Some(q) = q {
+            let n: u32 = q.0.trim().parse().map_err(|_| {
+                format!(
+                    "container {} has an invalid {GPU_RESOURCE} limit \"{}\"",
+                    c.name, q.0
+                )
+            })?;
+            total = total.saturating_add(n);
+        }
+    }
+    Ok(total)
+}
+
+fn problem(mode: CheckMode) -> VerdictOutcome {
+    if mode == CheckMode::Warn {
+        VerdictOutcome::Warn
+    } else {
+        VerdictOutcome::Fail
+    }
+}
+
+fn v(check: &str, outcome: VerdictOutcome, message: String) -> Verdict {
+    verdict(PLUGIN, check, outcome, message)
+}
+
+/// Pure checks of the request against the pod (no GPU facts needed).
+pub fn request_verdicts(req: &GpuRequest, pod: &Pod, mode: CheckMode) -> Vec<Verdict> {
+    if mode == CheckMode::Off || *req == GpuRequest::None {
+        return Vec::new();
+    }
+    let bad = problem(mode);
+    let limit = pod_gpu_limit(pod);
+    match req {
+        GpuRequest::None => Vec::new(),
+        GpuRequest::Whole { count } => match limit {
+            Err(e) => vec![v("gpu-count", bad, e)],
+            Ok(n) if n != *count => vec![v(
+                "gpu-count",
+                bad,
+                format!(
+                    "receivedGPU.count is {count} but the pod's {GPU_RESOURCE} limits add up to {n}"
+                ),
+            )],
+            Ok(n) => vec![v(
+                "gpu-count",
+                VerdictOutcome::Pass,
+                format!("receivedGPU.count {count} matches the pod's {GPU_RESOURCE} limits ({n})"),
+            )],
+        },
+        GpuRequest::Fraction {
+            portion,
+            count,
+            groups,
+        } => {
+            let distinct: BTreeSet<&String> = groups.iter().collect();
+            if distinct.len() != groups.len() {
+                return vec![v(
+                    "gpu-groups",
+                    bad,
+                    format!("selectedGPUGroups {groups:?} names a group twice"),
+                )];
+            }
+            if groups.len() as u32 != *count {
+                return vec![v(
+                    "gpu-groups",
+                    bad,
+                    format!(
+                        "a Fraction request for {count} GPU(s) needs {count} selectedGPUGroups, got {}",
+                        groups.len()
+                    ),
+                )];
+            }
+            vec![v(
+                "gpu-groups",
+                VerdictOutcome::Pass,
+                format!("portion {portion} of {count} GPU(s) in groups {groups:?}"),
+            )]
+        }
+    }
+}
+
+/// Checks the request against a fresh snapshot and the node's holders.
+pub fn inventory_verdicts(
+    req: &GpuRequest,
+    snap: &GpuSnapshot,
+    holders: &Holders,
+    mode: CheckMode,
+) -> Vec<Verdict> {
+    if mode == CheckMode::Off || *req == GpuRequest::None {
+        return Vec::new();
+    }
+    let bad = problem(mode);
+    if let InventoryState::Unavailable { error } = &snap.state {
+        return vec![v(
+            "inventory",
+            bad,
+            format!(
+                "GPU inventory unavailable ({}): {error}; the pod asks for GPUs",
+                snap.source
+            ),
+        )];
+    }
+    let healthy = snap.healthy().count() as u32;
+    let unhealthy: Vec<String> = snap
+        .gpus
+        .iter()
+        .filter(|g| !g.health.healthy)
+        .map(|g| format!("{} ({})", g.label(), g.health.reason))
+        .collect();
+    let mut out = Vec::new();
+    match req {
+        GpuRequest::None => {}
+        GpuRequest::Whole { count } => {
+            let free = healthy.saturating_sub(holders.whole);
+            let mut msg = format!(
+                "needs {count} whole GPU(s): {} GPU(s), {healthy} healthy, {} held by {} pod(s) on this node (source: {}), {free} free",
+                snap.gpus.len(),
+                holders.whole,
+                holders.pods,
+                holders.source.describe()
+            );
+            if !unhealthy.is_empty() {
+                msg.push_str(&format!("; unhealthy: {}", unhealthy.join(", ")));
+            }
+            let outcome = if free >= *count {
+                VerdictOutcome::Pass
+            } else {
+                bad
+            };
+            out.push(v("whole-gpus", outcome, msg));
+        }
+        GpuRequest::Fraction {
+            portion, groups, ..
+        } => {
+            for group in groups {
+                out.push(fraction_verdict(*portion, group, snap, holders, bad));
+            }
+        }
+    }
+    out
+}
+
+fn needed(portion: f64, total: u64) -> u64 {
+    (portion * total as f64).ceil() as u64
+}
+
+fn fraction_verdict(
+    portion: f64,
+    group: &str,
+    snap: &GpuSnapshot,
+    holders: &Holders,
+    bad: VerdictOutcome,
+) -> Verdict {
+    let check = "fraction";
+    let Some(uuid) = holders.reservations.get(group) else {
+        // No reservation yet: some healthy GPU must be able to hold the portion.
+        let fits: Vec<String> = snap
+            .healthy()
+            .filter(|g| {
+                g.memory
+                    .is_some_and(|m| m.available() >= needed(portion, m.total))
+            })
+            .map(|g| g.label())
+            .collect();
+        return if fits.is_empty() {
+            v(
+                check,
+                bad,
+                format!(
+                    "group {group} has no reserved GPU yet and no healthy GPU has {portion} of its memory free (counting driver-reserved memory)"
+                ),
+            )
+        } else {
+            v(
+                check,
+                VerdictOutcome::Pass,
+                format!(
+                    "group {group} has no reserved GPU yet; {} healthy GPU(s) can hold portion {portion}",
+                    fits.len()
+                ),
+            )
+        };
+    };
+    let Some(gpu) = snap.by_uuid(uuid) else {
+        return v(
+            check,
+            bad,
+            format!("group {group} is reserved on GPU {uuid}, which this node does not have"),
+        );
+    };
+    if !gpu.health.healthy {
+        return v(
+            check,
+            bad,
+            format!(
+                "group {group} is on {}, which is unhealthy: {}",
+                gpu.label(),
+                gpu.health.reason
+            ),
+        );
+    }
+    let Some(m) = gpu.memory else {
+        return v(
+            check,
+            bad,
+            format!(
+                "group {group} is on {}, whose memory could not be read",
+                gpu.label()
+            ),
+        );
+    };
+    let need = needed(portion, m.total);
+    let outcome = if m.available() >= need {
+        VerdictOutcome::Pass
+    } else {
+        bad
+    };
+    v(
+        check,
+        outcome,
+        format!(
+            "group {group} on {}: portion {portion} needs {} MiB; total {} MiB, used {} MiB, driver-reserved {} MiB, free {} MiB",
+            gpu.label(),
+            mib(need),
+            mib(m.total),
+            mib(m.used),
+            mib(m.reserved),
+            mib(m.available())
+        ),
+    )
+}
+
+fn mib(b: u64) -> u64 {
+    b / (1024 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{Gpu, GpuMemory, Health};
+    use serde_json::json;
+
+    const GIB: u64 = 1024 * 1024 * 1024;
+
+    fn gpu(i: u32, healthy: bool, used_gib: u64) -> Gpu {
+        Gpu {
+            index: i,
+            uuid: format!("GPU-{i}"),
+            memory: Some(GpuMemory {
+                total: 80 * GIB,
+                used: used_gib * GIB,
+                reserved: GIB / 2,
+            }),
+            health: Health {
+                healthy,
+                reason: if healthy { "" } else { "XID 79" }.into(),
+                since: None,
+            },
+            ..Default::default()
+        }
+    }
+
+    fn snap(gpus: Vec<Gpu>) -> GpuSnapshot {
+        GpuSnapshot {
+            source: "test".into(),
+            state: InventoryState::Available,
+            taken_at: String::new(),
+            gpus,
+        }
+    }
+
+    fn holders(whole: u32, res: &[(&str, &str)]) -> Holders {
+        Holders {
+            source: HolderSource::NodePods,
+            whole,
+            pods: whole,
+            reservations: res
+                .iter()
+                .map(|(g, u)| (g.to_string(), u.to_string()))
+                .collect(),
+        }
+    }
+
+    fn pod(limits: &[&str]) -> Pod {
+        let containers: Vec<_> = limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| json!({ "name": format!("c{i}"), "resources": { "limits": { GPU_RESOURCE: l } } }))
+            .collect();
+        serde_json::from_value(
+            json!({ "metadata": { "name": "p" }, "spec": { "containers": containers } }),
+        )
+        .expect("pod")
+    }
+
+    fn outcomes(v: &[Verdict]) -> Vec<(String, VerdictOutcome)> {
+        v.iter().map(|v| (v.check.clone(), v.outcome)).collect()
+    }
+
+    use VerdictOutcome::*;
+
+    #[test]
+    fn whole_gpu_table() {
+        let eight = || (0..8).map(|i| gpu(i, i != 3, 0)).collect::<Vec<_>>();
+        // (count, held, expected outcome)
+        let cases = [
+            (1, 0, Pass),
+            (7, 0, Pass),
+            (8, 0, Fail),
+            (4, 3, Pass),
+            (5, 3, Fail),
+            (1, 7, Fail),
+            (1, 9, Fail),
+        ];
+        for (count, held, want) in cases {
+            let v = inventory_verdicts(
+                &GpuRequest::Whole { count },
+                &snap(eight()),
+                &holders(held, &[]),
+                CheckMode::Enforce,
+            );
+            assert_eq!(
+                outcomes(&v),
+                [("whole-gpus".to_string(), want)],
+                "count {count} held {held}: {v:?}"
+            );
+            assert!(v[0].message.contains("7 healthy"), "{}", v[0].message);
+            assert!(
+                v[0].message.contains("GPU-3"),
+                "unhealthy GPU named: {}",
+                v[0].message
+            );
+        }
+        let v = inventory_verdicts(
+            &GpuRequest::Whole { count: 8 },
+            &snap(eight()),
+            &holders(0, &[]),
+            CheckMode::Warn,
+        );
+        assert_eq!(v[0].outcome, Warn);
+        assert!(
+            inventory_verdicts(
+                &GpuRequest::Whole { count: 8 },
+                &snap(eight()),
+                &holders(0, &[]),
+                CheckMode::Off
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn unavailable_inventory_refuses_gpu_requests_only() {
+        let s = GpuSnapshot::unavailable("nvml libnvidia-ml.so.1", "DriverNotLoaded");
+        let v = inventory_verdicts(
+            &GpuRequest::Whole { count: 1 },
+            &s,
+            &holders(0, &[]),
+            CheckMode::Enforce,
+        );
+        assert_eq!(v[0].outcome, Fail);
+        assert!(v[0].message.contains("unavailable") && v[0].message.contains("DriverNotLoaded"));
+        assert!(
+            inventory_verdicts(&GpuRequest::None, &s, &holders(0, &[]), CheckMode::Enforce)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn fraction_table() {
+        let frac = |portion: f64, groups: &[&str]| GpuRequest::Fraction {
+            portion,
+            count: groups.len() as u32,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        let s = snap(vec![gpu(0, true, 20), gpu(1, false, 0), gpu(2, true, 70)]);
+        let res = [
+            ("g0", "GPU-0"),
+            ("g1", "GPU-1"),
+            ("g2", "GPU-2"),
+            ("gx", "GPU-9"),
+        ];
+        // (portion, group, outcome, text)
+        let cases = [
+            (0.5, "g0", Pass, "free 60928 MiB"),
+            (0.74, "g0", Pass, "group g0 on GPU 0 (GPU-0)"),
+            (0.76, "g0", Fail, "needs"),
+            (0.5, "g1", Fail, "unhealthy"),
+            (0.1, "g2", Pass, "free 9728 MiB"),
+            // 0.12 of 80 GiB is 9.6 GiB; 80 - 70 - 0.5 = 9.5 GiB free: driver-reserved memory decides.
+            (0.12, "g2", Fail, "driver-reserved 512 MiB"),
+            (0.1, "gx", Fail, "does not have"),
+            (0.5, "new", Pass, "no reserved GPU yet; 1 healthy"),
+            (0.9, "new", Fail, "no healthy GPU"),
+        ];
+        for (portion, group, want, text) in cases {
+            let v = inventory_verdicts(
+                &frac(portion, &[group]),
+                &s,
+                &holders(0, &res),
+                CheckMode::Enforce,
+            );
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].outcome, want, "{portion} {group}: {}", v[0].message);
+            assert!(
+                v[0].message.contains(text),
+                "{portion} {group}: {}",
+                v[0].message
+            );
+        }
+        let v = inventory_verdicts(
+            &frac(0.5, &["g0", "g1"]),
+            &s,
+            &holders(0, &res),
+            CheckMode::Enforce,
+        );
+        assert_eq!(
+            outcomes(&v),
+            [("fraction".into(), Pass), ("fraction".into(), Fail)]
+        );
+    }
+
+    #[test]
+    fn request_against_pod_table() {
+        let whole = |count| GpuRequest::Whole { count };
+        let cases: Vec<(GpuRequest, Pod, VerdictOutcome, &str)> = vec![
+            (whole(2), pod(&["1", "1"]), Pass, "matches"),
+            (whole(2), pod(&["2"]), Pass, "matches"),
+            (whole(1), pod(&["2"]), Fail, "count is 1 but"),
+            (whole(1), pod(&[]), Fail, "add up to 0"),
+            (
+                whole(1),
+                pod(&["one"]),
+                Fail,
+                "invalid nvidia.com/gpu limit",
+            ),
+        ];
+        for (req, p, want, text) in cases {
+            let v = request_verdicts(&req, &p, CheckMode::Enforce);
+            assert_eq!(v[0].outcome, want, "{req:?}: {}", v[0].message);
+            assert!(v[0].message.contains(text), "{}", v[0].message);
+        }
+        let frac = |count, groups: &[&str]| GpuRequest::Fraction {
+            portion: 0.5,
+            count,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        assert_eq!(
+            request_verdicts(&frac(1, &["a"]), &pod(&[]), CheckMode::Enforce)[0].outcome,
+            Pass
+        );
+        assert_eq!(
+            request_verdicts(&frac(2, &["a", "a"]), &pod(&[]), CheckMode::Enforce)[0].outcome,
+            Fail
+        );
+        assert_eq!(
+            request_verdicts(&frac(2, &["a"]), &pod(&[]), CheckMode::Warn)[0].outcome,
+            Warn
+        );
+        assert!(request_verdicts(&GpuRequest::None, &pod(&["1"]), CheckMode::Enforce).is_empty());
+        assert!(request_verdicts(&whole(1), &pod(&[]), CheckMode::Off).is_empty());
+    }
+
+    #[test]
+    fn holders_count_running_pods_and_reservations() {
+        let mk = |name: &str, limit: &str, phase: &str, group: Option<(&str, &str)>| -> Pod {
+            let mut p = pod(&[limit]);
+            p.metadata.name = Some(name.into());
+            p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            if let Some((g, u)) = group {
+                p.metadata.labels = Some([(GPU_GROUP_LABEL.to_string(), g.to_string())].into());
+                p.metadata.annotations =
+                    Some([(RESERVED_GPU_ANNOTATION.to_string(), u.to_string())].into());
+            }
+            p
+        };
+        let pods = [
+            mk("a", "2", "Running", None),
+            mk("b", "1", "Pending", None),
+            mk("done", "4", "Succeeded", None),
+            mk("failed", "4", "Failed", None),
+            mk("res", "0", "Running", Some(("g1", "GPU-5"))),
+        ];
+        let h = holders_from_pods(&pods);
+        assert_eq!((h.whole, h.pods), (3, 2));
+        assert_eq!(h.reservations.get("g1").map(String::as_str), Some("GPU-5"));
+    }
+}

@@ -1,0 +1,373 @@
+//! `gpu`: the node's GPUs can serve the request, checked on the node right before binding.
+//!
+//! `validate` cross-checks the request with the pod (pure). `pre_bind` takes a fresh
+//! probe of the GPUs and lists the pods already bound to this node (only for requests
+//! that ask for GPUs, so a plain bind costs no extra API request), then applies the pure
+//! verdicts of [`crate::gpu::verdict`]. GPU binds on one node are serialized from the
+//! probe until the bind is done, so two binds cannot both count the same free GPU.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::events::{EventSink, EventSpec, EventType};
+use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::decide::GpuRequest;
+use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::gpu::verdict::{self as gv, PLUGIN};
+use crate::gpu::{GpuArgs, GpuInventory, GpuSnapshot, Transition};
+
+use super::CheckMode;
+
+/// The `gpu` plugin's settings: the flags, and the running inventory once the agent
+/// (or a test) has started one.
+#[derive(Clone, Default)]
+pub struct GpuSettings {
+    pub args: GpuArgs,
+    pub runtime: Option<Arc<GpuRuntime>>,
+}
+
+impl std::fmt::Debug for GpuSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuSettings")
+            .field("args", &self.args)
+            .field("runtime", &self.runtime.as_ref().map(|r| r.describe()))
+            .finish()
+    }
+}
+
+/// The pods bound to this node, as the GPU checks need them.
+#[async_trait::async_trait]
+pub trait NodePods: Send + Sync {
+    async fn list(&self) -> Result<Vec<Pod>, String>;
+}
+
+/// Lists `spec.nodeName=<node>` pods from the API server: one request, this node only.
+pub struct ApiNodePods {
+    pub client: Client,
+    pub node: String,
+    pub timeout: Duration,
+    pub diag: Arc<crate::diag::Recorder>,
+}
+
+#[async_trait::async_trait]
+impl NodePods for ApiNodePods {
+    async fn list(&self) -> Result<Vec<Pod>, String> {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
+        let what = crate::agent::api_calls::LIST_PODS;
+        crate::agent::effects::call_as(&self.diag, what, self.timeout, api.list(&lp))
+            .await
+            .map(|l| l.items)
+            .map_err(|e| format!("listing the pods on this node: {e}"))
+    }
+}
+
+/// Something for the node's Events.
+#[derive(Debug, Clone)]
+pub enum GpuNotice {
+    Health(Transition),
+    Verdict {
+        pod: ObjectReference,
+        ok: bool,
+        message: String,
+    },
+}
+
+/// One verdict kept for the debug state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerdictRecord {
+    pub request: String,
+    pub at: String,
+    pub verdicts: Vec<Verdict>,
+}
+
+const KEEP_VERDICTS: usize = 32;
+
+/// The inventory, the pod source and the lock shared by every GPU bind of this agent.
+pub struct GpuRuntime {
+    inventory: Arc<dyn GpuInventory>,
+    pods: Arc<dyn NodePods>,
+    notices: Option<UnboundedSender<GpuNotice>>,
+    bind_lock: Arc<tokio::sync::Mutex<()>>,
+    last_snapshot: Mutex<Option<GpuSnapshot>>,
+    last_verdicts: Mutex<VecDeque<VerdictRecord>>,
+}
+
+impl GpuRuntime {
+    pub fn new(
+        inventory: Arc<dyn GpuInventory>,
+        pods: Arc<dyn NodePods>,
+        notices: Option<UnboundedSender<GpuNotice>>,
+    ) -> Self {
+        GpuRuntime {
+            inventory,
+            pods,
+            notices,
+            bind_lock: Arc::default(),
+            last_snapshot: Mutex::new(None),
+            last_verdicts: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.inventory.describe()
+    }
+
+    /// What the agent's debug state shows: the last probe and the last verdicts.
+    pub fn debug_state(&self) -> serde_json::Value {
+        let snap = lock(&self.last_snapshot).clone();
+        let verdicts: Vec<VerdictRecord> = lock(&self.last_verdicts).iter().cloned().collect();
+        serde_json::json!({ "inventory": snap, "verdicts": verdicts })
+    }
+
+    async fn snapshot(&self) -> GpuSnapshot {
+        let inv = self.inventory.clone();
+        let source = inv.describe();
+        let snap = tokio::task::spawn_blocking(move || inv.snapshot())
+            .await
+            .unwrap_or_else(|e| GpuSnapshot::unavailable(source, format!("probe failed: {e}")));
+        *lock(&self.last_snapshot) = Some(snap.clone());
+        snap
+    }
+
+    fn record(&self, request: String, verdicts: &[Verdict]) {
+        let mut q = lock(&self.last_verdicts);
+        if q.len() >= KEEP_VERDICTS {
+            q.pop_front();
+        }
+        q.push_back(VerdictRecord {
+            request,
+            at: jiff::Timestamp::now().to_string(),
+            verdicts: verdicts.to_vec(),
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the inventory named by `settings.args` unless a runtime is already there;
+/// returns the receiver of health transitions and verdict notices.
+pub fn ensure_runtime(
+    settings: &mut GpuSettings,
+    client: &Client,
+    node: &str,
+    timeout: Duration,
+    diag: Arc<crate::diag::Recorder>,
+) -> Option<UnboundedReceiver<GpuNotice>> {
+    if settings.runtime.is_some() || settings.args.gpu_verification == CheckMode::Off {
+        return None;
+    }
+    let (tx, rx) = unbounded_channel();
+    let (ttx, mut trx) = unbounded_channel::<Transition>();
+    let forward = tx.clone();
+    tokio::spawn(async move {
+        while let Some(t) = trx.recv().await {
+            if forward.send(GpuNotice::Health(t)).is_err() {
+                return;
+            }
+        }
+    });
+    let a = &settings.args;
+    let inventory = match crate::gpu::open(&a.source(), a.health(), a.gpu_recheck, Some(ttx)) {
+        Ok(i) => i,
+        Err(e) => Arc::new(Unavailable(e.to_string())) as Arc<dyn GpuInventory>,
+    };
+    let pods = Arc::new(ApiNodePods {
+        client: client.clone(),
+        node: node.to_string(),
+        timeout,
+        diag,
+    });
+    settings.runtime = Some(Arc::new(GpuRuntime::new(inventory, pods, Some(tx))));
+    Some(rx)
+}
+
+/// Turns notices into Events until `stop`: health changes on the Node, verdicts on the pod.
+pub async fn forward_notices(
+    mut rx: UnboundedReceiver<GpuNotice>,
+    events: EventSink,
+    node: String,
+    stop: CancellationToken,
+) {
+    loop {
+        let n = tokio::select! {
+            n = rx.recv() => n,
+            _ = stop.cancelled() => return,
+        };
+        let Some(n) = n else { return };
+        events.emit(notice_event(n, &node));
+    }
+}
+
+pub fn notice_event(n: GpuNotice, node: &str) -> EventSpec {
+    match n {
+        GpuNotice::Health(t) => EventSpec {
+            regarding: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                ..Default::default()
+            },
+            type_: if t.healthy {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: if t.healthy {
+                "GpuHealthy"
+            } else {
+                "GpuUnhealthy"
+            }
+            .into(),
+            note: t.message(),
+        },
+        GpuNotice::Verdict { pod, ok, message } => EventSpec {
+            regarding: pod,
+            type_: if ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: if ok { "GpuVerified" } else { "GpuRefused" }.into(),
+            note: message,
+        },
+    }
+}
+
+/// An inventory that could not even be started.
+struct Unavailable(String);
+
+impl GpuInventory for Unavailable {
+    fn snapshot(&self) -> GpuSnapshot {
+        GpuSnapshot::unavailable("none", self.0.clone())
+    }
+    fn describe(&self) -> String {
+        "unavailable".into()
+    }
+}
+
+/// What `pre_bind` leaves for the rest of the attempt: the verdicts, and the node's GPU
+/// bind lock, held until the attempt ends (the state is dropped after the bind).
+#[derive(Debug, Default)]
+pub struct GpuBindState {
+    pub snapshot: Option<GpuSnapshot>,
+    pub verdicts: Vec<Verdict>,
+    pub guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+pub struct GpuPlugin {
+    mode: CheckMode,
+    runtime: Option<Arc<GpuRuntime>>,
+}
+
+impl GpuPlugin {
+    pub fn new(settings: &GpuSettings) -> Self {
+        GpuPlugin {
+            mode: settings.args.gpu_verification,
+            runtime: settings.runtime.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Plugin for GpuPlugin {
+    fn name(&self) -> &'static str {
+        PLUGIN
+    }
+
+    fn validate(&self, ctx: &BindContext<'_>) -> Vec<Verdict> {
+        gv::request_verdicts(&ctx.request.gpu, ctx.pod, self.mode)
+    }
+
+    async fn pre_bind(
+        &self,
+        ctx: &BindContext<'_>,
+        state: &mut BindState,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        if ctx.request.gpu == GpuRequest::None {
+            return Ok(Vec::new());
+        }
+        if self.mode == CheckMode::Off {
+            return Ok(vec![verdict(
+                PLUGIN,
+                "gpu",
+                VerdictOutcome::Skip,
+                "GPU verification is off".into(),
+            )]);
+        }
+        let Some(rt) = &self.runtime else {
+            let bad = if self.mode == CheckMode::Warn {
+                VerdictOutcome::Warn
+            } else {
+                VerdictOutcome::Fail
+            };
+            return Ok(vec![verdict(
+                PLUGIN,
+                "inventory",
+                bad,
+                "GPU inventory unavailable: no GPU backend is running".into(),
+            )]);
+        };
+        let guard = rt.bind_lock.clone().lock_owned().await;
+        let snap = rt.snapshot().await;
+        let pods = rt.pods.list().await.map_err(|message| PluginError {
+            message,
+            transient: true,
+        })?;
+        let holders = gv::holders_from_pods(&pods);
+        let verdicts = gv::inventory_verdicts(&ctx.request.gpu, &snap, &holders, self.mode);
+        let request = format!("{}/{}", ctx.request.namespace, ctx.request.pod_name);
+        rt.record(request, &verdicts);
+        let failed: Vec<&Verdict> = verdicts
+            .iter()
+            .filter(|v| v.outcome == VerdictOutcome::Fail)
+            .collect();
+        if let Some(tx) = &rt.notices {
+            let ok = failed.is_empty();
+            let shown: Vec<&Verdict> = if ok {
+                verdicts.iter().collect()
+            } else {
+                failed
+            };
+            let message = shown
+                .iter()
+                .map(|v| v.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let _ = tx.send(GpuNotice::Verdict {
+                pod: ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: ctx.pod.metadata.namespace.clone(),
+                    name: ctx.pod.metadata.name.clone(),
+                    uid: ctx.pod.metadata.uid.clone(),
+                    ..Default::default()
+                },
+                ok,
+                message,
+            });
+        }
+        state.gpu = Some(GpuBindState {
+            snapshot: Some(snap),
+            verdicts: verdicts.clone(),
+            guard: Some(guard),
+        });
+        Ok(verdicts)
+    }
+
+    async fn rollback(&self, _ctx: &BindContext<'_>, state: &mut BindState) {
+        // Nothing was written; releasing the lock lets the next GPU bind probe.
+        if let Some(s) = state.gpu.as_mut() {
+            s.guard = None;
+        }
+    }
+}
