@@ -8,5 +8,6 @@ pub mod api;
 pub mod binding;
 pub mod cli;
 pub mod demo;
+pub mod manual;
 pub mod plugins;
 pub mod sim;
