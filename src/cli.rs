@@ -168,7 +168,11 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 
 /// Entry point of the binary.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Usage errors exit 1, not clap's 2: `bind` uses 2 for "refused by the checks".
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 })
+    });
     match cli.command {
         Command::Crd => {
             print!("{}", crate::api::crd_yaml());

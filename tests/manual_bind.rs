@@ -465,6 +465,13 @@ async fn binary_exit_codes() {
     assert_eq!(ok.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("dry run: every check passed"), "{stdout}");
 
+    let usage = exec(cmd(&["bind", "web"])).await;
+    assert_eq!(
+        usage.status.code(),
+        Some(1),
+        "a usage error is not a refusal"
+    );
+
     let ghost = env.node_name("typo");
     let refused = exec(cmd(&["bind", "web", "--node", &ghost])).await;
     assert_eq!(
