@@ -353,6 +353,13 @@ async fn existing_requests_are_not_clobbered() {
     );
     let br = env.get_request("elsewhere").await.expect("kept");
     assert_eq!(br.spec.selected_node.as_deref(), Some(other.as_str()));
+    // --direct does not race the scheduler's pending request either.
+    let mut a = args(&env, "elsewhere", &node);
+    a.direct = true;
+    let (outcome, out) = run_bind(&env, &a).await;
+    assert_eq!(outcome, BindOutcome::Refused, "{out}");
+    assert!(out.contains("is not settled"), "{out}");
+    assert_eq!(env.pod_node("elsewhere").await, None);
 
     // A request for the same node, made for an earlier pod of that name: the agent refuses it
     // (terminal) and bind, following that request, reports the failure.

@@ -117,6 +117,26 @@ pub async fn bind(
         return Ok(BindOutcome::DryRunPassed);
     }
     if args.direct {
+        // A live request elsewhere means the scheduler placed the pod there: do not race it.
+        let brs: Api<BindRequest> = Api::namespaced(client.clone(), &ns);
+        let existing = call(timeout, brs.get_opt(&args.pod))
+            .await
+            .map_err(ManualError::api(format!(
+                "reading BindRequest {ns}/{}",
+                args.pod
+            )))?;
+        if let Some(br) = existing.filter(|b| !binding::is_settled(b, DEFAULT_BACKOFF_LIMIT))
+            && selected_node(&br) != Some(node_name)
+        {
+            writeln!(
+                out,
+                "refused: BindRequest {ns}/{} asks for node {} and is not settled; nothing was written (see `bindlet explain -n {ns} {}`)",
+                args.pod,
+                selected_node(&br).unwrap_or("(none)"),
+                args.pod
+            )?;
+            return Ok(BindOutcome::Refused);
+        }
         return bind_direct(&effects, &pod, &ns, node_name, out).await;
     }
     through_agent(client, &pod, &ns, node_name, args.wait, timeout, out).await
