@@ -1,4 +1,4 @@
-//! Command line: `bindlet run | demo | crd | version`. Every flag can also be set from
+//! Command line: `bindlet run | demo | bind | explain | crd | version`. Every flag can also be set from
 //! the environment variable named in its help.
 
 use std::time::Duration;
@@ -38,6 +38,10 @@ pub enum Command {
     Run(RunArgs),
     /// Run the agent against an embedded simulated control plane with a realistic mix of requests.
     Demo(crate::demo::DemoArgs),
+    /// Place a pod on a node by hand, after the checks the scheduler would make.
+    Bind(crate::manual::BindArgs),
+    /// Explain a BindRequest (or the pod of that name): phase, attempts, verdicts, Events.
+    Explain(crate::manual::ExplainArgs),
     /// Print bindlet's BindRequest CustomResourceDefinition (YAML).
     Crd,
     /// Show this node's GPU inventory and health (NVML or --gpu-inventory-file).
@@ -182,7 +186,11 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 
 /// Entry point of the binary.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Usage errors exit 1, not clap's 2: `bind` uses 2 for "refused by the checks".
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 })
+    });
     match cli.command {
         Command::Crd => {
             print!("{}", crate::api::crd_yaml());
@@ -200,14 +208,19 @@ pub fn main() -> anyhow::Result<()> {
             init_logging(cli.log_format, &cli.log_level)?;
             runtime()?.block_on(run(args))
         }
+        Command::Bind(args) => {
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
+            let code = runtime()?.block_on(crate::manual::cli::bind(args))?;
+            std::process::exit(code)
+        }
+        Command::Explain(args) => {
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
+            let code = runtime()?.block_on(crate::manual::cli::explain(args))?;
+            std::process::exit(code)
+        }
         Command::Demo(args) => {
             // The demo prints a summary; agent logs stay quiet unless asked for.
-            let level = if std::env::var_os("BINDLET_LOG").is_some() || cli.log_level != "info" {
-                cli.log_level.clone()
-            } else {
-                "error".to_string()
-            };
-            init_logging(cli.log_format, &level)?;
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
             let ok = runtime()?.block_on(crate::demo::run(args))?;
             if !ok {
                 std::process::exit(1);
@@ -217,6 +230,36 @@ pub fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Commands that print their own results log only errors unless a level was asked for.
+fn quiet_level(level: &str) -> String {
+    if std::env::var_os("BINDLET_LOG").is_some() || level != "info" {
+        level.to_string()
+    } else {
+        "error".to_string()
+    }
+}
+
+/// A client from `kubeconfig` (else KUBECONFIG, ~/.kube/config, then in-cluster), optionally
+/// with another `context`. Shared by `run`, `bind` and `explain`.
+pub async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Client> {
+    let opts = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &opts).await?
+        }
+        None if context.is_some() => kube::Config::from_kubeconfig(&opts).await?,
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -224,25 +267,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)?;
-            let opts = kube::config::KubeConfigOptions {
-                context: args.context.clone(),
-                ..Default::default()
-            };
-            kube::Config::from_custom_kubeconfig(kc, &opts).await?
-        }
-        None if args.context.is_some() => {
-            let opts = kube::config::KubeConfigOptions {
-                context: args.context.clone(),
-                ..Default::default()
-            };
-            kube::Config::from_kubeconfig(&opts).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    let client = kube::Client::try_from(config)?;
+    let client = kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let cfg = args.agent.to_config(&args.node_name);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signal = shutdown.clone();

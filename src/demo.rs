@@ -270,7 +270,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 .map(|d| format!(", diagnostics at {}/debug", d.url()))
                 .unwrap_or_default()
         );
+        // A kubeconfig for it, so `bindlet bind` / `bindlet explain` can be tried against the demo.
+        let kubeconfig =
+            std::env::temp_dir().join(format!("bindlet-demo-{}.kubeconfig", std::process::id()));
+        std::fs::write(&kubeconfig, sim.kubeconfig_yaml())?;
+        println!(
+            "kubeconfig: {} (e.g. bindlet explain --kubeconfig {} -n {NAMESPACE} <name>)",
+            kubeconfig.display(),
+            kubeconfig.display()
+        );
         let _ = tokio::signal::ctrl_c().await;
+        let _ = std::fs::remove_file(&kubeconfig);
     }
     agent.stop().await?;
     pod_watch.abort();

@@ -10,5 +10,6 @@ pub mod cli;
 pub mod demo;
 pub mod diag;
 pub mod gpu;
+pub mod manual;
 pub mod plugins;
 pub mod sim;
