@@ -38,6 +38,8 @@ pub enum Command {
     Run(RunArgs),
     /// Run the agent against an embedded simulated control plane with a realistic mix of requests.
     Demo(crate::demo::DemoArgs),
+    /// Measure the agent (throughput, latency, API requests, memory, CPU) against the physical limit.
+    Bench(crate::bench::BenchArgs),
     /// Print bindlet's BindRequest CustomResourceDefinition (YAML).
     Crd,
     /// Print the version.
@@ -192,6 +194,25 @@ pub fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => {
+            init_logging(cli.log_format, quiet_unless_asked(&cli.log_level))?;
+            let json = args.json.clone();
+            let report = runtime()?.block_on(crate::bench::run(args))?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Summaries print their own figures; logs stay quiet unless asked for.
+fn quiet_unless_asked(level: &str) -> &str {
+    if std::env::var_os("BINDLET_LOG").is_some() || level != "info" {
+        level
+    } else {
+        "error"
     }
 }
 
