@@ -311,7 +311,7 @@ async fn wait_settled(
                 .rsplit('-')
                 .next()
                 .and_then(|s| s.parse::<usize>().ok());
-            if !idx.is_some_and(|i| i >= first) {
+            if idx.is_none_or(|i| i < first) {
                 continue;
             }
             match br.phase() {
@@ -546,7 +546,7 @@ async fn measure(
         throughput_ratio: (limit_report.binds_per_s > 0.0)
             .then(|| agent_report.binds_per_s / limit_report.binds_per_s),
         p99_delta_ms: (limit_report.binds > 0 && agent_report.binds > 0)
-            .then(|| agent_report.latency_ms.p99 - limit_report.latency_ms.p99),
+            .then_some(agent_report.latency_ms.p99 - limit_report.latency_ms.p99),
         limit: limit_report,
         agent: agent_report,
         agent_process,

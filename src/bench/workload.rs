@@ -20,7 +20,7 @@ use crate::api::{BindRequest, SELECTED_NODE_LABEL};
 /// A scheduler name nobody serves, so no real scheduler touches the bench's pods.
 pub const SCHEDULER: &str = "bindlet-bench";
 
-/// Every tenth request asks for one whole GPU (as a KAI BindRequest would), the rest none.
+/// Three requests in ten ask for one whole GPU (as a KAI BindRequest would), the rest none.
 fn is_gpu(i: usize) -> bool {
     i % 10 < 3
 }
