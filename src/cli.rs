@@ -42,6 +42,8 @@ pub enum Command {
     Bind(crate::manual::BindArgs),
     /// Explain a BindRequest (or the pod of that name): phase, attempts, verdicts, Events.
     Explain(crate::manual::ExplainArgs),
+    /// Measure the agent (throughput, latency, API requests, memory, CPU) against the physical limit.
+    Bench(crate::bench::BenchArgs),
     /// Print bindlet's BindRequest CustomResourceDefinition (YAML).
     Crd,
     /// Show this node's GPU inventory and health (NVML or --gpu-inventory-file).
@@ -224,6 +226,16 @@ pub fn main() -> anyhow::Result<()> {
             let ok = runtime()?.block_on(crate::demo::run(args))?;
             if !ok {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Bench(args) => {
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
+            let json = args.json.clone();
+            let report = runtime()?.block_on(crate::bench::run(args))?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
             Ok(())
         }

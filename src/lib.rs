@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod binding;
 pub mod cli;
 pub mod demo;

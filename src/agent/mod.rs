@@ -402,7 +402,7 @@ async fn watch_requests(
         .page_size(500);
     let stream = watcher::watcher(api, wc)
         .backoff(WatchBackoff::default())
-        .modify(|o| o.managed_fields_mut().clear());
+        .modify(slim_request);
     futures::pin_mut!(stream);
     loop {
         let ev = tokio::select! {
@@ -448,6 +448,22 @@ async fn watch_requests(
             Ok(None) => return,
             Err(e) => tracing::warn!(error = %e, "BindRequest watch error; retrying"),
         }
+    }
+}
+
+/// Drops what the agent never reads from its cached copy of a BindRequest: the cache
+/// holds every request of the node (settled ones included), so this is most of the
+/// agent's memory. `status.nodeVerification` is only ever written (computed afresh per
+/// attempt); managedFields and kubectl's last-applied copy of the object are never used.
+fn slim_request(o: &mut DeserializeGuard<BindRequest>) {
+    o.managed_fields_mut().clear();
+    if let Some(a) = kube::Resource::meta_mut(o).annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if let Ok(br) = &mut o.0
+        && let Some(st) = br.status.as_mut()
+    {
+        st.node_verification = None;
     }
 }
 

@@ -1,0 +1,619 @@
+//! `bindlet bench`: the real agent (a child `bindlet run` process) against the embedded
+//! simulator or a real cluster, compared in the same run with the physical limit of
+//! design §8 (a minimal client issuing only the unavoidable requests per pod) at the same
+//! concurrency on the same server.
+//!
+//! Both phases use the same pod and BindRequest shapes, the same load generator (at most
+//! `--concurrency` requests created and not yet bound) and the same pod watch to measure
+//! latency, from just before the BindRequest create call to the watch seeing
+//! `spec.nodeName` set. Each phase is warmed up with `--concurrency` requests first.
+
+mod limit;
+pub mod process;
+pub mod report;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::Args;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::api::{BindRequest, Phase};
+use crate::sim::{RequestCounts, SimOptions, Simulator};
+
+use process::{AgentProcess, AgentSpec, ProcSample, TempKubeconfig};
+use report::{ApiCost, Latency, Machine, PhaseReport, ProcessReport, Report};
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// BindRequests per phase (the agent's and the limit's), warm-up not included.
+    #[arg(long, env = "BINDLET_BENCH_REQUESTS", default_value_t = 2000)]
+    pub requests: usize,
+    /// BindRequests in flight at once (created, pod not yet bound); also the agent's
+    /// --workers and the number of the limit client's loops.
+    #[arg(long, env = "BINDLET_BENCH_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Run against this cluster instead of the embedded simulator (creates its own
+    /// namespaces and Node objects, and removes them afterwards).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (with --kubeconfig).
+    #[arg(long, requires = "kubeconfig")]
+    pub context: Option<String>,
+    /// Seconds the agent is left idle after the run to measure its idle CPU.
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_seconds: f64,
+    /// Log filter of the agent process.
+    #[arg(long, default_value = "error")]
+    pub agent_log_level: String,
+    /// The bindlet binary to run as the agent (default: this executable).
+    #[arg(long, hide = true)]
+    pub agent_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("simulator: {0}")]
+    Sim(#[from] crate::sim::SimError),
+    #[error("cannot encode an object: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("agent process: {0}")]
+    Agent(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("invalid arguments: {0}")]
+    Args(String),
+}
+
+/// Where the bench runs: the simulator in this process, or a real cluster.
+struct Target {
+    sim: Option<Simulator>,
+    client: Client,
+    kubeconfig: PathBuf,
+    _temp: Option<TempKubeconfig>,
+    installed_crd: bool,
+}
+
+impl Target {
+    fn counts(&self) -> Option<RequestCounts> {
+        self.sim.as_ref().map(Simulator::request_count)
+    }
+}
+
+fn diff(after: &RequestCounts, before: &RequestCounts) -> RequestCounts {
+    RequestCounts(
+        after
+            .0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.saturating_sub(before.0.get(k).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, v)| *v > 0)
+            .collect(),
+    )
+}
+
+/// What the load generator itself sends during a phase, whatever the binder is: the
+/// creates, the pod watch, and its own status polling.
+fn own_requests(delta: &RequestCounts, polls: u64) -> RequestCounts {
+    let mut own = RequestCounts::default();
+    for (verb, res) in [
+        ("create", "bindrequests"),
+        ("list", "pods"),
+        ("watch", "pods"),
+    ] {
+        let n = delta.get(verb, res);
+        own.0.insert((verb.into(), res.into()), n);
+    }
+    own.0.insert(("list".into(), "bindrequests".into()), polls);
+    own
+}
+
+pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
+    if args.requests == 0 || args.concurrency == 0 {
+        return Err(BenchError::Args(
+            "--requests and --concurrency must be at least 1".into(),
+        ));
+    }
+    let exe = match &args.agent_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| BenchError::Agent(format!("cannot find this executable: {e}")))?,
+    };
+    let target = connect(&args).await?;
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let names = Names {
+        limit_ns: format!("bindlet-bench-{tag}-limit"),
+        agent_ns: format!("bindlet-bench-{tag}-agent"),
+        limit_node: format!("bindlet-bench-{tag}-limit"),
+        agent_node: format!("bindlet-bench-{tag}-agent"),
+    };
+    let result = measure(&args, &target, &names, &exe).await;
+    cleanup(target, &names).await;
+    result
+}
+
+struct Names {
+    limit_ns: String,
+    agent_ns: String,
+    limit_node: String,
+    agent_node: String,
+}
+
+async fn connect(args: &BenchArgs) -> Result<Target, BenchError> {
+    match &args.kubeconfig {
+        None => {
+            let sim = Simulator::start(SimOptions {
+                crds: vec![crate::api::crd()],
+                ..Default::default()
+            })
+            .await?;
+            let temp = TempKubeconfig::write(&sim.kubeconfig_yaml())?;
+            Ok(Target {
+                client: sim.client(),
+                kubeconfig: temp.path.clone(),
+                _temp: Some(temp),
+                sim: Some(sim),
+                installed_crd: false,
+            })
+        }
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
+            let opts = kube::config::KubeConfigOptions {
+                context: args.context.clone(),
+                ..Default::default()
+            };
+            let config = kube::Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
+            let client = Client::try_from(config)?;
+            let installed_crd = ensure_crd(&client).await?;
+            Ok(Target {
+                sim: None,
+                client,
+                kubeconfig: path.clone(),
+                _temp: None,
+                installed_crd,
+            })
+        }
+    }
+}
+
+const CRD_NAME: &str = "bindrequests.scheduling.run.ai";
+
+/// Installs bindlet's CRD when the cluster has no BindRequest CRD; true if it did.
+async fn ensure_crd(client: &Client) -> Result<bool, BenchError> {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    if crds.get_opt(CRD_NAME).await?.is_some() {
+        return Ok(false);
+    }
+    crds.create(&PostParams::default(), &crate::api::crd())
+        .await?;
+    let t0 = Instant::now();
+    loop {
+        let established = crds
+            .get_opt(CRD_NAME)
+            .await?
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            return Ok(true);
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(BenchError::Timeout(
+                "the BindRequest CRD to be established".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn setup(client: &Client, ns: &str, node: &str) -> Result<(), BenchError> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
+    namespaces.create(&PostParams::default(), &obj).await?;
+    let nodes = Api::<Node>::all(client.clone());
+    let obj: Node = serde_json::from_value(json!({
+        "metadata": { "name": node, "labels": {
+            "kubernetes.io/hostname": node,
+            "bindlet.dev/bench": "true",
+            "nvidia.com/gpu.present": "true"
+        }},
+        "spec": { "taints": [ { "key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule" } ] },
+        "status": {
+            "capacity": { "cpu": "128", "memory": "2Ti", "nvidia.com/gpu": "8", "pods": "110" },
+            "allocatable": { "cpu": "126", "memory": "2000Gi", "nvidia.com/gpu": "8", "pods": "110" },
+            "conditions": [ { "type": "Ready", "status": "True" } ]
+        }
+    }))?;
+    nodes.create(&PostParams::default(), &obj).await?;
+    Ok(())
+}
+
+async fn cleanup(target: Target, names: &Names) {
+    if let Some(sim) = target.sim {
+        sim.shutdown().await;
+        return;
+    }
+    let client = target.client;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let nodes = Api::<Node>::all(client.clone());
+    for ns in [&names.limit_ns, &names.agent_ns] {
+        if let Err(e) = namespaces.delete(ns, &DeleteParams::default()).await {
+            eprintln!("bench cleanup: deleting namespace {ns}: {e}");
+        }
+    }
+    // Pods bound to these nodes are garbage-collected with them (no kubelet runs there).
+    for node in [&names.limit_node, &names.agent_node] {
+        if let Err(e) = nodes.delete(node, &DeleteParams::default()).await {
+            eprintln!("bench cleanup: deleting node {node}: {e}");
+        }
+    }
+    if target.installed_crd {
+        let crds = Api::<CustomResourceDefinition>::all(client);
+        if let Err(e) = crds.delete(CRD_NAME, &DeleteParams::default()).await {
+            eprintln!("bench cleanup: deleting the CRD: {e}");
+        }
+    }
+}
+
+fn deadline(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(20 * n as u64)
+}
+
+/// Polls the namespace's BindRequests until those from `first` on are settled (or the
+/// deadline passes); returns how many Succeeded and how many lists it made.
+async fn wait_settled(
+    client: &Client,
+    ns: &str,
+    first: usize,
+    n: usize,
+    limit: Duration,
+) -> Result<(usize, u64), BenchError> {
+    let api = Api::<BindRequest>::namespaced(client.clone(), ns);
+    let t0 = Instant::now();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let list = api.list(&ListParams::default()).await?;
+        let mut settled = 0;
+        let mut succeeded = 0;
+        for br in &list.items {
+            let idx = br
+                .name_any()
+                .rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<usize>().ok());
+            if idx.is_none_or(|i| i < first) {
+                continue;
+            }
+            match br.phase() {
+                Some(Phase::Succeeded) => {
+                    settled += 1;
+                    succeeded += 1;
+                }
+                Some(Phase::Failed) => settled += 1,
+                _ => {}
+            }
+        }
+        if settled >= n || t0.elapsed() > limit {
+            return Ok((succeeded, polls));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the server's Event creates stop growing (they are written off the hot
+/// path), at most `limit`.
+async fn wait_events_quiet(target: &Target, limit: Duration) {
+    let Some(_) = &target.sim else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return;
+    };
+    let t0 = Instant::now();
+    let mut last = target.counts().map(|c| c.get("create", "events"));
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = target.counts().map(|c| c.get("create", "events"));
+        if now == last || t0.elapsed() > limit {
+            return;
+        }
+        last = now;
+    }
+}
+
+fn phase_report(
+    created: usize,
+    timings: &workload::Timings,
+    succeeded: usize,
+    api: Option<ApiCost>,
+) -> PhaseReport {
+    let binds = timings.bound_count();
+    let seconds = timings.span().map_or(0.0, |d| d.as_secs_f64());
+    PhaseReport {
+        created,
+        binds,
+        errors: created.saturating_sub(binds.min(succeeded)),
+        create_errors: timings.create_errors,
+        seconds,
+        binds_per_s: if seconds > 0.0 {
+            binds as f64 / seconds
+        } else {
+            0.0
+        },
+        latency_ms: Latency::of(timings.latencies()),
+        api,
+    }
+}
+
+async fn measure(
+    args: &BenchArgs,
+    target: &Target,
+    names: &Names,
+    exe: &std::path::Path,
+) -> Result<Report, BenchError> {
+    let client = &target.client;
+    let (n, c) = (args.requests, args.concurrency);
+    let warm = c;
+    setup(client, &names.limit_ns, &names.limit_node).await?;
+    setup(client, &names.agent_ns, &names.agent_node).await?;
+    eprintln!("bench: creating {} pods per phase ...", n + warm);
+    let mut limit_brs =
+        workload::prepare(client, &names.limit_ns, &names.limit_node, "l", 0..warm + n).await?;
+    let mut agent_brs =
+        workload::prepare(client, &names.agent_ns, &names.agent_node, "a", 0..warm + n).await?;
+    let limit_main = limit_brs.split_off(warm);
+    let agent_main = agent_brs.split_off(warm);
+
+    // Phase 1: the physical limit.
+    eprintln!("bench: limit client, {n} requests at concurrency {c} ...");
+    let counts = Arc::new(limit::LimitCounts::default());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut loops = limit::start(
+        client.clone(),
+        names.limit_node.clone(),
+        c,
+        rx,
+        counts.clone(),
+    );
+    workload::drive(
+        client,
+        &names.limit_ns,
+        0,
+        limit_brs,
+        c,
+        Some(tx.clone()),
+        deadline(warm),
+    )
+    .await?;
+    wait_settled(client, &names.limit_ns, 0, warm, deadline(warm)).await?;
+    let before = target.counts();
+    let g0 = (
+        counts.get_pods.load(Ordering::Relaxed),
+        counts.create_binding.load(Ordering::Relaxed),
+        counts.patch_status.load(Ordering::Relaxed),
+    );
+    let timings = workload::drive(
+        client,
+        &names.limit_ns,
+        warm,
+        limit_main,
+        c,
+        Some(tx),
+        deadline(n),
+    )
+    .await?;
+    // The channel is closed: the loops finish their last status writes and end.
+    while loops.join_next().await.is_some() {}
+    let (succeeded, polls) = wait_settled(client, &names.limit_ns, warm, n, deadline(n)).await?;
+    let limit_api = match (before, target.counts()) {
+        (Some(b), Some(a)) => {
+            let d = diff(&a, &b);
+            Some(ApiCost::from_counts(
+                &d,
+                &own_requests(&d, polls),
+                timings.bound_count(),
+            ))
+        }
+        // On a real cluster the limit client counts its own requests.
+        _ => {
+            let mut d = RequestCounts::default();
+            for (verb, res, v) in [
+                (
+                    "get",
+                    "pods",
+                    counts.get_pods.load(Ordering::Relaxed) - g0.0,
+                ),
+                (
+                    "create",
+                    "pods/binding",
+                    counts.create_binding.load(Ordering::Relaxed) - g0.1,
+                ),
+                (
+                    "patch",
+                    "bindrequests/status",
+                    counts.patch_status.load(Ordering::Relaxed) - g0.2,
+                ),
+            ] {
+                d.0.insert((verb.into(), res.into()), v);
+            }
+            Some(ApiCost::from_counts(
+                &d,
+                &RequestCounts::default(),
+                timings.bound_count(),
+            ))
+        }
+    };
+    let limit_report = phase_report(n, &timings, succeeded, limit_api);
+
+    // Phase 2: the agent, as its own process.
+    eprintln!("bench: agent, {n} requests at concurrency {c} ...");
+    let mut agent = AgentProcess::start(&AgentSpec {
+        exe,
+        kubeconfig: &target.kubeconfig,
+        context: args.context.as_deref(),
+        node: &names.agent_node,
+        namespace: &names.agent_ns,
+        workers: c,
+        log_level: &args.agent_log_level,
+    })?;
+    wait_leading(client, &names.agent_ns, &names.agent_node, &mut agent).await?;
+    workload::drive(
+        client,
+        &names.agent_ns,
+        0,
+        agent_brs,
+        c,
+        None,
+        deadline(warm),
+    )
+    .await?;
+    wait_settled(client, &names.agent_ns, 0, warm, deadline(warm)).await?;
+    wait_events_quiet(target, Duration::from_secs(5)).await;
+    agent.check_alive()?;
+    let before = target.counts();
+    let cpu0 = agent.sample();
+    let timings = workload::drive(
+        client,
+        &names.agent_ns,
+        warm,
+        agent_main,
+        c,
+        None,
+        deadline(n),
+    )
+    .await?;
+    let (succeeded, polls) = wait_settled(client, &names.agent_ns, warm, n, deadline(n)).await?;
+    wait_events_quiet(target, Duration::from_secs(10)).await;
+    let cpu1 = agent.sample();
+    let agent_api = match (before, target.counts()) {
+        (Some(b), Some(a)) => {
+            let d = diff(&a, &b);
+            Some(ApiCost::from_counts(
+                &d,
+                &own_requests(&d, polls),
+                timings.bound_count(),
+            ))
+        }
+        _ => None,
+    };
+    let agent_report = phase_report(n, &timings, succeeded, agent_api);
+    eprintln!("bench: agent idle for {:.0} s ...", args.idle_seconds);
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds.max(0.0))).await;
+    let cpu2 = agent.sample();
+    agent.check_alive()?;
+    let pid = agent.pid();
+    agent.stop();
+    let agent_process =
+        process_report(pid, cpu0, cpu1, cpu2, agent_report.binds, args.idle_seconds);
+
+    let mut report = Report {
+        target: if target.sim.is_some() {
+            "embedded simulator".into()
+        } else {
+            "cluster (--kubeconfig)".into()
+        },
+        requests: n,
+        concurrency: c,
+        machine: Machine::this(),
+        throughput_ratio: (limit_report.binds_per_s > 0.0)
+            .then(|| agent_report.binds_per_s / limit_report.binds_per_s),
+        p99_delta_ms: (limit_report.binds > 0 && agent_report.binds > 0)
+            .then_some(agent_report.latency_ms.p99 - limit_report.latency_ms.p99),
+        limit: limit_report,
+        agent: agent_report,
+        agent_process,
+        targets: Vec::new(),
+    };
+    report.judge();
+    Ok(report)
+}
+
+fn process_report(
+    pid: u32,
+    start: Option<ProcSample>,
+    end: Option<ProcSample>,
+    idle_end: Option<ProcSample>,
+    binds: usize,
+    idle_seconds: f64,
+) -> Option<ProcessReport> {
+    let (s, e, i) = (start?, end?, idle_end?);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let run = e.cpu_s - s.cpu_s;
+    Some(ProcessReport {
+        pid,
+        peak_rss_mib: mib(i.peak_rss_kib),
+        rss_end_mib: mib(i.rss_kib),
+        cpu_s_run: run,
+        cpu_ms_per_bind: if binds > 0 {
+            run * 1000.0 / binds as f64
+        } else {
+            0.0
+        },
+        cpu_s_total: i.cpu_s,
+        idle_seconds,
+        idle_cpu_percent: if idle_seconds > 0.0 {
+            (i.cpu_s - e.cpu_s) / idle_seconds * 100.0
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Waits until the agent holds its node Lease (it then syncs its caches; the warm-up
+/// requests absorb that).
+async fn wait_leading(
+    client: &Client,
+    ns: &str,
+    node: &str,
+    agent: &mut AgentProcess,
+) -> Result<(), BenchError> {
+    let leases = Api::<Lease>::namespaced(client.clone(), ns);
+    let name = crate::agent::lease::lease_name(node);
+    let t0 = Instant::now();
+    loop {
+        agent.check_alive()?;
+        let held = leases
+            .get_opt(&name)
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .is_some_and(|h| !h.is_empty());
+        if held {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(BenchError::Timeout(
+                "the agent process to acquire its node Lease".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
