@@ -99,6 +99,8 @@ pub struct AgentArgs {
     /// Node checks (cordon, taints): enforce, warn or off.
     #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
     pub node_checks: CheckMode,
+    #[command(flatten)]
+    pub volumes: crate::plugins::volumes::VolumeArgs,
 }
 
 impl AgentArgs {
@@ -120,6 +122,7 @@ impl AgentArgs {
         cfg.lease_retry = self.lease_retry;
         cfg.plugins = PluginSettings {
             node_checks: self.node_checks,
+            volumes: self.volumes.settings(),
         };
         cfg
     }

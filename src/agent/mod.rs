@@ -241,7 +241,11 @@ pub async fn run(
         background.clone(),
     );
     let shared = Arc::new(worker::Shared {
-        registry: plugins::standard(&cfg.plugins),
+        registry: plugins::standard(
+            &cfg.plugins
+                .clone()
+                .with_api(client.clone(), cfg.api_timeout),
+        ),
         effects: Effects::new(client.clone(), cfg.api_timeout),
         events,
         requests,

@@ -27,9 +27,12 @@ pub struct BindContext<'a> {
 }
 
 /// Data plugins hand to later steps of the same attempt (one typed field per plugin
-/// that needs it; none of the built-in plugins does yet).
+/// that needs it).
 #[derive(Debug, Default)]
-pub struct BindState {}
+pub struct BindState {
+    /// What the `volumes` plugin's pre_bind wrote (PV reservations, selected-node annotations).
+    pub volumes: crate::plugins::volumes::VolumeWrites,
+}
 
 /// A `pre_bind` step that could not complete.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -1,6 +1,7 @@
 //! Built-in plugins. Adding one is a module here and one line in [`standard`].
 
 pub mod node;
+pub mod volumes;
 
 use crate::binding::Registry;
 
@@ -20,9 +21,12 @@ pub enum CheckMode {
 #[derive(Debug, Clone, Default)]
 pub struct PluginSettings {
     pub node_checks: CheckMode,
+    pub volumes: volumes::VolumeSettings,
 }
 
 /// The standard pipeline, in order.
 pub fn standard(settings: &PluginSettings) -> Registry {
-    Registry::new().with(node::NodePlugin::new(settings.node_checks))
+    Registry::new()
+        .with(node::NodePlugin::new(settings.node_checks))
+        .with(volumes::VolumesPlugin::new(&settings.volumes))
 }

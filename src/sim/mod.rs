@@ -132,6 +132,7 @@
 
 mod http;
 mod objects;
+pub mod provisioner;
 mod registry;
 mod schema;
 mod selector;
