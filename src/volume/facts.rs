@@ -143,6 +143,8 @@ impl VolumeFacts for HostFs {
             .ok()
             .and_then(|text| mount_for(&canonical, &parse_mountinfo(&text)).cloned());
         match statvfs(&canonical) {
+            // The statvfs field types differ by platform (u32 on some 32-bit targets).
+            #[allow(clippy::unnecessary_cast)]
             Ok(s) => {
                 let frag = s.fragment_size() as u64;
                 facts.fs = Some(FsStats {
