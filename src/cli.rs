@@ -111,6 +111,8 @@ pub struct AgentArgs {
     pub node_checks: CheckMode,
     #[command(flatten)]
     pub gpu: crate::gpu::GpuArgs,
+    #[command(flatten)]
+    pub volumes: crate::plugins::volumes::VolumeArgs,
 }
 
 impl AgentArgs {
@@ -136,6 +138,7 @@ impl AgentArgs {
                 args: self.gpu.clone(),
                 runtime: None,
             },
+            volumes: self.volumes.settings(),
         };
         cfg
     }

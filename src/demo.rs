@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -52,6 +53,9 @@ fn demo_inventory() -> String {
         crate::gpu::file::InventoryFile::healthy_node(8)
     )
 }
+const STATIC_CLASS: &str = "local-ssd";
+const DYNAMIC_CLASS: &str = "local-dynamic";
+const DYNAMIC_PROVISIONER: &str = "bindlet.sim/local-path";
 
 /// The kinds of request the demo creates, each with the outcome it must reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,6 +73,9 @@ enum Case {
     WholeGpus,
     GpuUnhealthy,
     TooManyGpus,
+    LocalVolume,
+    DynamicVolume,
+    VolumeShortOfSpace,
 }
 
 impl Case {
@@ -87,13 +94,19 @@ impl Case {
             Case::Malformed => "malformed request (GPU portion \"1.5\")",
             Case::UidMismatch => "pod recreated (owner UID differs)",
             Case::TaintNotTolerated => "pod does not tolerate the node taint",
+            Case::LocalVolume => "pod with a static local PV",
+            Case::DynamicVolume => "pod with a provisioned local volume",
+            Case::VolumeShortOfSpace => "local volume short of space",
         }
     }
 
     /// Expected phase (None: this agent must not touch it) and a text the reason must contain.
     fn expected(self) -> (Option<Phase>, &'static str) {
         match self {
-            Case::Plain | Case::Gpu => (Some(Phase::Succeeded), "bound to node"),
+            Case::Plain | Case::Gpu | Case::LocalVolume | Case::DynamicVolume => {
+                (Some(Phase::Succeeded), "bound to node")
+            }
+            Case::VolumeShortOfSpace => (Some(Phase::Failed), "the claim requests 800 TiB"),
             Case::AlreadyBoundHere => (Some(Phase::Succeeded), "already bound"),
             Case::OtherNodeLabel => (None, ""),
             Case::WrongSelectedNode => (Some(Phase::Failed), "but this agent serves node"),
@@ -130,6 +143,9 @@ fn plan(n: usize) -> Vec<Case> {
         Case::WholeGpus,
         Case::GpuUnhealthy,
         Case::TooManyGpus,
+        Case::LocalVolume,
+        Case::DynamicVolume,
+        Case::VolumeShortOfSpace,
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
@@ -177,6 +193,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     setup_cluster(&client, &node, &cfg.lease_namespace).await?;
     create_reservation(&client, &node).await?;
+    // Local volumes live in a scratch directory on this machine (the simulated node's disk).
+    let scratch = std::env::temp_dir().join(format!("bindlet-demo-{}", std::process::id()));
+    let _provisioner = crate::sim::provisioner::spawn(
+        client.clone(),
+        crate::sim::provisioner::ProvisionerConfig {
+            name: DYNAMIC_PROVISIONER.into(),
+            base_dir: scratch.join("provisioned"),
+            namespace: Some(NAMESPACE.into()),
+            delay: Duration::from_millis(100),
+        },
+    );
     let bound_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let pod_watch = tokio::spawn(record_bind_times(client.clone(), bound_at.clone()));
 
@@ -201,6 +228,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             created_at: None,
         })
         .collect();
+    setup_storage(&client, &node, &items, &scratch).await?;
     // Pods first (as the scheduler sees them), then the BindRequests in one burst.
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let uids: HashMap<String, String> = futures::stream::iter(items.iter())
@@ -284,6 +312,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
     agent.stop().await?;
     pod_watch.abort();
+    let _ = std::fs::remove_dir_all(&scratch);
     sim.shutdown().await;
     if let Some(p) = demo_file {
         let _ = std::fs::remove_file(p);
@@ -341,6 +370,9 @@ fn short(c: Case) -> &'static str {
         Case::WholeGpus => "whole",
         Case::GpuUnhealthy => "xid",
         Case::TooManyGpus => "toomany",
+        Case::LocalVolume => "localpv",
+        Case::DynamicVolume => "dynpv",
+        Case::VolumeShortOfSpace => "shortpv",
     }
 }
 
@@ -394,6 +426,65 @@ async fn create_reservation(client: &Client, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// StorageClasses, one static local PV per static-volume pod (the short-of-space ones are
+/// declared far larger than the disk really has free), and each volume pod's claim.
+async fn setup_storage(
+    client: &Client,
+    node: &str,
+    items: &[Item],
+    scratch: &std::path::Path,
+) -> anyhow::Result<()> {
+    let classes = Api::<StorageClass>::all(client.clone());
+    for (name, provisioner) in [
+        (STATIC_CLASS, "kubernetes.io/no-provisioner"),
+        (DYNAMIC_CLASS, DYNAMIC_PROVISIONER),
+    ] {
+        let sc: StorageClass = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "provisioner": provisioner,
+            "volumeBindingMode": "WaitForFirstConsumer"
+        }))?;
+        classes.create(&PostParams::default(), &sc).await?;
+    }
+    let pvs = Api::<PersistentVolume>::all(client.clone());
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NAMESPACE);
+    for it in items {
+        let (class, capacity, request) = match it.case {
+            Case::LocalVolume => (STATIC_CLASS, "1Gi", "100Mi"),
+            Case::VolumeShortOfSpace => (STATIC_CLASS, "900Ti", "800Ti"),
+            Case::DynamicVolume => (DYNAMIC_CLASS, "", "100Mi"),
+            _ => continue,
+        };
+        if class == STATIC_CLASS {
+            let path = scratch.join("disks").join(&it.name);
+            std::fs::create_dir_all(&path)?;
+            let pv: PersistentVolume = serde_json::from_value(json!({
+                "metadata": { "name": format!("local-{}", it.name) },
+                "spec": {
+                    "capacity": { "storage": capacity },
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": class,
+                    "local": { "path": path.to_string_lossy() },
+                    "nodeAffinity": { "required": { "nodeSelectorTerms": [ { "matchExpressions": [
+                        { "key": "kubernetes.io/hostname", "operator": "In", "values": [node] } ] } ] } }
+                }
+            }))?;
+            pvs.create(&PostParams::default(), &pv).await?;
+        }
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": { "name": format!("{}-data", it.name), "namespace": NAMESPACE },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": class,
+                "resources": { "requests": { "storage": request } }
+            }
+        }))?;
+        claims.create(&PostParams::default(), &pvc).await?;
+    }
+    Ok(())
+}
+
 async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(String, String)> {
     let mut resources = json!({ "requests": { "cpu": "500m", "memory": "1Gi" } });
     let whole = match it.case {
@@ -414,12 +505,19 @@ async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(S
         Case::BoundElsewhere => json!(OTHER_NODE),
         _ => serde_json::Value::Null,
     };
+    let volumes = match it.case {
+        Case::LocalVolume | Case::DynamicVolume | Case::VolumeShortOfSpace => {
+            json!([{ "name": "data", "persistentVolumeClaim": { "claimName": format!("{}-data", it.name) } }])
+        }
+        _ => json!([]),
+    };
     let pod: Pod = serde_json::from_value(json!({
         "metadata": { "name": it.name, "namespace": NAMESPACE, "labels": { "app": "demo", "case": short(it.case) } },
         "spec": {
             "schedulerName": "kai-scheduler",
             "nodeName": node_name,
             "tolerations": tolerations,
+            "volumes": volumes,
             "containers": [ { "name": "main", "image": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04", "resources": resources } ]
         }
     }))?;

@@ -14,3 +14,4 @@ pub mod gpu;
 pub mod manual;
 pub mod plugins;
 pub mod sim;
+pub mod volume;

@@ -29,6 +29,14 @@ pub const GET_POD: ApiCall = c("", "pods", "get");
 /// that ask for GPUs.
 pub const LIST_PODS: ApiCall = c("", "pods", "list");
 pub const CREATE_POD_BINDING: ApiCall = c("", "pods/binding", "create");
+/// The `volumes` plugin, only for pods with PVC volumes: read claims, PVs, classes; reserve
+/// a PV (claimRef) and set a claim's selected-node annotation / volumeName.
+pub const GET_PVC: ApiCall = c("", "persistentvolumeclaims", "get");
+pub const PATCH_PVC: ApiCall = c("", "persistentvolumeclaims", "patch");
+pub const GET_PV: ApiCall = c("", "persistentvolumes", "get");
+pub const LIST_PVS: ApiCall = c("", "persistentvolumes", "list");
+pub const PATCH_PV: ApiCall = c("", "persistentvolumes", "patch");
+pub const GET_STORAGE_CLASS: ApiCall = c("storage.k8s.io", "storageclasses", "get");
 pub const LIST_NODES: ApiCall = c("", "nodes", "list");
 pub const WATCH_NODES: ApiCall = c("", "nodes", "watch");
 pub const GET_BIND_REQUEST: ApiCall = c(KAI, "bindrequests", "get");
@@ -49,6 +57,12 @@ pub const CREATE_SUBJECT_ACCESS_REVIEW: ApiCall =
 pub const API_CALLS: &[ApiCall] = &[
     GET_POD,
     LIST_PODS,
+    GET_PVC,
+    PATCH_PVC,
+    GET_PV,
+    LIST_PVS,
+    PATCH_PV,
+    GET_STORAGE_CLASS,
     CREATE_POD_BINDING,
     LIST_NODES,
     WATCH_NODES,

@@ -275,7 +275,11 @@ pub async fn run(
         ));
     }
     let shared = Arc::new(worker::Shared {
-        registry: plugins::standard(&cfg.plugins),
+        registry: plugins::standard(&cfg.plugins.clone().with_api(
+            client.clone(),
+            cfg.api_timeout,
+            stats.diag.clone(),
+        )),
         effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),
         diag: stats.diag.clone(),
         events,

@@ -32,6 +32,8 @@ pub struct BindContext<'a> {
 pub struct BindState {
     /// The `gpu` plugin's probe, verdicts and the node's GPU bind lock.
     pub gpu: Option<crate::plugins::gpu::GpuBindState>,
+    /// What the `volumes` plugin's pre_bind wrote (PV reservations, selected-node annotations).
+    pub volumes: crate::plugins::volumes::VolumeWrites,
 }
 
 /// A `pre_bind` step that could not complete.

@@ -2,6 +2,7 @@
 
 pub mod gpu;
 pub mod node;
+pub mod volumes;
 
 use crate::binding::Registry;
 
@@ -22,6 +23,7 @@ pub enum CheckMode {
 pub struct PluginSettings {
     pub node_checks: CheckMode,
     pub gpu: gpu::GpuSettings,
+    pub volumes: volumes::VolumeSettings,
 }
 
 /// The standard pipeline, in order.
@@ -29,4 +31,5 @@ pub fn standard(settings: &PluginSettings) -> Registry {
     Registry::new()
         .with(node::NodePlugin::new(settings.node_checks))
         .with(gpu::GpuPlugin::new(&settings.gpu))
+        .with(volumes::VolumesPlugin::new(&settings.volumes))
 }

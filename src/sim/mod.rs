@@ -126,6 +126,10 @@
 //!   (`x-kubernetes-validations`), defaults, list-type/map-type uniqueness and formats other
 //!   than `int32`; CRD conversion is `None` (objects are served with the requested
 //!   apiVersion). CRDs are Established immediately.
+//! - PersistentVolumeClaims, PersistentVolumes and StorageClasses are stored without
+//!   validation or defaults: no PV controller runs (no `status.phase` is written; see
+//!   [`provisioner`] for a simulated provisioner), and a claim's `volumeName` may change
+//!   after it was set.
 //! - Only a few pod defaults are filled (no service account, tolerations, priority classes,
 //!   enableServiceLinks variations); pod `status` updates are not validated.
 //! - Aggregated discovery (`application/json;g=apidiscovery.k8s.io;v=v2`) is not served; the
@@ -136,6 +140,7 @@
 mod auth;
 mod http;
 mod objects;
+pub mod provisioner;
 mod registry;
 mod schema;
 mod selector;

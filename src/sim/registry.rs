@@ -223,6 +223,32 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     ];
     out.push(ev2);
 
+    // Storage: what the volumes plugin reads and writes (binding is done by clients: the
+    // simulator runs no PV controller; see `sim::provisioner`).
+    let mut pvc = ResourceDef::base(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        true,
+    );
+    pvc.status_subresource = true;
+    pvc.short_names = vec!["pvc".into()];
+    out.push(pvc);
+    let mut pv = ResourceDef::base("", "v1", "persistentvolumes", "PersistentVolume", false);
+    pv.status_subresource = true;
+    pv.short_names = vec!["pv".into()];
+    out.push(pv);
+    let mut sc = ResourceDef::base(
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        "StorageClass",
+        false,
+    );
+    sc.short_names = vec!["sc".into()];
+    out.push(sc);
+
     let mut lease = ResourceDef::base("coordination.k8s.io", "v1", "leases", "Lease", true);
     lease.create_on_update = true;
     out.push(lease);

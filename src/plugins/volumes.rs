@@ -1,0 +1,862 @@
+//! `volumes`: the pod's volumes are usable on this node before it is bound.
+//!
+//! - Inline `hostPath` volumes: the declared type holds.
+//! - Bound PVCs: the PV exists, is claimed by this PVC and its node affinity admits this
+//!   node; `local` and `hostPath` PVs: the path is really there (Filesystem mode: a writable
+//!   directory on a mounted filesystem with free space ≥ the claim's request and free
+//!   inodes; Block mode: a block device).
+//! - Unbound WaitForFirstConsumer PVCs (what kube-scheduler's VolumeBinding does in
+//!   PreBind): a static PV is reserved (its `claimRef`, guarded by resourceVersion), or the
+//!   claim is handed to its provisioner with `volume.kubernetes.io/selected-node` and
+//!   waited for, bounded by `--volume-binding-timeout`. Rollback releases exactly what this
+//!   attempt wrote, recorded in [`VolumeWrites`]. After the pod is bound, `post_bind` sets
+//!   the PVC's `volumeName` (what the PV controller would do): a PVC's `volumeName` cannot
+//!   be unset, so it is only written once nothing needs undoing.
+//!
+//! Pods without PVC volumes cost no API request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::agent::api_calls as calls;
+use crate::agent::effects::{ApiError, call_as};
+use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::volume::check::{self, Finding, VolumeMode};
+use crate::volume::claims::{
+    self, BIND_COMPLETED_ANNOTATION, BOUND_BY_CONTROLLER_ANNOTATION, NO_PROVISIONER, PvSource,
+    SELECTED_NODE_ANNOTATION,
+};
+use crate::volume::quantity::format_bytes;
+use crate::volume::{HostFs, PathFacts, VolumeFacts};
+
+use super::{CheckMode, PluginSettings};
+
+const NAME: &str = "volumes";
+/// Re-reads after a 409 before giving up for this attempt.
+const CONFLICT_TRIES: usize = 5;
+
+/// Command-line flags of the volumes plugin (flattened into the agent's flags).
+#[derive(clap::Args, Debug, Clone)]
+pub struct VolumeArgs {
+    /// Local volume checks (paths, free space, inodes, hostPath types): enforce, warn or
+    /// off. Claim binding happens in every mode.
+    #[arg(long, env = "BINDLET_VOLUME_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
+    pub volume_checks: CheckMode,
+    /// How long to wait for a dynamically provisioned WaitForFirstConsumer claim to be bound.
+    #[arg(long, env = "BINDLET_VOLUME_BINDING_TIMEOUT", default_value = "120s", value_parser = crate::cli::parse_duration)]
+    pub volume_binding_timeout: Duration,
+    /// Where the node's root filesystem is visible to the agent (e.g. /host in a DaemonSet
+    /// that mounts the host's / there); PV and hostPath paths are looked up below it.
+    #[arg(long, env = "BINDLET_VOLUME_HOST_ROOT", default_value = "/")]
+    pub volume_host_root: PathBuf,
+}
+
+impl VolumeArgs {
+    pub fn settings(&self) -> VolumeSettings {
+        VolumeSettings {
+            checks: self.volume_checks,
+            binding_timeout: self.volume_binding_timeout,
+            host_root: self.volume_host_root.clone(),
+            api: None,
+        }
+    }
+}
+
+/// Settings of the volumes plugin.
+#[derive(Debug, Clone)]
+pub struct VolumeSettings {
+    pub checks: CheckMode,
+    pub binding_timeout: Duration,
+    pub host_root: PathBuf,
+    /// API access for claims; attached by the agent (see [`PluginSettings::with_api`]).
+    pub api: Option<ApiAccess>,
+}
+
+impl Default for VolumeSettings {
+    fn default() -> Self {
+        VolumeSettings {
+            checks: CheckMode::Enforce,
+            binding_timeout: Duration::from_secs(120),
+            host_root: PathBuf::from("/"),
+            api: None,
+        }
+    }
+}
+
+impl PluginSettings {
+    /// Gives the plugins that read or write API objects their client and per-call timeout.
+    pub fn with_api(
+        mut self,
+        client: kube::Client,
+        timeout: Duration,
+        diag: std::sync::Arc<crate::diag::Recorder>,
+    ) -> Self {
+        self.volumes.api = Some(ApiAccess {
+            client,
+            timeout,
+            diag,
+        });
+        self
+    }
+}
+
+/// The API client the plugin uses, with the agent's per-call timeout.
+#[derive(Clone)]
+pub struct ApiAccess {
+    client: kube::Client,
+    timeout: Duration,
+    /// Counts every call in the agent's API metrics.
+    diag: std::sync::Arc<crate::diag::Recorder>,
+}
+
+impl std::fmt::Debug for ApiAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiAccess")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PV whose `claimRef` this attempt wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedPv {
+    pub pv: String,
+    pub namespace: String,
+    pub claim: String,
+    pub claim_uid: String,
+}
+
+/// What this attempt's `pre_bind` wrote, so rollback undoes exactly that.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VolumeWrites {
+    pub reserved: Vec<ReservedPv>,
+    /// Claims (namespace, name) on which this attempt set the selected-node annotation.
+    pub selected_node_set: Vec<(String, String)>,
+}
+
+/// A PVC-backed pod volume (`persistentVolumeClaim` or generic `ephemeral`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimUse {
+    pub volume: String,
+    pub claim: String,
+}
+
+/// An inline `hostPath` volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPathUse {
+    pub volume: String,
+    pub path: String,
+    pub type_: Option<String>,
+}
+
+/// The pod's claim and hostPath volumes (one entry per claim, in spec order).
+pub fn pod_volumes(pod: &Pod) -> (Vec<ClaimUse>, Vec<HostPathUse>) {
+    let mut claims: Vec<ClaimUse> = Vec::new();
+    let mut host = Vec::new();
+    let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or(&[])
+    {
+        let claim = if let Some(c) = &v.persistent_volume_claim {
+            Some(c.claim_name.clone())
+        } else {
+            // Generic ephemeral volumes get a PVC named <pod>-<volume>.
+            v.ephemeral
+                .as_ref()
+                .map(|_| format!("{pod_name}-{}", v.name))
+        };
+        if let Some(claim) = claim {
+            if !claims.iter().any(|c| c.claim == claim) {
+                claims.push(ClaimUse {
+                    volume: v.name.clone(),
+                    claim,
+                });
+            }
+        } else if let Some(h) = &v.host_path {
+            host.push(HostPathUse {
+                volume: v.name.clone(),
+                path: h.path.clone(),
+                type_: h.type_.clone(),
+            });
+        }
+    }
+    (claims, host)
+}
+
+pub struct VolumesPlugin {
+    checks: CheckMode,
+    binding_timeout: Duration,
+    api: Option<ApiAccess>,
+    facts: Arc<dyn VolumeFacts>,
+    /// Bound on one filesystem inspection (a hung mount must not hang the worker).
+    fs_timeout: Duration,
+}
+
+impl VolumesPlugin {
+    pub fn new(settings: &VolumeSettings) -> Self {
+        VolumesPlugin {
+            checks: settings.checks,
+            binding_timeout: settings.binding_timeout,
+            fs_timeout: settings
+                .api
+                .as_ref()
+                .map_or(Duration::from_secs(10), |a| a.timeout),
+            api: settings.api.clone(),
+            facts: Arc::new(HostFs::new(settings.host_root.clone())),
+        }
+    }
+
+    /// Replaces the filesystem source (tests).
+    pub fn with_facts(mut self, facts: Arc<dyn VolumeFacts>) -> Self {
+        self.facts = facts;
+        self
+    }
+
+    async fn measure(&self, path: &str) -> Result<PathFacts, PluginError> {
+        let facts = self.facts.clone();
+        let p = path.to_string();
+        match tokio::time::timeout(
+            self.fs_timeout,
+            tokio::task::spawn_blocking(move || facts.path(&p)),
+        )
+        .await
+        {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) => Err(transient(format!("inspecting {path}: {e}"))),
+            Err(_) => Err(refuse(format!(
+                "{path} did not answer within {:?} (a hung mount?)",
+                self.fs_timeout
+            ))),
+        }
+    }
+
+    /// Records a finding under the check mode; a failure under `Enforce` refuses.
+    fn record(&self, f: Finding, out: &mut Vec<Verdict>) -> Result<(), PluginError> {
+        let outcome = match (f.ok, self.checks) {
+            (true, _) => VerdictOutcome::Pass,
+            (false, CheckMode::Warn) => VerdictOutcome::Warn,
+            (false, _) => return Err(refuse(f.message)),
+        };
+        out.push(verdict(NAME, f.check, outcome, f.message));
+        Ok(())
+    }
+
+    /// Node affinity and the node-local path of a PV the claim is (or is being) bound to.
+    async fn check_pv(
+        &self,
+        ctx: &BindContext<'_>,
+        c: &ClaimUse,
+        pvc: &PersistentVolumeClaim,
+        pv: &PersistentVolume,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        let pv_name = pv.metadata.name.as_deref().unwrap_or("");
+        let v = &c.volume;
+        if let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+            && !claims::claim_ref_is(pv, pvc)
+        {
+            return Err(refuse(format!(
+                "volume {v}: PersistentVolume {pv_name} is claimed by {}/{}, not by this claim",
+                r.namespace.as_deref().unwrap_or(""),
+                r.name.as_deref().unwrap_or("")
+            )));
+        }
+        // A PV for another node can never be mounted here, whatever the check mode.
+        if let Err(why) = claims::node_affinity_matches(pv, ctx.node) {
+            return Err(refuse(format!(
+                "volume {v}: PersistentVolume {pv_name} cannot be used here: {why}"
+            )));
+        }
+        let mut out = vec![verdict(
+            NAME,
+            "node-affinity",
+            VerdictOutcome::Pass,
+            format!(
+                "volume {v}: PersistentVolume {pv_name} may be used on node {}",
+                ctx.node_name
+            ),
+        )];
+        let path = match claims::pv_source(pv) {
+            PvSource::Local(p) | PvSource::HostPath(p) => p,
+            PvSource::Remote => {
+                out.push(verdict(
+                    NAME,
+                    "local-path",
+                    VerdictOutcome::Pass,
+                    format!("volume {v}: PersistentVolume {pv_name} is not node-local: nothing to measure here"),
+                ));
+                return Ok(out);
+            }
+        };
+        if self.checks == CheckMode::Off {
+            out.push(verdict(
+                NAME,
+                "local-path",
+                VerdictOutcome::Skip,
+                format!("volume {v}: local volume checks are off"),
+            ));
+            return Ok(out);
+        }
+        let facts = self.measure(path).await?;
+        let mode = VolumeMode::parse(pv.spec.as_ref().and_then(|s| s.volume_mode.as_deref()));
+        for f in check::local_volume(v, path, mode, claims::claim_request(pvc), &facts) {
+            self.record(f, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Everything for one claim; writes are recorded in `w` as they succeed.
+    async fn claim(
+        &self,
+        ctx: &BindContext<'_>,
+        api: &ApiAccess,
+        c: &ClaimUse,
+        w: &mut VolumeWrites,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        let ns = ctx.request.namespace.as_str();
+        let v = &c.volume;
+        let Some(pvc) = api.get_pvc(ns, &c.claim).await? else {
+            return Err(refuse(format!(
+                "volume {v}: PersistentVolumeClaim {ns}/{} does not exist",
+                c.claim
+            )));
+        };
+        if pvc.metadata.deletion_timestamp.is_some() {
+            return Err(refuse(format!(
+                "volume {v}: PersistentVolumeClaim {ns}/{} is being deleted",
+                c.claim
+            )));
+        }
+        if let Some(pv_name) = bound_volume(&pvc) {
+            let Some(pv) = api.get_pv(pv_name).await? else {
+                return Err(refuse(format!(
+                    "volume {v}: claim {ns}/{} is bound to PersistentVolume {pv_name}, which does not exist",
+                    c.claim
+                )));
+            };
+            let mut out = vec![verdict(
+                NAME,
+                "claim",
+                VerdictOutcome::Pass,
+                format!(
+                    "volume {v}: claim {ns}/{} is bound to PersistentVolume {pv_name}",
+                    c.claim
+                ),
+            )];
+            out.extend(self.check_pv(ctx, c, &pvc, &pv).await?);
+            return Ok(out);
+        }
+
+        let class_name = claims::claim_class(&pvc);
+        let class = if class_name.is_empty() {
+            None
+        } else {
+            match api.get_class(class_name).await? {
+                Some(sc) => Some(sc),
+                None => {
+                    return Err(refuse(format!(
+                        "volume {v}: StorageClass {class_name} of claim {ns}/{} does not exist",
+                        c.claim
+                    )));
+                }
+            }
+        };
+        let wffc = class
+            .as_ref()
+            .and_then(|sc| sc.volume_binding_mode.as_deref())
+            == Some("WaitForFirstConsumer");
+        if !wffc {
+            // Immediate claims are bound by the PV controller; a later attempt may find it done.
+            let class_text = if class_name.is_empty() {
+                "has no StorageClass".to_string()
+            } else {
+                format!("has StorageClass {class_name} with volumeBindingMode Immediate")
+            };
+            return Err(refuse(format!(
+                "volume {v}: claim {ns}/{} is not bound yet; it {class_text}, so the PV controller binds it (will retry)",
+                c.claim
+            )));
+        }
+        let provisioner = class.as_ref().map_or("", |sc| sc.provisioner.as_str());
+        let selected = claims::annotation(&pvc.metadata, SELECTED_NODE_ANNOTATION);
+        if let Some(other) = selected.filter(|s| *s != ctx.node_name) {
+            return Err(refuse(format!(
+                "volume {v}: claim {ns}/{} is already being provisioned for node {other}",
+                c.claim
+            )));
+        }
+        let started = tokio::time::Instant::now();
+        let _claim_as_written = if selected.is_none() {
+            match self.reserve_static(ctx, api, &pvc, w).await? {
+                Ok((pv, written)) => {
+                    let pv_name = pv.metadata.name.as_deref().unwrap_or("");
+                    let cap = claims::pv_capacity(&pv).map_or("no size".into(), format_bytes);
+                    let how = if written {
+                        "reserved"
+                    } else {
+                        "found pre-bound"
+                    };
+                    let mut out = vec![verdict(
+                        NAME,
+                        "claim",
+                        VerdictOutcome::Pass,
+                        format!(
+                            "volume {v}: {how} PersistentVolume {pv_name} ({cap}) for claim {ns}/{}",
+                            c.claim
+                        ),
+                    )];
+                    out.extend(self.check_pv(ctx, c, &pvc, &pv).await?);
+                    return Ok(out);
+                }
+                Err(why) if provisioner.is_empty() || provisioner == NO_PROVISIONER => {
+                    return Err(refuse(format!("volume {v}: claim {ns}/{}: {why}", c.claim)));
+                }
+                Err(_) => self.select_node(ctx, api, pvc, w).await?,
+            }
+        } else {
+            pvc
+        };
+        let (pvc, pv) = self.wait_bound(api, ns, c, provisioner, started).await?;
+        let mut out = vec![verdict(
+            NAME,
+            "claim",
+            VerdictOutcome::Pass,
+            format!(
+                "volume {v}: claim {ns}/{} was provisioned by {provisioner} as PersistentVolume {} in {:.1} s",
+                c.claim,
+                pv.metadata.name.as_deref().unwrap_or(""),
+                started.elapsed().as_secs_f64()
+            ),
+        )];
+        out.extend(self.check_pv(ctx, c, &pvc, &pv).await?);
+        Ok(out)
+    }
+
+    /// Reserves the best static PV for the claim. `Ok(Err(why))` when none fits.
+    /// The PV write is guarded by its resourceVersion: on 409 another binder was faster,
+    /// so the PVs are re-read and the choice recomputed.
+    async fn reserve_static(
+        &self,
+        ctx: &BindContext<'_>,
+        api: &ApiAccess,
+        pvc: &PersistentVolumeClaim,
+        w: &mut VolumeWrites,
+    ) -> Result<Result<(PersistentVolume, bool), String>, PluginError> {
+        for _ in 0..CONFLICT_TRIES {
+            let pvs = api.list_pvs().await?;
+            let pv = match claims::pick_static_pv(pvc, &pvs, ctx.node) {
+                Ok(pv) => pv,
+                Err(why) => return Ok(Err(why)),
+            };
+            if claims::claim_ref_is(pv, pvc) {
+                // Pre-bound to this claim already (by a user or an earlier attempt).
+                return Ok(Ok((pv.clone(), false)));
+            }
+            let pv_name = pv.metadata.name.clone().unwrap_or_default();
+            let body = json!({
+                "metadata": {
+                    "resourceVersion": pv.metadata.resource_version,
+                    "annotations": { BOUND_BY_CONTROLLER_ANNOTATION: "yes" }
+                },
+                "spec": { "claimRef": {
+                    "kind": "PersistentVolumeClaim",
+                    "apiVersion": "v1",
+                    "namespace": pvc.metadata.namespace,
+                    "name": pvc.metadata.name,
+                    "uid": pvc.metadata.uid,
+                    "resourceVersion": pvc.metadata.resource_version,
+                } }
+            });
+            if let Some(updated) = api.patch_pv(&pv_name, &body).await? {
+                w.reserved.push(ReservedPv {
+                    pv: pv_name,
+                    namespace: pvc.metadata.namespace.clone().unwrap_or_default(),
+                    claim: pvc.metadata.name.clone().unwrap_or_default(),
+                    claim_uid: pvc.metadata.uid.clone().unwrap_or_default(),
+                });
+                return Ok(Ok((updated, true)));
+            }
+        }
+        Err(transient(format!(
+            "PersistentVolumes kept changing while reserving one for claim {}",
+            pvc.metadata.name.as_deref().unwrap_or("")
+        )))
+    }
+
+    /// Asks the claim's provisioner for a volume on this node (the selected-node annotation),
+    /// guarded by the claim's resourceVersion; returns the claim as written.
+    async fn select_node(
+        &self,
+        ctx: &BindContext<'_>,
+        api: &ApiAccess,
+        mut pvc: PersistentVolumeClaim,
+        w: &mut VolumeWrites,
+    ) -> Result<PersistentVolumeClaim, PluginError> {
+        let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+        let name = pvc.metadata.name.clone().unwrap_or_default();
+        for _ in 0..CONFLICT_TRIES {
+            match claims::annotation(&pvc.metadata, SELECTED_NODE_ANNOTATION) {
+                Some(n) if n == ctx.node_name => return Ok(pvc),
+                Some(other) => {
+                    return Err(refuse(format!(
+                        "claim {ns}/{name} is already being provisioned for node {other}"
+                    )));
+                }
+                None if bound_volume(&pvc).is_some() => return Ok(pvc),
+                None => {}
+            }
+            let body = json!({ "metadata": {
+                "resourceVersion": pvc.metadata.resource_version,
+                "annotations": { SELECTED_NODE_ANNOTATION: ctx.node_name }
+            } });
+            if let Some(updated) = api.patch_pvc(&ns, &name, &body).await? {
+                w.selected_node_set.push((ns, name));
+                return Ok(updated);
+            }
+            match api.get_pvc(&ns, &name).await? {
+                Some(live) => pvc = live,
+                None => return Err(refuse(format!("claim {ns}/{name} was deleted"))),
+            }
+        }
+        Err(transient(format!(
+            "claim {ns}/{name} kept changing while selecting this node"
+        )))
+    }
+
+    /// Polls the claim until it is bound to an existing PV, up to the binding timeout.
+    async fn wait_bound(
+        &self,
+        api: &ApiAccess,
+        ns: &str,
+        c: &ClaimUse,
+        provisioner: &str,
+        started: tokio::time::Instant,
+    ) -> Result<(PersistentVolumeClaim, PersistentVolume), PluginError> {
+        let deadline = started + self.binding_timeout;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let Some(pvc) = api.get_pvc(ns, &c.claim).await? else {
+                return Err(refuse(format!(
+                    "volume {}: claim {ns}/{} was deleted while waiting for provisioning",
+                    c.volume, c.claim
+                )));
+            };
+            if let Some(pv_name) = bound_volume(&pvc)
+                && let Some(pv) = api.get_pv(pv_name).await?
+            {
+                return Ok((pvc, pv));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(refuse(format!(
+                    "volume {}: claim {ns}/{} was not provisioned by {provisioner} within {:?} (--volume-binding-timeout)",
+                    c.volume, c.claim, self.binding_timeout
+                )));
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Plugin for VolumesPlugin {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// Nothing to decide without reading the node and the claims: all work is in pre_bind.
+    fn validate(&self, _ctx: &BindContext<'_>) -> Vec<Verdict> {
+        Vec::new()
+    }
+
+    async fn pre_bind(
+        &self,
+        ctx: &BindContext<'_>,
+        state: &mut BindState,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        let (claim_uses, host_paths) = pod_volumes(ctx.pod);
+        let mut out = Vec::new();
+        if !host_paths.is_empty() && self.checks == CheckMode::Off {
+            out.push(verdict(
+                NAME,
+                "host-path",
+                VerdictOutcome::Skip,
+                "local volume checks are off".into(),
+            ));
+        } else {
+            for hp in &host_paths {
+                let facts = self.measure(&hp.path).await?;
+                let f = check::host_path_type(&hp.volume, &hp.path, hp.type_.as_deref(), &facts);
+                self.record(f, &mut out)?;
+            }
+        }
+        if claim_uses.is_empty() {
+            return Ok(out);
+        }
+        let Some(api) = &self.api else {
+            return Err(transient(
+                "the volumes plugin has no API access to read the pod's claims".into(),
+            ));
+        };
+        for c in &claim_uses {
+            out.extend(self.claim(ctx, api, c, &mut state.volumes).await?);
+        }
+        Ok(out)
+    }
+
+    /// Completes the claim side of static bindings (what the PV controller would do), now
+    /// that nothing needs undoing. Best effort: the PV's claimRef carries the claim's UID, so
+    /// the PV controller finishes the binding if this write is lost.
+    async fn post_bind(&self, _ctx: &BindContext<'_>, state: &BindState) {
+        let Some(api) = &self.api else { return };
+        for r in &state.volumes.reserved {
+            if let Err(e) = complete_claim(api, r).await {
+                tracing::warn!(claim = %format!("{}/{}", r.namespace, r.claim), pv = %r.pv, error = %e.message,
+                    "could not set the claim's volumeName; the PV controller will");
+            }
+        }
+    }
+
+    async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
+        let Some(api) = &self.api else { return };
+        let w = std::mem::take(&mut state.volumes);
+        for r in w.reserved.iter().rev() {
+            if let Err(e) = release_pv(api, r).await {
+                tracing::warn!(pv = %r.pv, error = %e.message, "could not release a reserved PersistentVolume");
+            }
+        }
+        for (ns, name) in w.selected_node_set.iter().rev() {
+            if let Err(e) = unselect_node(api, ns, name, ctx.node_name).await {
+                tracing::warn!(claim = %format!("{ns}/{name}"), error = %e.message,
+                    "could not remove the selected-node annotation");
+            }
+        }
+    }
+}
+
+fn bound_volume(pvc: &PersistentVolumeClaim) -> Option<&str> {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+/// Removes this attempt's claimRef from a PV, unless the binding has meanwhile been
+/// completed (the claim's volumeName names it: that cannot be undone) or the PV changed
+/// hands.
+async fn release_pv(api: &ApiAccess, r: &ReservedPv) -> Result<(), PluginError> {
+    for _ in 0..CONFLICT_TRIES {
+        let Some(pv) = api.get_pv(&r.pv).await? else {
+            return Ok(());
+        };
+        let ours = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .is_some_and(|c| c.uid.as_deref() == Some(r.claim_uid.as_str()));
+        if !ours {
+            return Ok(());
+        }
+        if let Some(pvc) = api.get_pvc(&r.namespace, &r.claim).await?
+            && bound_volume(&pvc) == Some(r.pv.as_str())
+        {
+            tracing::info!(pv = %r.pv, claim = %r.claim, "binding already completed; leaving it");
+            return Ok(());
+        }
+        let body = json!({
+            "metadata": {
+                "resourceVersion": pv.metadata.resource_version,
+                "annotations": { BOUND_BY_CONTROLLER_ANNOTATION: null }
+            },
+            "spec": { "claimRef": null }
+        });
+        if api.patch_pv(&r.pv, &body).await?.is_some() {
+            return Ok(());
+        }
+    }
+    Err(transient(format!(
+        "PersistentVolume {} kept changing",
+        r.pv
+    )))
+}
+
+/// Removes the selected-node annotation this attempt set, while the claim is still unbound.
+async fn unselect_node(
+    api: &ApiAccess,
+    ns: &str,
+    name: &str,
+    node: &str,
+) -> Result<(), PluginError> {
+    for _ in 0..CONFLICT_TRIES {
+        let Some(pvc) = api.get_pvc(ns, name).await? else {
+            return Ok(());
+        };
+        if claims::annotation(&pvc.metadata, SELECTED_NODE_ANNOTATION) != Some(node)
+            || bound_volume(&pvc).is_some()
+        {
+            return Ok(());
+        }
+        let body = json!({ "metadata": {
+            "resourceVersion": pvc.metadata.resource_version,
+            "annotations": { SELECTED_NODE_ANNOTATION: null }
+        } });
+        if api.patch_pvc(ns, name, &body).await?.is_some() {
+            return Ok(());
+        }
+    }
+    Err(transient(format!("claim {ns}/{name} kept changing")))
+}
+
+/// Sets the claim's volumeName and the PV controller's completion annotations.
+async fn complete_claim(api: &ApiAccess, r: &ReservedPv) -> Result<(), PluginError> {
+    for _ in 0..CONFLICT_TRIES {
+        let Some(pvc) = api.get_pvc(&r.namespace, &r.claim).await? else {
+            return Ok(());
+        };
+        if bound_volume(&pvc).is_some() || pvc.metadata.uid.as_deref() != Some(&r.claim_uid) {
+            return Ok(());
+        }
+        let body = json!({
+            "metadata": {
+                "resourceVersion": pvc.metadata.resource_version,
+                "annotations": {
+                    BIND_COMPLETED_ANNOTATION: "yes",
+                    BOUND_BY_CONTROLLER_ANNOTATION: "yes"
+                }
+            },
+            "spec": { "volumeName": r.pv }
+        });
+        if api
+            .patch_pvc(&r.namespace, &r.claim, &body)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(transient(format!(
+        "claim {}/{} kept changing",
+        r.namespace, r.claim
+    )))
+}
+
+fn refuse(message: String) -> PluginError {
+    PluginError {
+        message,
+        transient: false,
+    }
+}
+
+fn transient(message: String) -> PluginError {
+    PluginError {
+        message,
+        transient: true,
+    }
+}
+
+fn api_failure(what: &str, e: ApiError) -> PluginError {
+    transient(format!("{what}: {e}"))
+}
+
+impl ApiAccess {
+    async fn get_pvc(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>, PluginError> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        call_as(&self.diag, calls::GET_PVC, self.timeout, api.get_opt(name))
+            .await
+            .map_err(|e| api_failure(&format!("reading claim {ns}/{name}"), e))
+    }
+
+    async fn get_pv(&self, name: &str) -> Result<Option<PersistentVolume>, PluginError> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        call_as(&self.diag, calls::GET_PV, self.timeout, api.get_opt(name))
+            .await
+            .map_err(|e| api_failure(&format!("reading PersistentVolume {name}"), e))
+    }
+
+    async fn get_class(&self, name: &str) -> Result<Option<StorageClass>, PluginError> {
+        let api: Api<StorageClass> = Api::all(self.client.clone());
+        call_as(
+            &self.diag,
+            calls::GET_STORAGE_CLASS,
+            self.timeout,
+            api.get_opt(name),
+        )
+        .await
+        .map_err(|e| api_failure(&format!("reading StorageClass {name}"), e))
+    }
+
+    async fn list_pvs(&self) -> Result<Vec<PersistentVolume>, PluginError> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        call_as(
+            &self.diag,
+            calls::LIST_PVS,
+            self.timeout,
+            api.list(&ListParams::default()),
+        )
+        .await
+        .map(|l| l.items)
+        .map_err(|e| api_failure("listing PersistentVolumes", e))
+    }
+
+    /// A guarded merge patch; `None` when the object changed (409) or vanished (404).
+    async fn patch_pv(
+        &self,
+        name: &str,
+        body: &Value,
+    ) -> Result<Option<PersistentVolume>, PluginError> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        guarded(
+            call_as(
+                &self.diag,
+                calls::PATCH_PV,
+                self.timeout,
+                api.patch(name, &PatchParams::default(), &Patch::Merge(body)),
+            )
+            .await,
+            &format!("writing PersistentVolume {name}"),
+        )
+    }
+
+    async fn patch_pvc(
+        &self,
+        ns: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<Option<PersistentVolumeClaim>, PluginError> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        guarded(
+            call_as(
+                &self.diag,
+                calls::PATCH_PVC,
+                self.timeout,
+                api.patch(name, &PatchParams::default(), &Patch::Merge(body)),
+            )
+            .await,
+            &format!("writing claim {ns}/{name}"),
+        )
+    }
+}
+
+fn guarded<T>(res: Result<T, ApiError>, what: &str) -> Result<Option<T>, PluginError> {
+    match res {
+        Ok(v) => Ok(Some(v)),
+        Err(ApiError::Status {
+            code: 409 | 404, ..
+        }) => Ok(None),
+        Err(e) => Err(api_failure(what, e)),
+    }
+}
