@@ -129,7 +129,11 @@ async fn endpoints_readiness_and_metrics_after_known_binds() {
     assert!(a.body.contains("Lease"), "{}", a.body);
     assert!(a.body.contains("GPU inventory still loading"), "{}", a.body);
 
-    let agent = agent::spawn_with_stats(env.client.clone(), env.agent_config(&node), stats.clone());
+    // This test feeds the GPU facts itself (TestFacts); an agent with GPU verification would
+    // plug in its own inventory instead.
+    let mut cfg = env.agent_config(&node);
+    cfg.plugins.gpu.args.gpu_verification = bindlet::plugins::CheckMode::Off;
+    let agent = agent::spawn_with_stats(env.client.clone(), cfg, stats.clone());
     wait_until(Duration::from_secs(20), "agent leads", || async {
         stats.is_leading() && stats.is_synced()
     })

@@ -222,3 +222,57 @@ async fn fractions_resolve_reserved_gpus_and_count_driver_reserved_memory() {
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_feeds_readiness_debug_state_and_gpu_metrics() {
+    use std::sync::Arc;
+    let env = TestEnv::new("gpu-diag").await;
+    let node = env.node_name("n1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = inventory(
+        &dir,
+        "gpus:\n  - { uuid: GPU-a }\n  - { uuid: GPU-b, lost: fallen off the bus }\n",
+    );
+    env.create_node(&node, json!({})).await;
+    let mut cfg = env.agent_config(&node);
+    cfg.plugins.gpu.args.gpu_inventory_file = Some(file);
+    let stats = Arc::new(bindlet::agent::Stats::with_recorder(Arc::new(
+        bindlet::diag::Recorder::new(16),
+    )));
+    let agent = bindlet::agent::spawn_with_stats(env.client.clone(), cfg, stats.clone());
+    common::wait_until(Duration::from_secs(20), "agent leads", || async {
+        stats.is_leading() && stats.is_synced()
+    })
+    .await;
+    // Without any GPU bind, the start-up probe alone makes the inventory known.
+    let mut state = serde_json::Value::Null;
+    common::wait_until(Duration::from_secs(10), "GPUs in the debug state", || {
+        state = serde_json::to_value(stats.diag.debug_state(&stats)).unwrap_or_default();
+        let loaded = state.pointer("/gpus/state").and_then(|s| s.as_str()) == Some("loaded");
+        async move { loaded }
+    })
+    .await;
+    let devices = state
+        .pointer("/gpus/devices")
+        .and_then(|d| d.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let health: Vec<(String, bool)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d["uuid"].as_str().unwrap_or("").to_string(),
+                d["healthy"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [("GPU-a".to_string(), true), ("GPU-b".to_string(), false)],
+        "{state}"
+    );
+    let metrics = stats.diag.encode_metrics(&stats);
+    assert!(metrics.contains("bindlet_gpu_healthy{"), "{metrics}");
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}

@@ -266,6 +266,14 @@ pub async fn run(
         background.clone(),
         stats.diag.clone(),
     );
+    if let Some(rt) = cfg.plugins.gpu.runtime.clone() {
+        stats.diag.set_facts(rt.clone());
+        tasks.spawn(plugins::gpu::refresh_facts(
+            rt,
+            cfg.plugins.gpu.args.gpu_recheck,
+            background.clone(),
+        ));
+    }
     if let Some(rx) = gpu_notices {
         tasks.spawn(plugins::gpu::forward_notices(
             rx,

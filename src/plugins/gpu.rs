@@ -150,6 +150,50 @@ impl GpuRuntime {
     }
 }
 
+/// What the diagnostics server shows about the GPUs: the last probe (at start, at every
+/// bind that asked for GPUs, and every `--gpu-recheck`, see [`refresh_facts`]).
+impl crate::diag::NodeFacts for GpuRuntime {
+    fn gpus(&self) -> crate::diag::GpuFacts {
+        use crate::diag::{GpuDevice, GpuFacts};
+        let snap = lock(&self.last_snapshot);
+        let Some(s) = snap.as_ref() else {
+            return GpuFacts::Loading;
+        };
+        match &s.state {
+            crate::gpu::InventoryState::Unavailable { error } => GpuFacts::Unavailable {
+                reason: format!("{}: {error}", s.source),
+            },
+            crate::gpu::InventoryState::Available => GpuFacts::Loaded {
+                devices: s
+                    .gpus
+                    .iter()
+                    .map(|g| GpuDevice {
+                        index: g.index,
+                        uuid: g.uuid.clone(),
+                        name: g.name.clone().unwrap_or_default(),
+                        memory_total_bytes: g.memory.as_ref().map_or(0, |m| m.total),
+                        memory_used_bytes: g.memory.as_ref().map(|m| m.used),
+                        healthy: g.health.healthy,
+                        reason: (!g.health.healthy).then(|| g.health.reason.clone()),
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// Probes once at start and then every `period`, so readiness and the GPU metrics reflect
+/// the inventory even before the first GPU bind.
+pub async fn refresh_facts(rt: Arc<GpuRuntime>, period: Duration, stop: CancellationToken) {
+    loop {
+        rt.snapshot().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period.max(Duration::from_secs(1))) => {}
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
