@@ -195,7 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     create_reservation(&client, &node).await?;
     // Local volumes live in a scratch directory on this machine (the simulated node's disk).
     let scratch = std::env::temp_dir().join(format!("bindlet-demo-{}", std::process::id()));
-    let _provisioner = crate::sim::provisioner::spawn(
+    let provisioner = crate::sim::provisioner::spawn(
         client.clone(),
         crate::sim::provisioner::ProvisionerConfig {
             name: DYNAMIC_PROVISIONER.into(),
@@ -312,6 +312,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
     agent.stop().await?;
     pod_watch.abort();
+    // Every client of the simulator stops before it does.
+    drop(provisioner);
+    tokio::task::yield_now().await;
     let _ = std::fs::remove_dir_all(&scratch);
     sim.shutdown().await;
     if let Some(p) = demo_file {
