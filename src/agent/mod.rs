@@ -477,6 +477,22 @@ fn slim_request(o: &mut DeserializeGuard<BindRequest>) {
     {
         st.node_verification = None;
     }
+    // A settled request is only ever looked at to see that it is settled: keep its identity
+    // and phase, drop the rest. (`is_settled` needs no default limit here: a settled request
+    // stays settled without its spec.)
+    if let Ok(br) = &mut o.0
+        && binding::is_settled(br, 1)
+    {
+        br.spec = Default::default();
+        if let Some(st) = br.status.as_mut() {
+            st.reason = None;
+        }
+        let meta = &mut br.metadata;
+        meta.labels = None;
+        meta.annotations = None;
+        meta.owner_references = None;
+        meta.finalizers = None;
+    }
 }
 
 /// Watches this node's Node object only (field selector on its name). A change to what
