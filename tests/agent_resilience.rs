@@ -237,3 +237,33 @@ async fn failing_api_server_at_start_is_waited_out() {
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_created_while_the_watch_is_down_are_all_bound_after_the_relist() {
+    let env = TestEnv::new("relist").await;
+    let Some(sim) =
+        env.sim_or_skip("requests_created_while_the_watch_is_down_are_all_bound_after_the_relist")
+    else {
+        return env.cleanup().await;
+    };
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let mut cfg = env.agent_config(&node);
+    cfg.workers = 8;
+    let agent = env.start_agent(cfg).await;
+    // The watch stays down for a few retries while requests arrive; history is compacted so
+    // the agent must relist (410), and every listed request must then be worked.
+    sim.faults().add_rule(FaultRule {
+        verb: Some("watch".into()),
+        resource: Some("bindrequests".into()),
+        status: 500,
+        probability: 1.0,
+        times: Some(3),
+    });
+    sim.faults().compact();
+    sim.faults().drop_watches();
+    let names = burst(&env, "gap", 30, &node).await;
+    assert_all_bound_once(&env, &names, &node).await;
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}

@@ -416,6 +416,10 @@ async fn watch_requests(
         .backoff(WatchBackoff::default())
         .modify(slim_request);
     futures::pin_mut!(stream);
+    // During a (re)list the store keeps showing the previous state until `InitDone`, so the
+    // listed keys are queued only then: a worker must never look for an object the store
+    // does not show yet (it would take it for deleted and drop the request).
+    let mut listed: Vec<(Key, bool)> = Vec::new();
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -439,13 +443,14 @@ async fn watch_requests(
                 };
                 writer.apply_watcher_event(&ev);
                 match &ev {
-                    Event::Apply(o) | Event::InitApply(o) => {
+                    Event::Apply(o) => {
                         if let Some(k) = key_of(o) {
-                            if spec_changed {
-                                queue.add(k);
-                            } else {
-                                queue.add_soft(k);
-                            }
+                            enqueue(&queue, k, spec_changed);
+                        }
+                    }
+                    Event::InitApply(o) => {
+                        if let Some(k) = key_of(o) {
+                            listed.push((k, spec_changed));
                         }
                     }
                     Event::Delete(o) => {
@@ -454,12 +459,25 @@ async fn watch_requests(
                             stats.forget(&k);
                         }
                     }
-                    Event::Init | Event::InitDone => {}
+                    Event::Init => listed.clear(),
+                    Event::InitDone => {
+                        for (k, hard) in listed.drain(..) {
+                            enqueue(&queue, k, hard);
+                        }
+                    }
                 }
             }
             Ok(None) => return,
             Err(e) => tracing::warn!(error = %e, "BindRequest watch error; retrying"),
         }
+    }
+}
+
+fn enqueue(queue: &WorkQueue, key: Key, hard: bool) {
+    if hard {
+        queue.add(key);
+    } else {
+        queue.add_soft(key);
     }
 }
 
