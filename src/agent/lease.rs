@@ -108,14 +108,7 @@ async fn try_acquire_or_renew(
     observed: &mut Option<Observed>,
 ) -> Result<bool, ApiError> {
     let duration_secs = i32::try_from(cfg.duration.as_secs().max(1)).unwrap_or(i32::MAX);
-    let Some(mut lease) = call_opt_as(
-        &cfg.diag,
-        GET_LEASE,
-        cfg.api_timeout,
-        api.get_opt(&cfg.name),
-    )
-    .await?
-    else {
+    let Some(mut lease) = get_lease(api, cfg).await? else {
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(cfg.name.clone()),
@@ -198,15 +191,18 @@ async fn try_acquire_or_renew(
     }
 }
 
-async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), ApiError> {
-    let Some(mut lease) = call_opt_as(
+async fn get_lease(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Option<Lease>, ApiError> {
+    call_opt_as(
         &cfg.diag,
         GET_LEASE,
         cfg.api_timeout,
         api.get_opt(&cfg.name),
     )
-    .await?
-    else {
+    .await
+}
+
+async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), ApiError> {
+    let Some(mut lease) = get_lease(api, cfg).await? else {
         return Ok(());
     };
     let Some(spec) = lease.spec.as_mut() else {
