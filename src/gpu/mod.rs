@@ -9,6 +9,7 @@ pub mod file;
 pub mod health;
 pub mod inspect;
 pub mod nvml;
+pub mod podresources;
 pub mod verdict;
 
 use std::path::PathBuf;
@@ -224,6 +225,11 @@ pub struct GpuArgs {
     /// How often ECC counts, retired pages and remapped rows are re-read between binds.
     #[arg(long, env = "BINDLET_GPU_RECHECK", default_value = "30s", value_parser = crate::cli::parse_duration)]
     pub gpu_recheck: Duration,
+    /// The kubelet's pod-resources socket (usually
+    /// `/var/lib/kubelet/pod-resources/kubelet.sock`): whole-GPU checks then use its device
+    /// assignments instead of counting the limits of the node's pods.
+    #[arg(long, env = "BINDLET_KUBELET_POD_RESOURCES_SOCKET")]
+    pub kubelet_pod_resources_socket: Option<PathBuf>,
 }
 
 impl Default for GpuArgs {
@@ -235,6 +241,7 @@ impl Default for GpuArgs {
             gpu_ignored_xids: DEFAULT_IGNORED_XIDS.to_vec(),
             gpu_recovery_after: Duration::from_secs(300),
             gpu_recheck: Duration::from_secs(30),
+            kubelet_pod_resources_socket: None,
         }
     }
 }

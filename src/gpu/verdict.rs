@@ -10,6 +10,7 @@ use crate::binding::decide::GpuRequest;
 use crate::binding::verdict;
 use crate::plugins::CheckMode;
 
+use super::podresources::PodResources;
 use super::{GpuSnapshot, InventoryState};
 
 pub const PLUGIN: &str = "gpu";
@@ -25,12 +26,15 @@ pub const RESERVED_GPU_ANNOTATION: &str = "run.ai/reserve_for_gpu_index";
 pub enum HolderSource {
     /// Pods bound to this node, listed from the API server, counting their GPU limits.
     NodePods,
+    /// The kubelet's pod-resources socket: which devices are assigned to which pod.
+    PodResources,
 }
 
 impl HolderSource {
     pub fn describe(self) -> &'static str {
         match self {
             HolderSource::NodePods => "limits of the pods bound to this node (API server)",
+            HolderSource::PodResources => "kubelet pod-resources device assignments",
         }
     }
 }
@@ -45,6 +49,13 @@ pub struct Holders {
     pub pods: u32,
     /// Fractional GPU groups whose reservation names a physical GPU: group → GPU UUID.
     pub reservations: BTreeMap<String, String>,
+    /// With [`HolderSource::PodResources`]: device ID → `namespace/name` of its pod.
+    pub assigned: BTreeMap<String, String>,
+    /// With [`HolderSource::PodResources`]: GPUs of pods bound to this node that the
+    /// kubelet has not assigned devices to yet (just bound, not admitted), by their limits.
+    pub pending: u32,
+    /// Why the preferred source was not used (e.g. the socket did not answer).
+    pub fallback: Option<String>,
 }
 
 /// Summarizes the pods bound to this node. Finished pods (Succeeded, Failed) and pods
@@ -55,10 +66,12 @@ pub fn holders_from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Holders
         whole: 0,
         pods: 0,
         reservations: BTreeMap::new(),
+        assigned: BTreeMap::new(),
+        pending: 0,
+        fallback: None,
     };
     for pod in pods {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded") | Some("Failed")) {
+        if finished(pod) {
             continue;
         }
         let meta = &pod.metadata;
@@ -82,6 +95,122 @@ pub fn holders_from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Holders
         }
     }
     h
+}
+
+fn finished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded") | Some("Failed"))
+}
+
+fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Summarizes the kubelet's device assignments (`nvidia.com/gpu`), with the pods bound to
+/// this node for what the kubelet cannot say: fractional reservations (labels), pods that
+/// finished (an older kubelet still lists their devices), and pods bound but not yet
+/// admitted (no devices yet; counted by their limits so two quick binds do not both get
+/// the same free GPU).
+pub fn holders_from_pod_resources(answer: &[PodResources], pods: &[Pod]) -> Holders {
+    let mut h = holders_from_pods(pods);
+    h.source = HolderSource::PodResources;
+    h.whole = 0;
+    h.pods = 0;
+    let done: BTreeSet<String> = pods
+        .iter()
+        .filter(|p| finished(p))
+        .map(|p| {
+            let m = &p.metadata;
+            pod_key(
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut with_devices = BTreeSet::new();
+    for p in answer {
+        let key = pod_key(&p.namespace, &p.name);
+        if done.contains(&key) {
+            continue;
+        }
+        let mut any = false;
+        for id in p.device_ids(GPU_RESOURCE) {
+            h.assigned.insert(id.to_string(), key.clone());
+            any = true;
+        }
+        if any {
+            with_devices.insert(key);
+        }
+    }
+    h.whole = h.assigned.len() as u32;
+    h.pods = with_devices.len() as u32;
+    for p in pods {
+        let m = &p.metadata;
+        let key = pod_key(
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+        );
+        if finished(p) || with_devices.contains(&key) {
+            continue;
+        }
+        if let Ok(n) = pod_gpu_limit(p)
+            && n > 0
+        {
+            h.pending = h.pending.saturating_add(n);
+            h.pods += 1;
+        }
+    }
+    h
+}
+
+/// The GPU of the snapshot a device ID names: the device plugin's ID is the GPU UUID (or
+/// its index, with `DEVICE_ID_STRATEGY=index`); time-slicing replicas add `::<n>`.
+fn gpu_of<'a>(snap: &'a GpuSnapshot, id: &str) -> Option<&'a crate::gpu::Gpu> {
+    let id = id.split("::").next().unwrap_or(id);
+    snap.by_uuid(id).or_else(|| {
+        let i: u32 = id.parse().ok()?;
+        snap.gpus.iter().find(|g| g.index == i)
+    })
+}
+
+/// Healthy GPUs free for a whole-GPU request, and a note of what holds the others.
+fn free_whole(snap: &GpuSnapshot, holders: &Holders, healthy: u32) -> (u32, String) {
+    if holders.source != HolderSource::PodResources {
+        return (healthy.saturating_sub(holders.whole), String::new());
+    }
+    let mut held_healthy: BTreeSet<String> = BTreeSet::new();
+    let mut unknown: BTreeSet<&str> = BTreeSet::new();
+    let mut named = Vec::new();
+    for (id, pod) in &holders.assigned {
+        match gpu_of(snap, id) {
+            Some(g) => {
+                if g.health.healthy {
+                    held_healthy.insert(g.uuid.clone());
+                }
+                named.push(format!("{} by {pod}", g.label()));
+            }
+            // Cannot tell which GPU it is: assume it takes a healthy one.
+            None => {
+                unknown.insert(id.split("::").next().unwrap_or(id));
+                named.push(format!("unknown device {id} by {pod}"));
+            }
+        }
+    }
+    let taken = (held_healthy.len() + unknown.len()) as u32;
+    let free = healthy
+        .saturating_sub(taken)
+        .saturating_sub(holders.pending);
+    let mut note = String::new();
+    if !named.is_empty() {
+        note.push_str(&format!("; assigned: {}", named.join(", ")));
+    }
+    if holders.pending > 0 {
+        note.push_str(&format!(
+            "; {} GPU(s) of pods bound but not yet admitted by the kubelet",
+            holders.pending
+        ));
+    }
+    (free, note)
 }
 
 /// The whole GPUs a pod asks for: the sum of its containers' `nvidia.com/gpu` limits
@@ -208,14 +337,18 @@ pub fn inventory_verdicts(
     match req {
         GpuRequest::None => {}
         GpuRequest::Whole { count } => {
-            let free = healthy.saturating_sub(holders.whole);
+            let (free, note) = free_whole(snap, holders, healthy);
             let mut msg = format!(
                 "needs {count} whole GPU(s): {} GPU(s), {healthy} healthy, {} held by {} pod(s) on this node (source: {}), {free} free",
                 snap.gpus.len(),
-                holders.whole,
+                holders.whole.saturating_add(holders.pending),
                 holders.pods,
                 holders.source.describe()
             );
+            msg.push_str(&note);
+            if let Some(f) = &holders.fallback {
+                msg.push_str(&format!("; {f}"));
+            }
             if !unhealthy.is_empty() {
                 msg.push_str(&format!("; unhealthy: {}", unhealthy.join(", ")));
             }
@@ -375,6 +508,9 @@ mod tests {
                 .iter()
                 .map(|(g, u)| (g.to_string(), u.to_string()))
                 .collect(),
+            assigned: BTreeMap::new(),
+            pending: 0,
+            fallback: None,
         }
     }
 
@@ -584,5 +720,120 @@ mod tests {
         let h = holders_from_pods(&pods);
         assert_eq!((h.whole, h.pods), (3, 2));
         assert_eq!(h.reservations.get("g1").map(String::as_str), Some("GPU-5"));
+    }
+
+    fn pr(namespace: &str, name: &str, ids: &[&str]) -> PodResources {
+        use crate::gpu::podresources::{ContainerDevices, ContainerResources};
+        PodResources {
+            name: name.into(),
+            namespace: namespace.into(),
+            containers: vec![ContainerResources {
+                name: "c".into(),
+                devices: vec![
+                    ContainerDevices {
+                        resource_name: GPU_RESOURCE.into(),
+                        device_ids: ids.iter().map(|s| s.to_string()).collect(),
+                    },
+                    ContainerDevices {
+                        resource_name: "example.com/nic".into(),
+                        device_ids: vec!["GPU-7".into()],
+                    },
+                ],
+            }],
+        }
+    }
+
+    fn bound(namespace: &str, name: &str, limit: &str, phase: &str) -> Pod {
+        let mut p = pod(&[limit]);
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some(namespace.into());
+        p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn holders_from_pod_resources_table() {
+        let answer = [
+            pr("ml", "a", &["GPU-0", "GPU-3"]),
+            pr("ml", "idx", &["1"]),
+            pr("ml", "gone", &["GPU-2"]),
+            pr("ml", "ts", &["GPU-4::0", "GPU-4::1"]),
+            pr("ml", "odd", &["MYSTERY"]),
+            pr("kube-system", "dns", &[]),
+        ];
+        let pods = [
+            bound("ml", "a", "2", "Running"),
+            bound("ml", "gone", "1", "Succeeded"),
+            bound("ml", "new", "1", "Pending"),
+            bound("ml", "done", "3", "Failed"),
+        ];
+        let h = holders_from_pod_resources(&answer, &pods);
+        assert_eq!(h.source, HolderSource::PodResources);
+        assert_eq!(
+            h.source.describe(),
+            "kubelet pod-resources device assignments"
+        );
+        // GPU-2 of the finished pod is not held; "new" is bound but not admitted yet.
+        assert_eq!(
+            h.assigned.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["1", "GPU-0", "GPU-3", "GPU-4::0", "GPU-4::1", "MYSTERY"]
+        );
+        assert_eq!(h.assigned["GPU-3"], "ml/a");
+        assert_eq!((h.pending, h.pods), (1, 5));
+
+        // 8 GPUs, GPU-3 unhealthy: healthy 7; held healthy: 0, 1, 4 (two replicas of
+        // one GPU), the unknown device counts as one, pending 1: 7 - 3 - 1 - 1 = 2 free.
+        let s = snap((0..8).map(|i| gpu(i, i != 3, 0)).collect());
+        for (count, want) in [(2, Pass), (3, Fail)] {
+            let v = inventory_verdicts(&GpuRequest::Whole { count }, &s, &h, CheckMode::Enforce);
+            assert_eq!(v[0].outcome, want, "{}", v[0].message);
+            let m = &v[0].message;
+            assert!(m.contains("2 free"), "{m}");
+            assert!(
+                m.contains("(source: kubelet pod-resources device assignments)"),
+                "{m}"
+            );
+            assert!(m.contains("GPU 3 (GPU-3) by ml/a"), "{m}");
+            assert!(m.contains("unknown device MYSTERY by ml/odd"), "{m}");
+            assert!(m.contains("not yet admitted"), "{m}");
+        }
+    }
+
+    #[test]
+    fn unhealthy_assigned_gpu_is_not_subtracted_twice() {
+        // With counts only, a pod holding the unhealthy GPU makes 6 free; with device
+        // assignments, 7 healthy GPUs are all free.
+        let s = snap((0..8).map(|i| gpu(i, i != 3, 0)).collect());
+        let h = holders_from_pod_resources(
+            &[pr("ml", "a", &["GPU-3"])],
+            &[bound("ml", "a", "1", "Running")],
+        );
+        let v = inventory_verdicts(&GpuRequest::Whole { count: 7 }, &s, &h, CheckMode::Enforce);
+        assert_eq!(v[0].outcome, Pass, "{}", v[0].message);
+        let counted = holders_from_pods(&[bound("ml", "a", "1", "Running")]);
+        let v = inventory_verdicts(
+            &GpuRequest::Whole { count: 7 },
+            &s,
+            &counted,
+            CheckMode::Enforce,
+        );
+        assert_eq!(v[0].outcome, Fail, "{}", v[0].message);
+    }
+
+    #[test]
+    fn fallback_is_said() {
+        let mut h = holders(1, &[]);
+        h.fallback = Some("the kubelet pod-resources socket did not answer".into());
+        let s = snap((0..2).map(|i| gpu(i, true, 0)).collect());
+        let v = inventory_verdicts(&GpuRequest::Whole { count: 1 }, &s, &h, CheckMode::Enforce);
+        assert!(
+            v[0].message.contains("(source: limits of the pods"),
+            "{}",
+            v[0].message
+        );
+        assert!(v[0].message.contains("did not answer"), "{}", v[0].message);
     }
 }

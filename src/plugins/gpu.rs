@@ -7,6 +7,7 @@
 //! probe until the bind is done, so two binds cannot both count the same free GPU.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::agent::events::{EventSink, EventSpec, EventType};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::decide::GpuRequest;
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::gpu::podresources::{self, PodResources};
 use crate::gpu::verdict::{self as gv, PLUGIN};
 use crate::gpu::{GpuArgs, GpuInventory, GpuSnapshot, Transition};
 
@@ -69,6 +71,27 @@ impl NodePods for ApiNodePods {
     }
 }
 
+/// The kubelet's device assignments, as the GPU checks need them.
+#[async_trait::async_trait]
+pub trait DeviceAssignments: Send + Sync {
+    async fn list(&self) -> Result<Vec<PodResources>, String>;
+}
+
+/// Asks the kubelet's pod-resources socket (`List`), each call within `timeout`.
+pub struct SocketAssignments {
+    pub path: PathBuf,
+    pub timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl DeviceAssignments for SocketAssignments {
+    async fn list(&self) -> Result<Vec<PodResources>, String> {
+        podresources::list(&self.path, self.timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Something for the node's Events.
 #[derive(Debug, Clone)]
 pub enum GpuNotice {
@@ -94,6 +117,7 @@ const KEEP_VERDICTS: usize = 32;
 pub struct GpuRuntime {
     inventory: Arc<dyn GpuInventory>,
     pods: Arc<dyn NodePods>,
+    assignments: Option<Arc<dyn DeviceAssignments>>,
     notices: Option<UnboundedSender<GpuNotice>>,
     bind_lock: Arc<tokio::sync::Mutex<()>>,
     last_snapshot: Mutex<Option<GpuSnapshot>>,
@@ -109,6 +133,7 @@ impl GpuRuntime {
         GpuRuntime {
             inventory,
             pods,
+            assignments: None,
             notices,
             bind_lock: Arc::default(),
             last_snapshot: Mutex::new(None),
@@ -116,8 +141,41 @@ impl GpuRuntime {
         }
     }
 
+    /// Uses the kubelet's device assignments for whole-GPU checks.
+    pub fn with_assignments(mut self, assignments: Arc<dyn DeviceAssignments>) -> Self {
+        self.assignments = Some(assignments);
+        self
+    }
+
     pub fn describe(&self) -> String {
         self.inventory.describe()
+    }
+
+    /// What the node's pods hold. Whole-GPU requests use the kubelet's device assignments
+    /// when configured and answering, else (saying why) the pods' limits. The pod list is
+    /// needed either way: for reservations (fractions) and for pods the kubelet has not
+    /// admitted yet.
+    async fn holders(&self, req: &GpuRequest) -> Result<gv::Holders, PluginError> {
+        let answer = match (&self.assignments, req) {
+            (Some(a), GpuRequest::Whole { .. }) => Some(a.list().await),
+            _ => None,
+        };
+        let pods = self.pods.list().await.map_err(|message| PluginError {
+            message,
+            transient: true,
+        })?;
+        Ok(match answer {
+            Some(Ok(answer)) => gv::holders_from_pod_resources(&answer, &pods),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kubelet pod-resources socket unavailable; counting pod limits");
+                let mut h = gv::holders_from_pods(&pods);
+                h.fallback = Some(format!(
+                    "the kubelet pod-resources socket did not answer ({e}), so the pods' limits were counted"
+                ));
+                h
+            }
+            None => gv::holders_from_pods(&pods),
+        })
     }
 
     /// What the agent's debug state shows: the last probe and the last verdicts.
@@ -231,7 +289,14 @@ pub fn ensure_runtime(
         timeout,
         diag,
     });
-    settings.runtime = Some(Arc::new(GpuRuntime::new(inventory, pods, Some(tx))));
+    let mut rt = GpuRuntime::new(inventory, pods, Some(tx));
+    if let Some(path) = &a.kubelet_pod_resources_socket {
+        rt = rt.with_assignments(Arc::new(SocketAssignments {
+            path: path.clone(),
+            timeout,
+        }));
+    }
+    settings.runtime = Some(Arc::new(rt));
     Some(rx)
 }
 
@@ -363,11 +428,7 @@ impl Plugin for GpuPlugin {
         };
         let guard = rt.bind_lock.clone().lock_owned().await;
         let snap = rt.snapshot().await;
-        let pods = rt.pods.list().await.map_err(|message| PluginError {
-            message,
-            transient: true,
-        })?;
-        let holders = gv::holders_from_pods(&pods);
+        let holders = rt.holders(&ctx.request.gpu).await?;
         let verdicts = gv::inventory_verdicts(&ctx.request.gpu, &snap, &holders, self.mode);
         let request = format!("{}/{}", ctx.request.namespace, ctx.request.pod_name);
         rt.record(request, &verdicts);

@@ -1,0 +1,609 @@
+//! A minimal client of the kubelet's PodResourcesLister v1 API (`List` only): gRPC over
+//! HTTP/2 cleartext on a unix socket, with a hand-written decoder for the few protobuf
+//! messages it needs. A full gRPC stack (tonic, prost) would be far heavier than this.
+//!
+//! The messages read (other fields, e.g. topology, CPU ids, memory, DRA, are skipped):
+//!
+//! ```text
+//! ListPodResourcesResponse { repeated PodResources pod_resources = 1; }
+//! PodResources             { string name = 1; string namespace = 2; repeated ContainerResources containers = 3; }
+//! ContainerResources       { string name = 1; repeated ContainerDevices devices = 2; }
+//! ContainerDevices         { string resource_name = 1; repeated string device_ids = 2; }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use thiserror::Error;
+
+/// The usual place of the socket (the DaemonSet mounts its directory).
+pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+/// The gRPC method called.
+pub const LIST_PATH: &str = "/v1.PodResourcesLister/List";
+/// Upper bound on the answer; a node's pods fit in far less, and it bounds memory.
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Nesting of (deprecated) groups skipped before the input is called malformed.
+const MAX_GROUP_DEPTH: u32 = 32;
+
+/// One pod of the answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodResources {
+    pub name: String,
+    pub namespace: String,
+    pub containers: Vec<ContainerResources>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerResources {
+    pub name: String,
+    pub devices: Vec<ContainerDevices>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerDevices {
+    pub resource_name: String,
+    pub device_ids: Vec<String>,
+}
+
+impl PodResources {
+    /// The device IDs of `resource` assigned to any container of this pod.
+    pub fn device_ids<'a>(&'a self, resource: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.containers
+            .iter()
+            .flat_map(|c| &c.devices)
+            .filter(move |d| d.resource_name == resource)
+            .flat_map(|d| d.device_ids.iter().map(String::as_str))
+    }
+}
+
+/// Malformed protobuf.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("truncated input at byte {at}")]
+    Truncated { at: usize },
+    #[error("varint longer than 10 bytes at byte {at}")]
+    VarintTooLong { at: usize },
+    #[error("field number 0 at byte {at}")]
+    FieldZero { at: usize },
+    #[error("invalid wire type {wire} at byte {at}")]
+    WireType { wire: u64, at: usize },
+    #[error("field {field} has wire type {wire}, expected length-delimited")]
+    UnexpectedWireType { field: u64, wire: u64 },
+    #[error("string field {field} is not UTF-8")]
+    Utf8 { field: u64 },
+    #[error("unbalanced or too deeply nested group at byte {at}")]
+    Group { at: usize },
+}
+
+/// Why asking the socket failed.
+#[derive(Debug, Error)]
+pub enum PodResourcesError {
+    #[error("cannot connect to {path}: {error}")]
+    Connect {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("no answer from {path} within {after:?}")]
+    Timeout { path: PathBuf, after: Duration },
+    #[error("HTTP/2 error talking to {path}: {error}")]
+    Http { path: PathBuf, error: String },
+    #[error("{path} answered HTTP status {status}")]
+    HttpStatus { path: PathBuf, status: u16 },
+    #[error("{path} answered gRPC status {code}: {message}")]
+    GrpcStatus {
+        path: PathBuf,
+        code: String,
+        message: String,
+    },
+    #[error("malformed gRPC frame from {path}: {reason}")]
+    Frame { path: PathBuf, reason: String },
+    #[error("malformed answer from {path}: {error}")]
+    Decode { path: PathBuf, error: DecodeError },
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+const WIRE_VARINT: u64 = 0;
+const WIRE_I64: u64 = 1;
+const WIRE_LEN: u64 = 2;
+const WIRE_SGROUP: u64 = 3;
+const WIRE_EGROUP: u64 = 4;
+const WIRE_I32: u64 = 5;
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let start = self.pos;
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(DecodeError::Truncated { at: self.pos });
+            };
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::VarintTooLong { at: start })
+    }
+
+    fn take(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(DecodeError::Truncated { at: self.pos })?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// The next key: (field number, wire type).
+    fn key(&mut self) -> Result<(u64, u64), DecodeError> {
+        let at = self.pos;
+        let k = self.varint()?;
+        let (field, wire) = (k >> 3, k & 7);
+        if field == 0 {
+            return Err(DecodeError::FieldZero { at });
+        }
+        if wire > WIRE_I32 {
+            return Err(DecodeError::WireType { wire, at });
+        }
+        Ok((field, wire))
+    }
+
+    /// Skips the value of a field not read, whatever its wire type.
+    fn skip(&mut self, field: u64, wire: u64, depth: u32) -> Result<(), DecodeError> {
+        match wire {
+            WIRE_VARINT => self.varint().map(drop),
+            WIRE_I64 => self.take(8).map(drop),
+            WIRE_LEN => {
+                let n = self.varint()?;
+                self.take(n).map(drop)
+            }
+            WIRE_I32 => self.take(4).map(drop),
+            WIRE_SGROUP => {
+                if depth >= MAX_GROUP_DEPTH {
+                    return Err(DecodeError::Group { at: self.pos });
+                }
+                loop {
+                    let at = self.pos;
+                    if self.done() {
+                        return Err(DecodeError::Truncated { at });
+                    }
+                    let (f, w) = self.key()?;
+                    if w == WIRE_EGROUP {
+                        return if f == field {
+                            Ok(())
+                        } else {
+                            Err(DecodeError::Group { at })
+                        };
+                    }
+                    self.skip(f, w, depth + 1)?;
+                }
+            }
+            // An end-group with no start-group.
+            _ => Err(DecodeError::Group { at: self.pos }),
+        }
+    }
+
+    /// Calls `f` for every field of the message, with the bytes of length-delimited
+    /// fields among `wanted`; every other field is skipped.
+    fn fields(
+        mut self,
+        wanted: &[u64],
+        mut f: impl FnMut(u64, &'a [u8]) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        while !self.done() {
+            let (field, wire) = self.key()?;
+            if wanted.contains(&field) {
+                if wire != WIRE_LEN {
+                    return Err(DecodeError::UnexpectedWireType { field, wire });
+                }
+                let n = self.varint()?;
+                f(field, self.take(n)?)?;
+            } else {
+                self.skip(field, wire, 0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn string(field: u64, b: &[u8]) -> Result<String, DecodeError> {
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8 { field })
+}
+
+/// Decodes a `ListPodResourcesResponse`.
+pub fn decode_list_response(buf: &[u8]) -> Result<Vec<PodResources>, DecodeError> {
+    let mut pods = Vec::new();
+    Reader::new(buf).fields(&[1], |_, b| {
+        pods.push(decode_pod(b)?);
+        Ok(())
+    })?;
+    Ok(pods)
+}
+
+fn decode_pod(buf: &[u8]) -> Result<PodResources, DecodeError> {
+    let mut p = PodResources::default();
+    Reader::new(buf).fields(&[1, 2, 3], |field, b| {
+        match field {
+            1 => p.name = string(field, b)?,
+            2 => p.namespace = string(field, b)?,
+            _ => p.containers.push(decode_container(b)?),
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
+fn decode_container(buf: &[u8]) -> Result<ContainerResources, DecodeError> {
+    let mut c = ContainerResources::default();
+    Reader::new(buf).fields(&[1, 2], |field, b| {
+        match field {
+            1 => c.name = string(field, b)?,
+            _ => c.devices.push(decode_devices(b)?),
+        }
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+fn decode_devices(buf: &[u8]) -> Result<ContainerDevices, DecodeError> {
+    let mut d = ContainerDevices::default();
+    Reader::new(buf).fields(&[1, 2], |field, b| {
+        match field {
+            1 => d.resource_name = string(field, b)?,
+            _ => d.device_ids.push(string(field, b)?),
+        }
+        Ok(())
+    })?;
+    Ok(d)
+}
+
+/// Wraps a message in one uncompressed gRPC frame.
+pub fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 5);
+    out.push(0);
+    // Messages here are far below 4 GiB (bounded by MAX_ANSWER on the reading side).
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// The message of a unary answer: exactly one uncompressed frame.
+pub fn grpc_unframe(body: &[u8]) -> Result<&[u8], String> {
+    let Some((head, rest)) = body.split_at_checked(5) else {
+        return Err(format!("{} bytes, shorter than a frame header", body.len()));
+    };
+    if head[0] != 0 {
+        return Err(format!(
+            "compressed flag {} (no compression was offered)",
+            head[0]
+        ));
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    match rest.len().cmp(&len) {
+        std::cmp::Ordering::Equal => Ok(rest),
+        std::cmp::Ordering::Less => Err(format!(
+            "frame announces {len} bytes, {} arrived",
+            rest.len()
+        )),
+        std::cmp::Ordering::Greater => Err(format!(
+            "{} bytes after a {len}-byte frame (a unary call answers one message)",
+            rest.len() - len
+        )),
+    }
+}
+
+/// Calls `List` on the socket at `path`, all of it (connecting included) within `timeout`.
+pub async fn list(path: &Path, timeout: Duration) -> Result<Vec<PodResources>, PodResourcesError> {
+    match tokio::time::timeout(timeout, list_unbounded(path)).await {
+        Ok(r) => r,
+        Err(_) => Err(PodResourcesError::Timeout {
+            path: path.to_path_buf(),
+            after: timeout,
+        }),
+    }
+}
+
+/// Aborts the connection task when the call ends, timeouts included.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn list_unbounded(path: &Path) -> Result<Vec<PodResources>, PodResourcesError> {
+    let http = |e: &dyn std::fmt::Display| PodResourcesError::Http {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    };
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|error| PodResourcesError::Connect {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| http(&e))?;
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        // Errors surface through the request; nothing to add here.
+        let _ = conn.await;
+    }));
+    // The authority is not used over a unix socket, but HTTP/2 requires one.
+    let req = http::Request::post(format!("http://localhost{LIST_PATH}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(Full::new(Bytes::from(grpc_frame(&[]))))
+        .map_err(|e| http(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
+    let status = resp.status();
+    if status != http::StatusCode::OK {
+        return Err(PodResourcesError::HttpStatus {
+            path: path.to_path_buf(),
+            status: status.as_u16(),
+        });
+    }
+    let (parts, body) = resp.into_parts();
+    let collected = Limited::new(body, MAX_ANSWER + 5)
+        .collect()
+        .await
+        .map_err(|e| http(&*e))?;
+    // A "trailers-only" answer (an error, usually) carries the status in the headers.
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let header = |name: &str| {
+        trailers
+            .get(name)
+            .or_else(|| parts.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let code = header("grpc-status");
+    if code.as_deref() != Some("0") {
+        return Err(PodResourcesError::GrpcStatus {
+            path: path.to_path_buf(),
+            code: code.unwrap_or_else(|| "missing".into()),
+            message: header("grpc-message").unwrap_or_default(),
+        });
+    }
+    let body = collected.to_bytes();
+    let msg = grpc_unframe(&body).map_err(|reason| PodResourcesError::Frame {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    decode_list_response(msg).map_err(|error| PodResourcesError::Decode {
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+/// Protobuf encoding helpers, for tests and the fake server of the integration tests.
+pub mod encode {
+    pub fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A length-delimited field.
+    pub fn bytes(field: u64, b: &[u8], out: &mut Vec<u8>) {
+        varint(field << 3 | 2, out);
+        varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+
+    pub fn devices(resource: &str, ids: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes(1, resource.as_bytes(), &mut out);
+        for id in ids {
+            bytes(2, id.as_bytes(), &mut out);
+        }
+        out
+    }
+
+    pub fn container(name: &str, devices: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes(1, name.as_bytes(), &mut out);
+        for d in devices {
+            bytes(2, d, &mut out);
+        }
+        out
+    }
+
+    pub fn pod(namespace: &str, name: &str, containers: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes(1, name.as_bytes(), &mut out);
+        bytes(2, namespace.as_bytes(), &mut out);
+        for c in containers {
+            bytes(3, c, &mut out);
+        }
+        out
+    }
+
+    pub fn list_response(pods: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in pods {
+            bytes(1, p, &mut out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode::*;
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        list_response(&[
+            pod(
+                "ml",
+                "train-0",
+                &[container(
+                    "main",
+                    &[
+                        devices("nvidia.com/gpu", &["GPU-a", "GPU-b"]),
+                        devices("example.com/nic", &["eth1"]),
+                    ],
+                )],
+            ),
+            pod("default", "web", &[container("nginx", &[])]),
+        ])
+    }
+
+    #[test]
+    fn decodes_an_answer() {
+        let pods = decode_list_response(&sample()).expect("decodes");
+        assert_eq!(pods.len(), 2);
+        assert_eq!(
+            (pods[0].namespace.as_str(), pods[0].name.as_str()),
+            ("ml", "train-0")
+        );
+        assert_eq!(
+            pods[0].device_ids("nvidia.com/gpu").collect::<Vec<_>>(),
+            ["GPU-a", "GPU-b"]
+        );
+        assert_eq!(pods[1].containers[0].name, "nginx");
+        assert_eq!(pods[1].device_ids("nvidia.com/gpu").count(), 0);
+        assert_eq!(decode_list_response(&[]), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn skips_unknown_fields_of_every_wire_type() {
+        // A pod with, around its known fields, a varint, a fixed64, a string, a fixed32
+        // and a group holding a nested field: what newer kubelets (topology, CPU ids,
+        // memory, DRA) or other writers may add.
+        let mut p = Vec::new();
+        varint(9 << 3, &mut p); // field 9, varint
+        varint(300, &mut p);
+        bytes(1, b"p", &mut p);
+        varint(10 << 3 | 1, &mut p);
+        p.extend_from_slice(&[1; 8]);
+        bytes(11, b"unknown", &mut p);
+        varint(12 << 3 | 5, &mut p);
+        p.extend_from_slice(&[2; 4]);
+        varint(13 << 3 | 3, &mut p); // start group 13
+        varint(1 << 3, &mut p);
+        varint(7, &mut p);
+        varint(13 << 3 | 4, &mut p); // end group 13
+        bytes(2, b"ns", &mut p);
+        let mut dev = devices("nvidia.com/gpu", &["GPU-x"]);
+        bytes(3, &[0x08, 0x01], &mut dev); // ContainerDevices.topology
+        let mut c = container("c", &[dev]);
+        varint(3 << 3, &mut c); // ContainerResources.cpu_ids
+        varint(4, &mut c);
+        bytes(3, &c, &mut p);
+        let msg = list_response(&[p]);
+        let pods = decode_list_response(&msg).expect("decodes");
+        assert_eq!(pods[0].name, "p");
+        assert_eq!(pods[0].namespace, "ns");
+        assert_eq!(
+            pods[0].device_ids("nvidia.com/gpu").collect::<Vec<_>>(),
+            ["GPU-x"]
+        );
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        let good = sample();
+        // Every strict prefix of a valid answer that cuts a field is an error, never a panic.
+        for n in 0..good.len() {
+            let _ = decode_list_response(&good[..n]);
+        }
+        assert!(matches!(
+            decode_list_response(&good[..good.len() - 1]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let cases: Vec<(Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+            (vec![0x0a], |e| matches!(e, DecodeError::Truncated { .. })),
+            (vec![0x0a, 0x05, 1], |e| {
+                matches!(e, DecodeError::Truncated { .. })
+            }),
+            (
+                vec![
+                    0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                ],
+                |e| matches!(e, DecodeError::Truncated { .. }),
+            ),
+            (vec![0x80; 11], |e| {
+                matches!(e, DecodeError::VarintTooLong { .. })
+            }),
+            (vec![0x00, 0x00], |e| {
+                matches!(e, DecodeError::FieldZero { .. })
+            }),
+            (vec![0x0e], |e| {
+                matches!(e, DecodeError::WireType { wire: 6, .. })
+            }),
+            (vec![0x08, 0x01], |e| {
+                matches!(e, DecodeError::UnexpectedWireType { field: 1, wire: 0 })
+            }),
+            (vec![0x0a, 0x03, 0x0a, 0x01, 0xff], |e| {
+                matches!(e, DecodeError::Utf8 { field: 1 })
+            }),
+            (vec![0x1b], |e| matches!(e, DecodeError::Truncated { .. })),
+            (vec![0x1b, 0x24], |e| matches!(e, DecodeError::Group { .. })),
+            (vec![0x1c], |e| matches!(e, DecodeError::Group { .. })),
+            (vec![0x11, 1, 2, 3], |e| {
+                matches!(e, DecodeError::Truncated { .. })
+            }),
+            (vec![0x15, 1, 2], |e| {
+                matches!(e, DecodeError::Truncated { .. })
+            }),
+        ];
+        for (input, ok) in cases {
+            let r = decode_list_response(&input);
+            assert!(r.as_ref().is_err_and(ok), "{input:02x?}: {r:?}");
+        }
+        // Deeply nested groups stop at a limit instead of exhausting the stack.
+        let deep: Vec<u8> = std::iter::repeat_n(0x1b, 10_000).collect();
+        assert!(matches!(
+            decode_list_response(&deep),
+            Err(DecodeError::Group { .. })
+        ));
+    }
+
+    #[test]
+    fn frames() {
+        let f = grpc_frame(b"abc");
+        assert_eq!(f, [0, 0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(grpc_unframe(&f), Ok(&b"abc"[..]));
+        assert_eq!(grpc_unframe(&grpc_frame(&[])), Ok(&[][..]));
+        assert!(grpc_unframe(&f[..4]).is_err());
+        assert!(
+            grpc_unframe(&f[..6])
+                .unwrap_err()
+                .contains("3 bytes, 1 arrived")
+        );
+        let mut two = f.clone();
+        two.extend_from_slice(&f);
+        assert!(grpc_unframe(&two).is_err());
+        let mut compressed = f.clone();
+        compressed[0] = 1;
+        assert!(
+            grpc_unframe(&compressed)
+                .unwrap_err()
+                .contains("compressed")
+        );
+    }
+}
