@@ -162,7 +162,8 @@ async fn errors_are_clear() {
     assert!(matches!(e, PodResourcesError::Connect { .. }), "{e:?}");
     assert!(e.to_string().contains("absent.sock"), "{e}");
 
-    let cases: Vec<(Answer, fn(&PodResourcesError) -> bool)> = vec![
+    type Check = fn(&PodResourcesError) -> bool;
+    let cases: Vec<(Answer, Check)> = vec![
         (
             Answer::Status("14", "kubelet is restarting"),
             |e| matches!(e, PodResourcesError::GrpcStatus { code, message, .. } if code == "14" && message == "kubelet is restarting"),

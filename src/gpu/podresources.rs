@@ -535,7 +535,8 @@ mod tests {
             decode_list_response(&good[..good.len() - 1]),
             Err(DecodeError::Truncated { .. })
         ));
-        let cases: Vec<(Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+        type Check = fn(&DecodeError) -> bool;
+        let cases: Vec<(Vec<u8>, Check)> = vec![
             (vec![0x0a], |e| matches!(e, DecodeError::Truncated { .. })),
             (vec![0x0a, 0x05, 1], |e| {
                 matches!(e, DecodeError::Truncated { .. })
