@@ -395,6 +395,18 @@ fn daemonset_is_a_well_behaved_node_agent() {
         .find(|v| v.mount_path == "/var/lib/kubelet/pod-resources")
         .expect("pod-resources mount");
     assert_eq!(mount.read_only, Some(true));
+    // The agent reads the kubelet's socket in that directory.
+    let socket = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "BINDLET_KUBELET_POD_RESOURCES_SOCKET")
+        .and_then(|e| e.value.clone())
+        .expect("pod-resources socket passed");
+    assert!(
+        socket.starts_with("/var/lib/kubelet/pod-resources/"),
+        "{socket}"
+    );
     // Flow control is optional but, when shipped, consistent.
     for fs in &m.flow_schemas {
         let pl = &fs
