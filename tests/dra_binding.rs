@@ -79,7 +79,8 @@ impl<'a> Dra<'a> {
 
     async fn cleanup(self) {
         let api = Api::<ResourceSlice>::all(self.env.client.clone());
-        for s in self.slices.lock().expect("lock").drain(..) {
+        let names: Vec<String> = self.slices.lock().expect("lock").drain(..).collect();
+        for s in names {
             let _ = api.delete(&s, &DeleteParams::default()).await;
         }
     }

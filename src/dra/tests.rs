@@ -139,12 +139,13 @@ fn allocation_verification() {
     let slices = vec![local_slice(), net_slice, other_node_slice, per_device];
     let healthy = snapshot(&[("GPU-0", true), ("GPU-1", false)]);
     let elsewhere = snapshot(&[("GPU-7", true)]);
-    let cases: Vec<(
-        &str,
+    type Case<'a> = (
+        &'a str,
         AllocationResult,
-        Option<&GpuSnapshot>,
-        Result<usize, &str>,
-    )> = vec![
+        Option<&'a GpuSnapshot>,
+        Result<usize, &'a str>,
+    );
+    let cases: Vec<Case> = vec![
         ("local gpu", alloc(here(), gpu_result("gpu-0")), None, Ok(2)),
         (
             "no selector",

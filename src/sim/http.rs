@@ -355,6 +355,7 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute(
     sh: &Arc<Shared>,
     def: &Arc<ResourceDef>,
