@@ -139,6 +139,7 @@ impl AgentArgs {
                 runtime: None,
             },
             volumes: self.volumes.settings(),
+            dra: Default::default(),
         };
         cfg
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
@@ -76,6 +77,9 @@ enum Case {
     LocalVolume,
     DynamicVolume,
     VolumeShortOfSpace,
+    DraClaim,
+    DraUnhealthyGpu,
+    DraOtherNode,
 }
 
 impl Case {
@@ -97,13 +101,16 @@ impl Case {
             Case::LocalVolume => "pod with a static local PV",
             Case::DynamicVolume => "pod with a provisioned local volume",
             Case::VolumeShortOfSpace => "local volume short of space",
+            Case::DraClaim => "DRA claim shared by two pods",
+            Case::DraUnhealthyGpu => "DRA claim on the GPU with XID 79",
+            Case::DraOtherNode => "DRA claim allocated on another node",
         }
     }
 
     /// Expected phase (None: this agent must not touch it) and a text the reason must contain.
     fn expected(self) -> (Option<Phase>, &'static str) {
         match self {
-            Case::Plain | Case::Gpu | Case::LocalVolume | Case::DynamicVolume => {
+            Case::Plain | Case::Gpu | Case::LocalVolume | Case::DynamicVolume | Case::DraClaim => {
                 (Some(Phase::Succeeded), "bound to node")
             }
             Case::VolumeShortOfSpace => (Some(Phase::Failed), "the claim requests 800 TiB"),
@@ -118,6 +125,8 @@ impl Case {
             Case::WholeGpus => (Some(Phase::Succeeded), "bound to node"),
             Case::GpuUnhealthy => (Some(Phase::Failed), "which is unhealthy: XID 79"),
             Case::TooManyGpus => (Some(Phase::Failed), "needs 8 whole GPU(s)"),
+            Case::DraUnhealthyGpu => (Some(Phase::Failed), "is unhealthy"),
+            Case::DraOtherNode => (Some(Phase::Failed), "does not select node"),
         }
     }
 
@@ -146,6 +155,9 @@ fn plan(n: usize) -> Vec<Case> {
         Case::LocalVolume,
         Case::DynamicVolume,
         Case::VolumeShortOfSpace,
+        Case::DraClaim,
+        Case::DraUnhealthyGpu,
+        Case::DraOtherNode,
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
@@ -229,6 +241,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         })
         .collect();
     setup_storage(&client, &node, &items, &scratch).await?;
+    setup_dra(&client, &node, &items).await?;
     // Pods first (as the scheduler sees them), then the BindRequests in one burst.
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let uids: HashMap<String, String> = futures::stream::iter(items.iter())
@@ -376,6 +389,9 @@ fn short(c: Case) -> &'static str {
         Case::LocalVolume => "localpv",
         Case::DynamicVolume => "dynpv",
         Case::VolumeShortOfSpace => "shortpv",
+        Case::DraClaim => "dra",
+        Case::DraUnhealthyGpu => "draxid",
+        Case::DraOtherNode => "draelsewhere",
     }
 }
 
@@ -488,6 +504,71 @@ async fn setup_storage(
     Ok(())
 }
 
+const DRA_DRIVER: &str = "gpu.nvidia.com";
+
+/// A DRA case's claim name, allocated device, and whether the allocation is for this node.
+fn dra_claim(it: &Item) -> Option<(String, &'static str, bool)> {
+    match it.case {
+        // Both pods of this case share one claim.
+        Case::DraClaim => Some(("dra-shared".into(), "gpu-0", true)),
+        Case::DraUnhealthyGpu => Some((format!("{}-gpu", it.name), "gpu-5", true)),
+        Case::DraOtherNode => Some((format!("{}-gpu", it.name), "gpu-1", false)),
+        _ => None,
+    }
+}
+
+/// What a DRA driver publishes for each node (one slice per node, its GPUs with their
+/// UUIDs), a DeviceClass, and the DRA pods' claims (as users or the claim controller create them).
+async fn setup_dra(client: &Client, node: &str, items: &[Item]) -> anyhow::Result<()> {
+    let class: DeviceClass = serde_json::from_value(json!({
+        "metadata": { "name": DRA_DRIVER },
+        "spec": { "selectors": [ { "cel": { "expression": format!("device.driver == '{DRA_DRIVER}'") } } ] }
+    }))?;
+    Api::<DeviceClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await?;
+    let slices = Api::<ResourceSlice>::all(client.clone());
+    for (i, n) in [node, OTHER_NODE].iter().enumerate() {
+        let devices: Vec<serde_json::Value> = (0..8)
+            .map(|g| {
+                let uuid = if i == 0 {
+                    format!("GPU-{g:08x}-demo")
+                } else {
+                    format!("GPU-{g:08x}-other")
+                };
+                json!({ "name": format!("gpu-{g}"), "attributes": { "uuid": { "string": uuid } } })
+            })
+            .collect();
+        let slice: ResourceSlice = serde_json::from_value(json!({
+            "metadata": { "name": format!("{n}-{DRA_DRIVER}") },
+            "spec": {
+                "driver": DRA_DRIVER, "nodeName": n,
+                "pool": { "name": n, "generation": 1, "resourceSliceCount": 1 },
+                "devices": devices
+            }
+        }))?;
+        slices.create(&PostParams::default(), &slice).await?;
+    }
+    let claims = Api::<ResourceClaim>::namespaced(client.clone(), NAMESPACE);
+    let mut made = std::collections::BTreeSet::new();
+    for it in items {
+        let Some((name, _, _)) = dra_claim(it) else {
+            continue;
+        };
+        if !made.insert(name.clone()) {
+            continue;
+        }
+        let claim: ResourceClaim = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": NAMESPACE },
+            "spec": { "devices": { "requests": [
+                { "name": "gpu", "exactly": { "deviceClassName": DRA_DRIVER } }
+            ] } }
+        }))?;
+        claims.create(&PostParams::default(), &claim).await?;
+    }
+    Ok(())
+}
+
 async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(String, String)> {
     let mut resources = json!({ "requests": { "cpu": "500m", "memory": "1Gi" } });
     let whole = match it.case {
@@ -514,6 +595,10 @@ async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(S
         }
         _ => json!([]),
     };
+    let resource_claims = match dra_claim(it) {
+        Some((claim, _, _)) => json!([{ "name": "gpu", "resourceClaimName": claim }]),
+        None => json!([]),
+    };
     let pod: Pod = serde_json::from_value(json!({
         "metadata": { "name": it.name, "namespace": NAMESPACE, "labels": { "app": "demo", "case": short(it.case) } },
         "spec": {
@@ -521,6 +606,7 @@ async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(S
             "nodeName": node_name,
             "tolerations": tolerations,
             "volumes": volumes,
+            "resourceClaims": resource_claims,
             "containers": [ { "name": "main", "image": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04", "resources": resources } ]
         }
     }))?;
@@ -565,6 +651,17 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
         }
     };
     let mut spec = spec;
+    if let Some((_, device, on)) = dra_claim(it) {
+        let on = if on { node } else { OTHER_NODE };
+        spec["resourceClaimAllocations"] = json!([{ "name": "gpu", "allocation": {
+            "devices": { "results": [
+                { "request": "gpu", "driver": DRA_DRIVER, "pool": on, "device": device }
+            ] },
+            "nodeSelector": { "nodeSelectorTerms": [ { "matchFields": [
+                { "key": "metadata.name", "operator": "In", "values": [on] }
+            ] } ] }
+        } }]);
+    }
     spec["podName"] = json!(it.name);
     spec["selectedNode"] = json!(selected);
     Ok(serde_json::from_value(json!({

@@ -10,6 +10,7 @@ pub mod binding;
 pub mod cli;
 pub mod demo;
 pub mod diag;
+pub mod dra;
 pub mod gpu;
 pub mod manual;
 pub mod plugins;

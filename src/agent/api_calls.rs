@@ -37,6 +37,16 @@ pub const GET_PV: ApiCall = c("", "persistentvolumes", "get");
 pub const LIST_PVS: ApiCall = c("", "persistentvolumes", "list");
 pub const PATCH_PV: ApiCall = c("", "persistentvolumes", "patch");
 pub const GET_STORAGE_CLASS: ApiCall = c("storage.k8s.io", "storageclasses", "get");
+/// The `dra` plugin, only for requests with `resourceClaimAllocations`: read the pod's
+/// claims and the ResourceSlices published for this node; reserve a claim (write
+/// `status.allocation` / `status.reservedFor`), which Kubernetes 1.36 also authorizes as
+/// `update` on the synthetic `resourceclaims/binding` (design §2; no request of its own).
+pub const GET_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "get");
+pub const LIST_RESOURCE_SLICES: ApiCall = c("resource.k8s.io", "resourceslices", "list");
+pub const UPDATE_RESOURCE_CLAIM_STATUS: ApiCall =
+    c("resource.k8s.io", "resourceclaims/status", "update");
+pub const UPDATE_RESOURCE_CLAIM_BINDING: ApiCall =
+    c("resource.k8s.io", "resourceclaims/binding", "update");
 pub const LIST_NODES: ApiCall = c("", "nodes", "list");
 pub const WATCH_NODES: ApiCall = c("", "nodes", "watch");
 pub const GET_BIND_REQUEST: ApiCall = c(KAI, "bindrequests", "get");
@@ -63,6 +73,10 @@ pub const API_CALLS: &[ApiCall] = &[
     LIST_PVS,
     PATCH_PV,
     GET_STORAGE_CLASS,
+    GET_RESOURCE_CLAIM,
+    LIST_RESOURCE_SLICES,
+    UPDATE_RESOURCE_CLAIM_STATUS,
+    UPDATE_RESOURCE_CLAIM_BINDING,
     CREATE_POD_BINDING,
     LIST_NODES,
     WATCH_NODES,
@@ -78,11 +92,6 @@ pub const API_CALLS: &[ApiCall] = &[
     CREATE_SUBJECT_ACCESS_REVIEW,
 ];
 
-/// PLANNED, not yet called: the DRA plugin will write ResourceClaim allocations, which
-/// needs `update` on `resourceclaims/status` and on the synthetic `resourceclaims/binding`
-/// (design §2). The ClusterRole grants them already; the RBAC test allows exactly these
-/// beyond [`API_CALLS`].
-pub const PLANNED_API_CALLS: &[ApiCall] = &[
-    c("resource.k8s.io", "resourceclaims/status", "update"),
-    c("resource.k8s.io", "resourceclaims/binding", "update"),
-];
+/// Calls granted ahead of the code that makes them (none today); the RBAC test allows
+/// exactly these beyond [`API_CALLS`].
+pub const PLANNED_API_CALLS: &[ApiCall] = &[];

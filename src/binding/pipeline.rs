@@ -34,6 +34,8 @@ pub struct BindState {
     pub gpu: Option<crate::plugins::gpu::GpuBindState>,
     /// What the `volumes` plugin's pre_bind wrote (PV reservations, selected-node annotations).
     pub volumes: crate::plugins::volumes::VolumeWrites,
+    /// What the `dra` plugin's pre_bind reserved (ResourceClaims).
+    pub dra: crate::plugins::dra::DraWrites,
 }
 
 /// A `pre_bind` step that could not complete.

@@ -185,7 +185,7 @@ impl GpuRuntime {
         serde_json::json!({ "inventory": snap, "verdicts": verdicts })
     }
 
-    async fn snapshot(&self) -> GpuSnapshot {
+    pub(crate) async fn snapshot(&self) -> GpuSnapshot {
         let inv = self.inventory.clone();
         let source = inv.describe();
         let snap = tokio::task::spawn_blocking(move || inv.snapshot())

@@ -1,5 +1,6 @@
 //! Built-in plugins. Adding one is a module here and one line in [`standard`].
 
+pub mod dra;
 pub mod gpu;
 pub mod node;
 pub mod volumes;
@@ -24,6 +25,7 @@ pub struct PluginSettings {
     pub node_checks: CheckMode,
     pub gpu: gpu::GpuSettings,
     pub volumes: volumes::VolumeSettings,
+    pub dra: dra::DraSettings,
 }
 
 /// The standard pipeline, in order.
@@ -32,4 +34,8 @@ pub fn standard(settings: &PluginSettings) -> Registry {
         .with(node::NodePlugin::new(settings.node_checks))
         .with(gpu::GpuPlugin::new(&settings.gpu))
         .with(volumes::VolumesPlugin::new(&settings.volumes))
+        .with(dra::DraPlugin::new(
+            &settings.dra,
+            settings.gpu.runtime.clone(),
+        ))
 }

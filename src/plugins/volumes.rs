@@ -98,6 +98,11 @@ impl PluginSettings {
         timeout: Duration,
         diag: std::sync::Arc<crate::diag::Recorder>,
     ) -> Self {
+        self.dra.api = Some(super::dra::DraApi::new(
+            client.clone(),
+            timeout,
+            diag.clone(),
+        ));
         self.volumes.api = Some(ApiAccess {
             client,
             timeout,

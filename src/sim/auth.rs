@@ -34,6 +34,8 @@ struct Grant {
 pub(crate) struct AuthTable {
     tokens: Mutex<HashMap<String, UserInfo>>,
     grants: Mutex<Vec<Grant>>,
+    /// Bearer tokens whose callers lack `update` on `resourceclaims/binding`.
+    no_claim_binding: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,6 +43,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AuthTable {
+    /// Whether the caller presenting `token` lacks `resourceclaims/binding`.
+    pub(crate) fn lacks_claim_binding(&self, token: &str) -> bool {
+        lock(&self.no_claim_binding).contains(token)
+    }
+
     pub(crate) fn token_review(&self, mut body: Value) -> Result<Value, ApiError> {
         let token = body
             .pointer("/spec/token")
@@ -186,6 +193,13 @@ impl AuthHandle {
             verb: verb.to_string(),
             path: path.to_string(),
         });
+    }
+
+    /// Declares the caller presenting bearer `token` as lacking `update` on the synthetic
+    /// `resourceclaims/binding`: its ResourceClaim status writes that change `allocation` or
+    /// `reservedFor` are refused with 422, like Kubernetes 1.36 does.
+    pub fn deny_claim_binding(&self, token: &str) {
+        lock(&self.shared.auth.no_claim_binding).insert(token.to_string());
     }
 
     /// Forgets every token and grant.

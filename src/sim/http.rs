@@ -250,7 +250,23 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    match execute(&sh, &def, &rp, op, &query, &ctype, &bytes) {
+    let lacks_claim_binding = def.special == Special::ResourceClaim
+        && parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| sh.auth.lacks_claim_binding(t.trim()));
+    match execute(
+        &sh,
+        &def,
+        &rp,
+        op,
+        &query,
+        &ctype,
+        &bytes,
+        lacks_claim_binding,
+    ) {
         Ok(r) => r,
         Err(e) => err_resp(&e),
     }
@@ -339,6 +355,7 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute(
     sh: &Arc<Shared>,
     def: &Arc<ResourceDef>,
@@ -347,6 +364,7 @@ fn execute(
     q: &HashMap<String, String>,
     ctype: &str,
     bytes: &[u8],
+    lacks_claim_binding: bool,
 ) -> Result<Response<Body>, ApiError> {
     let ns = rp.ns.clone().unwrap_or_default();
     let name = rp.name.clone().unwrap_or_default();
@@ -392,7 +410,12 @@ fn execute(
         }
         Op::Update => {
             let body = parse_json(bytes)?;
-            let r = sh.lock_state().update(def, &ns, &name, body, sub)?;
+            let mut st = sh.lock_state();
+            st.lacks_claim_binding = lacks_claim_binding;
+            let r = st.update(def, &ns, &name, body, sub);
+            st.lacks_claim_binding = false;
+            drop(st);
+            let r = r?;
             Ok(json_resp(
                 if r.created { 201 } else { 200 },
                 &r.object,
@@ -422,7 +445,12 @@ fn execute(
                     )],
                 ));
             }
-            let r = sh.lock_state().patch(def, &ns, &name, pt, bytes, sub)?;
+            let mut st = sh.lock_state();
+            st.lacks_claim_binding = lacks_claim_binding;
+            let r = st.patch(def, &ns, &name, pt, bytes, sub);
+            st.lacks_claim_binding = false;
+            drop(st);
+            let r = r?;
             Ok(json_resp(
                 if r.created { 201 } else { 200 },
                 &r.object,

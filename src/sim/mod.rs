@@ -130,6 +130,12 @@
 //!   validation or defaults: no PV controller runs (no `status.phase` is written; see
 //!   [`provisioner`] for a simulated provisioner), and a claim's `volumeName` may change
 //!   after it was set.
+//! - ResourceClaims, ResourceClaimTemplates, ResourceSlices and DeviceClasses are stored
+//!   without spec validation or defaults, and no resourceclaim controller generates claims
+//!   from templates. Claim status writes check only: `allocation` cannot change once set
+//!   (it may be cleared), `reservedFor` holds at most 256 entries, and a caller declared with
+//!   `AuthHandle::deny_claim_binding` (by bearer token) gets 422 when it changes
+//!   `allocation` or `reservedFor` (Kubernetes 1.36's `resourceclaims/binding` rule).
 //! - Only a few pod defaults are filled (no service account, tolerations, priority classes,
 //!   enableServiceLinks variations); pod `status` updates are not validated.
 //! - Aggregated discovery (`application/json;g=apidiscovery.k8s.io;v=v2`) is not served; the

@@ -579,6 +579,40 @@ pub(crate) fn parse_yaml_object(body: &[u8]) -> Result<Value, ApiError> {
     Ok(p)
 }
 
+/// ResourceClaim status rules of resource.k8s.io/v1 the agent depends on: `reservedFor`
+/// holds at most 256 entries, a set `allocation` cannot be changed (only cleared), and
+/// changing `allocation` or `reservedFor` needs `update` on `resourceclaims/binding`.
+pub(crate) fn validate_claim_status(old: &Value, new: &Value, lacks_binding: bool) -> Vec<Cause> {
+    let get = |o: &Value, k: &str| o.get("status").and_then(|s| s.get(k)).cloned();
+    let (old_alloc, new_alloc) = (get(old, "allocation"), get(new, "allocation"));
+    let (old_res, new_res) = (get(old, "reservedFor"), get(new, "reservedFor"));
+    let mut causes = Vec::new();
+    if lacks_binding && (old_alloc != new_alloc || old_res != new_res) {
+        causes.push(Cause::forbidden(
+            "status",
+            "changing allocation or reservedFor requires update permission on resourceclaims/binding",
+        ));
+        return causes;
+    }
+    if let (Some(a), Some(b)) = (&old_alloc, &new_alloc)
+        && a != b
+    {
+        causes.push(Cause::invalid("status.allocation", b, "field is immutable"));
+    }
+    let n = new_res
+        .as_ref()
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if n > 256 {
+        causes.push(Cause {
+            reason: "FieldValueTooMany",
+            message: format!("Too many: {n}: must have at most 256 items"),
+            field: "status.reservedFor".into(),
+        });
+    }
+    causes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,9 @@ pub(crate) enum Special {
     TokenReview,
     /// `subjectaccessreviews`: create-only, answered from the auth table, not stored.
     AccessReview,
+    /// `resourceclaims`: status writes are validated (allocation immutable, reservedFor
+    /// limit) and may need `resourceclaims/binding` (see `AuthHandle::deny_claim_binding`).
+    ResourceClaim,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +251,42 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     );
     sc.short_names = vec!["sc".into()];
     out.push(sc);
+
+    // DRA (resource.k8s.io/v1): what the dra plugin reads and writes. No resourceclaim
+    // controller runs: claims from templates are created by the client (tests, demo).
+    let mut rc = ResourceDef::base(
+        "resource.k8s.io",
+        "v1",
+        "resourceclaims",
+        "ResourceClaim",
+        true,
+    );
+    rc.status_subresource = true;
+    rc.special = Special::ResourceClaim;
+    out.push(rc);
+    out.push(ResourceDef::base(
+        "resource.k8s.io",
+        "v1",
+        "resourceclaimtemplates",
+        "ResourceClaimTemplate",
+        true,
+    ));
+    let mut slice = ResourceDef::base(
+        "resource.k8s.io",
+        "v1",
+        "resourceslices",
+        "ResourceSlice",
+        false,
+    );
+    slice.field_labels = fl(&["metadata.name", "spec.nodeName", "spec.driver"]);
+    out.push(slice);
+    out.push(ResourceDef::base(
+        "resource.k8s.io",
+        "v1",
+        "deviceclasses",
+        "DeviceClass",
+        false,
+    ));
 
     let mut lease = ResourceDef::base("coordination.k8s.io", "v1", "leases", "Lease", true);
     lease.create_on_update = true;

@@ -121,6 +121,9 @@ pub(crate) struct State {
     watchers: Vec<WatcherSlot>,
     next_watcher: u64,
     current_rv: Arc<AtomicU64>,
+    /// Set by the HTTP layer for the duration of one write: the caller lacks
+    /// `resourceclaims/binding` (design §2).
+    pub lacks_claim_binding: bool,
 }
 
 fn skey_of(def: &ResourceDef) -> String {
@@ -178,6 +181,7 @@ impl State {
             watchers: Vec::new(),
             next_watcher: 1,
             current_rv,
+            lacks_claim_binding: false,
         }
     }
 
@@ -438,7 +442,10 @@ impl State {
                 }
             }
             // Reviews never reach the store (see http.rs).
-            Special::None | Special::TokenReview | Special::AccessReview => {}
+            Special::None
+            | Special::TokenReview
+            | Special::AccessReview
+            | Special::ResourceClaim => {}
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(
@@ -500,6 +507,13 @@ impl State {
                 }
             }
             new = merged;
+            if def.special == Special::ResourceClaim {
+                causes.extend(objects::validate_claim_status(
+                    &old,
+                    &new,
+                    self.lacks_claim_binding,
+                ));
+            }
             if def.special == Special::Custom
                 && let Some(schema) = &def.schema
             {
@@ -563,7 +577,8 @@ impl State {
                 Special::Namespace
                 | Special::None
                 | Special::TokenReview
-                | Special::AccessReview => {}
+                | Special::AccessReview
+                | Special::ResourceClaim => {}
             }
             if def.generation && spec_part(&old) != spec_part(&new) {
                 let g = meta(&old)

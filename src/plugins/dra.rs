@@ -1,0 +1,363 @@
+//! `dra`: reserves the pod's DRA ResourceClaims for it, after checking on this node that
+//! each allocation the scheduler chose really concerns this node.
+//!
+//! For each `spec.resourceClaimAllocations` entry: the pod's claim is found (direct, or the
+//! claim generated from a template, named in the pod's `status.resourceClaimStatuses`); the
+//! allocation's nodeSelector must select this node, each device must be published for this
+//! node by a ResourceSlice (by node name, all-nodes, node selector or per-device
+//! selection), and devices with a `uuid` attribute must be healthy GPUs of the inventory
+//! when one is loaded (`crate::dra`). The claim's status then gets the allocation (only
+//! when unset; a different one refuses) and the pod in `reservedFor`, with a PUT guarded
+//! by resourceVersion (409 → re-read and recompute). Rollback removes the pod's entry, and
+//! the allocation when this attempt wrote it and nobody else reserved the claim since.
+//!
+//! Requests without claim allocations cost no API request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceSlice};
+use kube::api::{Api, ListParams, PostParams};
+
+use crate::agent::api_calls as calls;
+use crate::agent::effects::{ApiError, call_as};
+use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::dra::{self as decide, Reservation};
+use crate::plugins::gpu::GpuRuntime;
+
+const NAME: &str = "dra";
+/// Re-reads after a 409 before giving up for this attempt (retried later, not counted).
+const CONFLICT_TRIES: usize = 8;
+
+/// Settings of the dra plugin.
+#[derive(Debug, Clone, Default)]
+pub struct DraSettings {
+    /// API access; attached by the agent (see `PluginSettings::with_api`).
+    pub api: Option<DraApi>,
+}
+
+/// The API client the plugin uses, with the agent's per-call timeout.
+#[derive(Clone)]
+pub struct DraApi {
+    client: kube::Client,
+    timeout: Duration,
+    diag: Arc<crate::diag::Recorder>,
+}
+
+impl DraApi {
+    pub fn new(client: kube::Client, timeout: Duration, diag: Arc<crate::diag::Recorder>) -> Self {
+        DraApi {
+            client,
+            timeout,
+            diag,
+        }
+    }
+}
+
+impl std::fmt::Debug for DraApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraApi")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A claim this attempt reserved for the pod (or found reserved for it by an earlier
+/// attempt), so rollback can undo exactly that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedClaim {
+    pub namespace: String,
+    pub name: String,
+    pub claim_uid: String,
+    /// This attempt set `status.allocation` (it was unset).
+    pub allocation_written: bool,
+}
+
+/// What this attempt's `pre_bind` wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DraWrites {
+    pub reserved: Vec<ReservedClaim>,
+}
+
+pub struct DraPlugin {
+    api: Option<DraApi>,
+    gpu: Option<Arc<GpuRuntime>>,
+}
+
+impl DraPlugin {
+    pub fn new(settings: &DraSettings, gpu: Option<Arc<GpuRuntime>>) -> Self {
+        DraPlugin {
+            api: settings.api.clone(),
+            gpu,
+        }
+    }
+}
+
+fn refuse(message: String) -> PluginError {
+    PluginError {
+        message,
+        transient: false,
+    }
+}
+
+fn transient(message: String) -> PluginError {
+    PluginError {
+        message,
+        transient: true,
+    }
+}
+
+/// The ResourceSlices seen so far: this node's first; the rest only when a device is not
+/// found there (network-attached or per-device pools), so the common case is one list.
+struct Slices {
+    items: Vec<ResourceSlice>,
+    complete: bool,
+}
+
+#[async_trait::async_trait]
+impl Plugin for DraPlugin {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// Nothing to decide without reading the claims and slices: all work is in pre_bind.
+    fn validate(&self, _ctx: &BindContext<'_>) -> Vec<Verdict> {
+        Vec::new()
+    }
+
+    async fn pre_bind(
+        &self,
+        ctx: &BindContext<'_>,
+        state: &mut BindState,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        let entries = ctx
+            .bind_request
+            .spec
+            .resource_claim_allocations
+            .as_deref()
+            .unwrap_or(&[]);
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(api) = &self.api else {
+            return Err(transient(
+                "the dra plugin has no API access to read the pod's claims".into(),
+            ));
+        };
+        let ns = ctx.request.namespace.as_str();
+        let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");
+        let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
+        let gpus = match &self.gpu {
+            Some(rt) => Some(rt.snapshot().await),
+            None => None,
+        };
+        let mut slices = Slices {
+            items: api.list_slices(Some(ctx.node_name)).await?,
+            complete: false,
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let entry = e.name.as_deref().unwrap_or("");
+            let Some(mirror) = e.allocation.clone() else {
+                return Err(refuse(format!(
+                    "resourceClaimAllocations entry {entry} has no allocation"
+                )));
+            };
+            let requested = AllocationResult::try_from(mirror).map_err(|err| {
+                refuse(format!(
+                    "resourceClaimAllocations entry {entry}: invalid allocation: {err}"
+                ))
+            })?;
+            let claim = decide::claim_name(ctx.pod, entry)
+                .map_err(|why| refuse(format!("claim {entry}: {why} (will retry)")))?;
+            let label = format!("{ns}/{claim}");
+            let mut checked = decide::verify_allocation(
+                &label,
+                &requested,
+                ctx.node,
+                &slices.items,
+                gpus.as_ref(),
+            );
+            if checked.is_err() && !slices.complete {
+                slices.items = api.list_slices(None).await?;
+                slices.complete = true;
+                checked = decide::verify_allocation(
+                    &label,
+                    &requested,
+                    ctx.node,
+                    &slices.items,
+                    gpus.as_ref(),
+                );
+            }
+            for line in checked.map_err(refuse)? {
+                out.push(verdict(NAME, "allocation", VerdictOutcome::Pass, line));
+            }
+            let r = reserve(api, ns, &claim, entry, &requested, pod_name, pod_uid).await?;
+            out.push(verdict(
+                NAME,
+                "reservation",
+                VerdictOutcome::Pass,
+                format!(
+                    "claim {label} {}",
+                    match (r.1, r.0.allocation_written) {
+                        (false, _) => "was already reserved for the pod",
+                        (true, true) => "allocated and reserved for the pod",
+                        (true, false) => "reserved for the pod",
+                    }
+                ),
+            ));
+            state.dra.reserved.push(r.0);
+        }
+        Ok(out)
+    }
+
+    async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
+        let Some(api) = &self.api else { return };
+        let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
+        let w = std::mem::take(&mut state.dra);
+        for r in w.reserved.iter().rev() {
+            if let Err(e) = release(api, r, pod_uid).await {
+                tracing::warn!(claim = %format!("{}/{}", r.namespace, r.name), error = %e.message,
+                    "could not undo a ResourceClaim reservation");
+            }
+        }
+    }
+}
+
+/// Reserves one claim; returns what was recorded and whether this call wrote.
+async fn reserve(
+    api: &DraApi,
+    ns: &str,
+    claim: &str,
+    entry: &str,
+    requested: &AllocationResult,
+    pod_name: &str,
+    pod_uid: &str,
+) -> Result<(ReservedClaim, bool), PluginError> {
+    for _ in 0..CONFLICT_TRIES {
+        let Some(mut live) = api.get_claim(ns, claim).await? else {
+            return Err(refuse(format!(
+                "claim {entry}: ResourceClaim {ns}/{claim} does not exist (will retry)"
+            )));
+        };
+        let mut rec = ReservedClaim {
+            namespace: ns.into(),
+            name: claim.into(),
+            claim_uid: live.metadata.uid.clone().unwrap_or_default(),
+            allocation_written: false,
+        };
+        match decide::plan_reservation(&live, requested, pod_name, pod_uid) {
+            Reservation::AlreadyReserved => return Ok((rec, false)),
+            Reservation::Refuse(why) => return Err(refuse(why)),
+            Reservation::Write {
+                status,
+                sets_allocation,
+            } => {
+                live.status = Some(status);
+                if api.replace_status(ns, claim, &live).await?.is_some() {
+                    rec.allocation_written = sets_allocation;
+                    return Ok((rec, true));
+                }
+            }
+        }
+    }
+    Err(transient(format!(
+        "ResourceClaim {ns}/{claim} kept changing while reserving it"
+    )))
+}
+
+/// Undoes one reservation, re-reading on conflicts; a claim replaced by another of the
+/// same name (different UID) is left alone.
+async fn release(api: &DraApi, r: &ReservedClaim, pod_uid: &str) -> Result<(), PluginError> {
+    for _ in 0..CONFLICT_TRIES {
+        let Some(mut live) = api.get_claim(&r.namespace, &r.name).await? else {
+            return Ok(());
+        };
+        if live.metadata.uid.as_deref() != Some(r.claim_uid.as_str()) {
+            return Ok(());
+        }
+        let Some(status) = decide::plan_release(&live, pod_uid, r.allocation_written) else {
+            return Ok(());
+        };
+        live.status = Some(status);
+        if api
+            .replace_status(&r.namespace, &r.name, &live)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(transient(format!(
+        "ResourceClaim {}/{} kept changing",
+        r.namespace, r.name
+    )))
+}
+
+impl DraApi {
+    async fn get_claim(&self, ns: &str, name: &str) -> Result<Option<ResourceClaim>, PluginError> {
+        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
+        call_as(
+            &self.diag,
+            calls::GET_RESOURCE_CLAIM,
+            self.timeout,
+            api.get_opt(name),
+        )
+        .await
+        .map_err(|e| transient(format!("reading ResourceClaim {ns}/{name}: {e}")))
+    }
+
+    /// This node's slices (`spec.nodeName`), or all of them.
+    async fn list_slices(&self, node: Option<&str>) -> Result<Vec<ResourceSlice>, PluginError> {
+        let api: Api<ResourceSlice> = Api::all(self.client.clone());
+        let lp = match node {
+            Some(n) => ListParams::default().fields(&format!("spec.nodeName={n}")),
+            None => ListParams::default(),
+        };
+        call_as(
+            &self.diag,
+            calls::LIST_RESOURCE_SLICES,
+            self.timeout,
+            api.list(&lp),
+        )
+        .await
+        .map(|l| l.items)
+        .map_err(|e| transient(format!("listing ResourceSlices: {e}")))
+    }
+
+    /// PUT of the claim's status, guarded by the resourceVersion it carries. `None` when the
+    /// claim changed (409) or vanished (404); other answers about the write (422: e.g. no
+    /// `resourceclaims/binding` permission, or an admission policy) refuse.
+    async fn replace_status(
+        &self,
+        ns: &str,
+        name: &str,
+        claim: &ResourceClaim,
+    ) -> Result<Option<ResourceClaim>, PluginError> {
+        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
+        match call_as(
+            &self.diag,
+            calls::UPDATE_RESOURCE_CLAIM_STATUS,
+            self.timeout,
+            api.replace_status(name, &PostParams::default(), claim),
+        )
+        .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(ApiError::Status {
+                code: 409 | 404, ..
+            }) => Ok(None),
+            Err(ApiError::Status {
+                code: code @ (400 | 403 | 422),
+                message,
+                ..
+            }) => Err(refuse(format!(
+                "writing ResourceClaim {ns}/{name} status was refused ({code}): {message}"
+            ))),
+            Err(e) => Err(transient(format!(
+                "writing ResourceClaim {ns}/{name} status: {e}"
+            ))),
+        }
+    }
+}
