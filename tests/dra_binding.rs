@@ -474,11 +474,52 @@ async fn plain_pods_cost_no_dra_requests() {
     for (verb, res) in [
         ("get", "resourceclaims"),
         ("list", "resourceslices"),
+        ("watch", "resourceslices"),
         ("update", "resourceclaims/status"),
     ] {
         assert_eq!(after.get(verb, res), before.get(verb, res), "{verb} {res}");
     }
     agent.stop().await.expect("stop");
+    env.cleanup().await;
+}
+
+/// A bind with one claim costs 3 + 2 requests: GET pod, GET claim, PUT claim status, POST
+/// binding, PATCH BindRequest status. This node's slices come from the agent's watch cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_bind_costs_three_plus_two_requests() {
+    let (env, node) = setup("dra-cost").await;
+    let Some(sim) = env.sim_or_skip("a_claim_bind_costs_three_plus_two_requests") else {
+        return env.cleanup().await;
+    };
+    let dra = Dra::new(&env);
+    dra.slice(&node).await;
+    dra.claim("c", None).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    let before = sim.request_count();
+    dra_pod(
+        &env,
+        "p",
+        &node,
+        json!({ "resourceClaimName": "c" }),
+        allocation(&node, "gpu-1"),
+        3,
+    )
+    .await;
+    env.wait_phase("p", Phase::Succeeded).await;
+    let after = sim.request_count();
+    let delta = |verb: &str, res: &str| after.get(verb, res) - before.get(verb, res);
+    for (verb, res, n) in [
+        ("get", "pods", 1),
+        ("get", "resourceclaims", 1),
+        ("update", "resourceclaims/status", 1),
+        ("create", "pods/binding", 1),
+        ("patch", "bindrequests/status", 1),
+        ("list", "resourceslices", 0),
+    ] {
+        assert_eq!(delta(verb, res), n, "{verb} {res}");
+    }
+    agent.stop().await.expect("stop");
+    dra.cleanup().await;
     env.cleanup().await;
 }
 

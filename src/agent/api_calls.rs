@@ -42,7 +42,10 @@ pub const GET_STORAGE_CLASS: ApiCall = c("storage.k8s.io", "storageclasses", "ge
 /// `status.allocation` / `status.reservedFor`), which Kubernetes 1.36 also authorizes as
 /// `update` on the synthetic `resourceclaims/binding` (design §2; no request of its own).
 pub const GET_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "get");
+/// This node's slices are watched (`spec.nodeName`); all slices are listed only when a
+/// device is not among them.
 pub const LIST_RESOURCE_SLICES: ApiCall = c("resource.k8s.io", "resourceslices", "list");
+pub const WATCH_RESOURCE_SLICES: ApiCall = c("resource.k8s.io", "resourceslices", "watch");
 pub const UPDATE_RESOURCE_CLAIM_STATUS: ApiCall =
     c("resource.k8s.io", "resourceclaims/status", "update");
 pub const UPDATE_RESOURCE_CLAIM_BINDING: ApiCall =
@@ -75,6 +78,7 @@ pub const API_CALLS: &[ApiCall] = &[
     GET_STORAGE_CLASS,
     GET_RESOURCE_CLAIM,
     LIST_RESOURCE_SLICES,
+    WATCH_RESOURCE_SLICES,
     UPDATE_RESOURCE_CLAIM_STATUS,
     UPDATE_RESOURCE_CLAIM_BINDING,
     CREATE_POD_BINDING,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -258,6 +259,15 @@ pub async fn run(
         background.clone(),
     ));
 
+    // This node's ResourceSlices, for the dra plugin: a watch instead of a LIST per bind.
+    let (node_slices, slices_writer) = reflector::store::<ResourceSlice>();
+    tasks.spawn(watch_slices(
+        client.clone(),
+        cfg.node_name.clone(),
+        slices_writer,
+        background.clone(),
+    ));
+
     let (events, events_task) = EventSink::start_with_recorder(
         client.clone(),
         "bindlet".to_string(),
@@ -282,12 +292,17 @@ pub async fn run(
             background.clone(),
         ));
     }
+    let mut plugin_settings =
+        cfg.plugins
+            .clone()
+            .with_api(client.clone(), cfg.api_timeout, stats.diag.clone());
+    let slices_ready = node_slices.clone();
+    plugin_settings.dra.api = plugin_settings
+        .dra
+        .api
+        .map(|a| a.with_node_slices(node_slices));
     let shared = Arc::new(worker::Shared {
-        registry: plugins::standard(&cfg.plugins.clone().with_api(
-            client.clone(),
-            cfg.api_timeout,
-            stats.diag.clone(),
-        )),
+        registry: plugins::standard(&plugin_settings),
         effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),
         diag: stats.diag.clone(),
         events,
@@ -306,6 +321,17 @@ pub async fn run(
         r = async { requests_ready.wait_until_ready().await.and(node_ready.wait_until_ready().await) } => r.is_ok(),
         _ = shutdown.cancelled() => false,
     };
+    // The slice cache gets a bounded wait: binds list slices while it is not ready, and
+    // a cluster without DRA never makes it ready, so it must not hold the workers back.
+    if synced {
+        let ready = tokio::select! {
+            r = tokio::time::timeout(cfg.api_timeout, slices_ready.wait_until_ready()) => matches!(r, Ok(Ok(()))),
+            _ = shutdown.cancelled() => false,
+        };
+        if !ready {
+            tracing::info!(node = %node_name, "ResourceSlice cache not synced yet; DRA binds list slices until it is");
+        }
+    }
     if synced {
         stats_synced.synced.store(true, Ordering::Relaxed);
         tracing::info!(node = %node_name, "caches synced (BindRequests and Node)");
@@ -554,6 +580,46 @@ async fn watch_node(
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "Node watch error; retrying"),
+            None => return,
+        }
+    }
+}
+
+/// Keeps the cache of the ResourceSlices published for this node (field selector
+/// `spec.nodeName`). Workers do not wait for it: until it has synced (or when the cluster
+/// serves no `resource.k8s.io/v1`), the dra plugin lists slices per bind as it would
+/// without the cache. Slices for all nodes or by node selector are not cached: the plugin
+/// lists them only when a device is not found here (see `plugins::dra`).
+async fn watch_slices(
+    client: Client,
+    node_name: String,
+    mut writer: Writer<ResourceSlice>,
+    stop: CancellationToken,
+) {
+    let api: Api<ResourceSlice> = Api::all(client);
+    // api_calls::LIST_RESOURCE_SLICES, WATCH_RESOURCE_SLICES
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let stream = watcher::watcher(api, wc)
+        .backoff(WatchBackoff::default())
+        .modify(|o| o.managed_fields_mut().clear());
+    futures::pin_mut!(stream);
+    // Warn once per run of failures: a cluster without DRA fails this watch forever.
+    let mut failing = false;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = stream.next() => ev,
+        };
+        match ev {
+            Some(Ok(ev)) => {
+                failing = false;
+                writer.apply_watcher_event(&ev);
+            }
+            Some(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "ResourceSlice watch error; retrying (DRA binds list slices meanwhile)");
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "ResourceSlice watch error; retrying"),
             None => return,
         }
     }

@@ -16,8 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceSlice};
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::reflector::Store;
 
 use crate::agent::api_calls as calls;
 use crate::agent::effects::{ApiError, call_as};
@@ -43,6 +45,9 @@ pub struct DraApi {
     client: kube::Client,
     timeout: Duration,
     diag: Arc<crate::diag::Recorder>,
+    /// The agent's watch-backed cache of this node's ResourceSlices (`spec.nodeName`), so a
+    /// bind reads them for free; `None` (e.g. outside the agent) lists them per bind.
+    node_slices: Option<Store<ResourceSlice>>,
 }
 
 impl DraApi {
@@ -51,7 +56,30 @@ impl DraApi {
             client,
             timeout,
             diag,
+            node_slices: None,
         }
+    }
+
+    /// Reads this node's slices from `store` (kept by a watch with field selector
+    /// `spec.nodeName=<node>`) instead of listing them per bind.
+    pub fn with_node_slices(mut self, store: Store<ResourceSlice>) -> Self {
+        self.node_slices = Some(store);
+        self
+    }
+
+    /// This node's slices: from the cache once it has synced, else one LIST as before.
+    /// A cache a moment behind costs nothing in correctness: a device it does not show
+    /// yet sends the caller to the LIST of all slices, as any unfound device does.
+    async fn node_slices(&self, node: &str) -> Result<Vec<ResourceSlice>, PluginError> {
+        if let Some(store) = &self.node_slices
+            && store
+                .wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+        {
+            return Ok(store.state().iter().map(|s| (**s).clone()).collect());
+        }
+        self.list_slices(Some(node)).await
     }
 }
 
@@ -108,8 +136,11 @@ fn transient(message: String) -> PluginError {
     }
 }
 
-/// The ResourceSlices seen so far: this node's first; the rest only when a device is not
-/// found there (network-attached or per-device pools), so the common case is one list.
+/// The ResourceSlices seen so far: this node's first (from the agent's watch cache, no
+/// request); all slices are listed only when a device is not found there (all-nodes,
+/// node-selector or per-device pools, or a slice the cache has not seen yet). Those are
+/// rare and cluster-wide, so they get a LIST on demand rather than a second cache of
+/// every slice in the cluster: the common case costs no request.
 struct Slices {
     items: Vec<ResourceSlice>,
     complete: bool,
@@ -153,7 +184,7 @@ impl Plugin for DraPlugin {
             None => None,
         };
         let mut slices = Slices {
-            items: api.list_slices(Some(ctx.node_name)).await?,
+            items: api.node_slices(ctx.node_name).await?,
             complete: false,
         };
         let mut out = Vec::new();
