@@ -73,3 +73,50 @@ async fn bench_report_is_consistent() {
     assert!(json["agent"]["latency_ms"]["p99"].is_number());
     assert!(report.table().contains("throughput (binds/s)"));
 }
+
+/// `--dra-claims 1`: every bind also reads and reserves its claim, and the per-bind
+/// figures add up to 3 + 2 for both binders (no ResourceSlice LIST per bind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_dra_claims_counts_add_up() {
+    let cli = Cli::try_parse_from([
+        "bindlet",
+        "bench",
+        "--requests",
+        "20",
+        "--concurrency",
+        "4",
+        "--idle-seconds",
+        "0",
+        "--dra-claims",
+        "1",
+        "--agent-bin",
+        env!("CARGO_BIN_EXE_bindlet"),
+    ])
+    .expect("args");
+    let Command::Bench(args) = cli.command else {
+        panic!("not the bench command");
+    };
+    let report = bindlet::bench::run(args).await.expect("bench runs");
+    assert_eq!(report.dra_claims, 1);
+    for (name, phase) in [("limit", &report.limit), ("agent", &report.agent)] {
+        assert_eq!((phase.binds, phase.errors), (20, 0), "{name}");
+        let api = phase.api.as_ref().expect("the simulator counts requests");
+        for k in [
+            "get pods",
+            "create pods/binding",
+            "patch bindrequests/status",
+            "get resourceclaims",
+            "update resourceclaims/status",
+        ] {
+            assert_eq!(api.per_bind.get(k), Some(&1.0), "{name}: {k}");
+        }
+        assert_eq!(api.per_bind.get("list resourceslices"), None, "{name}");
+        assert!((api.total_per_bind - 5.0).abs() < 1e-9, "{name}");
+    }
+    let dra = report
+        .targets
+        .iter()
+        .find(|t| t.name == "API requests per DRA bind")
+        .expect("DRA target");
+    assert_eq!(dra.met, Some(true), "{}", dra.value);
+}

@@ -1,11 +1,14 @@
 //! The physical limit (design §8): a minimal binder that learns of each BindRequest the
 //! moment it is created (no watch) and issues only the unavoidable requests: GET the pod,
 //! POST its binding, merge-patch the BindRequest's status (guarded like the agent's).
+//! With DRA claims it also GETs each claim and PUTs its status (the allocation the
+//! BindRequest names, the pod in `reservedFor`) before the binding, as the agent must.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -20,6 +23,8 @@ pub struct LimitCounts {
     pub get_pods: AtomicU64,
     pub create_binding: AtomicU64,
     pub patch_status: AtomicU64,
+    pub get_claims: AtomicU64,
+    pub update_claim_status: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -62,6 +67,32 @@ async fn bind_one(
     counts.get_pods.fetch_add(1, Ordering::Relaxed);
     let pod = pods.get(&name).await?;
     let uid = pod.metadata.uid.unwrap_or_default();
+    let claims = Api::<ResourceClaim>::namespaced(client.clone(), &ns);
+    let entries = br.spec.resource_claim_allocations.as_deref().unwrap_or(&[]);
+    for e in entries {
+        let entry = e.name.as_deref().unwrap_or("");
+        // The bench's pods name their claims directly.
+        let claim = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.resource_claims.as_ref())
+            .and_then(|rc| rc.iter().find(|c| c.name == entry))
+            .and_then(|c| c.resource_claim_name.clone())
+            .unwrap_or_default();
+        counts.get_claims.fetch_add(1, Ordering::Relaxed);
+        let mut live = claims.get(&claim).await?;
+        live.status = Some(
+            serde_json::from_value(json!({
+                "allocation": e.allocation,
+                "reservedFor": [ { "resource": "pods", "name": name, "uid": uid } ],
+            }))
+            .map_err(kube::Error::SerdeError)?,
+        );
+        counts.update_claim_status.fetch_add(1, Ordering::Relaxed);
+        claims
+            .replace_status(&claim, &PostParams::default(), &live)
+            .await?;
+    }
     let binding = json!({
         "apiVersion": "v1",
         "kind": "Binding",

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// --workers and the number of the limit client's loops.
     #[arg(long, env = "BINDLET_BENCH_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Direct ResourceClaims per pod (both phases), allocated to the bench node with
+    /// devices of a ResourceSlice the bench publishes for it; 0 measures the plain bind.
+    #[arg(long, default_value_t = 0)]
+    pub dra_claims: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -235,7 +239,7 @@ async fn ensure_crd(client: &Client) -> Result<bool, BenchError> {
     }
 }
 
-async fn setup(client: &Client, ns: &str, node: &str) -> Result<(), BenchError> {
+async fn setup(client: &Client, ns: &str, node: &str, dra: bool) -> Result<(), BenchError> {
     let namespaces = Api::<Namespace>::all(client.clone());
     let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
     namespaces.create(&PostParams::default(), &obj).await?;
@@ -253,7 +257,10 @@ async fn setup(client: &Client, ns: &str, node: &str) -> Result<(), BenchError> 
             "conditions": [ { "type": "Ready", "status": "True" } ]
         }
     }))?;
-    nodes.create(&PostParams::default(), &obj).await?;
+    let created = nodes.create(&PostParams::default(), &obj).await?;
+    if dra {
+        workload::publish_slice(client, &created).await?;
+    }
     Ok(())
 }
 
@@ -382,13 +389,31 @@ async fn measure(
     let client = &target.client;
     let (n, c) = (args.requests, args.concurrency);
     let warm = c;
-    setup(client, &names.limit_ns, &names.limit_node).await?;
-    setup(client, &names.agent_ns, &names.agent_node).await?;
-    eprintln!("bench: creating {} pods per phase ...", n + warm);
-    let mut limit_brs =
-        workload::prepare(client, &names.limit_ns, &names.limit_node, "l", 0..warm + n).await?;
-    let mut agent_brs =
-        workload::prepare(client, &names.agent_ns, &names.agent_node, "a", 0..warm + n).await?;
+    let k = args.dra_claims;
+    setup(client, &names.limit_ns, &names.limit_node, k > 0).await?;
+    setup(client, &names.agent_ns, &names.agent_node, k > 0).await?;
+    eprintln!(
+        "bench: creating {} pods per phase ({k} ResourceClaims each) ...",
+        n + warm
+    );
+    let mut limit_brs = workload::prepare(
+        client,
+        &names.limit_ns,
+        &names.limit_node,
+        "l",
+        0..warm + n,
+        k,
+    )
+    .await?;
+    let mut agent_brs = workload::prepare(
+        client,
+        &names.agent_ns,
+        &names.agent_node,
+        "a",
+        0..warm + n,
+        k,
+    )
+    .await?;
     let limit_main = limit_brs.split_off(warm);
     let agent_main = agent_brs.split_off(warm);
 
@@ -419,6 +444,8 @@ async fn measure(
         counts.get_pods.load(Ordering::Relaxed),
         counts.create_binding.load(Ordering::Relaxed),
         counts.patch_status.load(Ordering::Relaxed),
+        counts.get_claims.load(Ordering::Relaxed),
+        counts.update_claim_status.load(Ordering::Relaxed),
     );
     let timings = workload::drive(
         client,
@@ -461,8 +488,20 @@ async fn measure(
                     "bindrequests/status",
                     counts.patch_status.load(Ordering::Relaxed) - g0.2,
                 ),
+                (
+                    "get",
+                    "resourceclaims",
+                    counts.get_claims.load(Ordering::Relaxed) - g0.3,
+                ),
+                (
+                    "update",
+                    "resourceclaims/status",
+                    counts.update_claim_status.load(Ordering::Relaxed) - g0.4,
+                ),
             ] {
-                d.0.insert((verb.into(), res.into()), v);
+                if v > 0 {
+                    d.0.insert((verb.into(), res.into()), v);
+                }
             }
             Some(ApiCost::from_counts(
                 &d,
@@ -542,6 +581,7 @@ async fn measure(
         },
         requests: n,
         concurrency: c,
+        dra_claims: k,
         machine: Machine::this(),
         throughput_ratio: (limit_report.binds_per_s > 0.0)
             .then(|| agent_report.binds_per_s / limit_report.binds_per_s),

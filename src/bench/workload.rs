@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -28,18 +29,85 @@ fn index_of(name: &str) -> Option<usize> {
     name.rsplit('-').next()?.parse().ok()
 }
 
+/// The DRA driver of the bench's ResourceSlices and claims.
+pub const DRA_DRIVER: &str = "gpu.bench.bindlet.dev";
+/// Devices in the bench's slice (the API's limit per slice). Claims of different pods
+/// share them: exclusivity is the scheduler's business, the agent only checks that each
+/// device is published for its node, so sharing changes no request the bind makes.
+const SLICE_DEVICES: usize = 128;
+
+/// The name of the pod's `j`th claim (pod `spec.resourceClaims[].name` is `c<j>`).
+fn claim_name(pod: &str, j: usize) -> String {
+    format!("{pod}-c{j}")
+}
+
+/// Publishes the node's ResourceSlice (owned by the Node, so a cluster removes it with
+/// the Node). Only with `--dra-claims`.
+pub async fn publish_slice(client: &Client, node: &Node) -> Result<(), BenchError> {
+    let name = node.name_any();
+    let devices: Vec<serde_json::Value> = (0..SLICE_DEVICES)
+        .map(|g| json!({ "name": format!("gpu-{g}") }))
+        .collect();
+    let slice: ResourceSlice = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{name}-gpus"),
+            "ownerReferences": [ { "apiVersion": "v1", "kind": "Node", "name": name,
+                "uid": node.metadata.uid.clone().unwrap_or_default() } ]
+        },
+        "spec": {
+            "driver": DRA_DRIVER, "nodeName": name,
+            "pool": { "name": name, "generation": 1, "resourceSliceCount": 1 },
+            "devices": devices
+        }
+    }))?;
+    Api::<ResourceSlice>::all(client.clone())
+        .create(&PostParams::default(), &slice)
+        .await?;
+    Ok(())
+}
+
+/// The allocation of pod `i`'s `j`th claim: one device of the node's slice, distinct
+/// among the pod's claims.
+fn allocation(node: &str, i: usize, j: usize, claims: usize) -> serde_json::Value {
+    let device = format!("gpu-{}", (i * claims + j) % SLICE_DEVICES);
+    json!({
+        "devices": { "results": [
+            { "request": "gpu", "driver": DRA_DRIVER, "pool": node, "device": device }
+        ] },
+        "nodeSelector": { "nodeSelectorTerms": [ { "matchFields": [
+            { "key": "metadata.name", "operator": "In", "values": [node] }
+        ] } ] }
+    })
+}
+
 /// Plain pods: the benchmark measures the plain bind (GET pod, POST binding, PATCH status).
 /// GPU requests add a node-scoped pod LIST and a GPU probe, and a node has only so many
-/// GPUs, so thousands of them could not all bind.
-fn pod(ns: &str, name: &str) -> Result<Pod, BenchError> {
+/// GPUs, so thousands of them could not all bind. With `claims` > 0 the pod also uses
+/// that many direct ResourceClaims (`c0`, `c1`, ...).
+fn pod(ns: &str, name: &str, claims: usize) -> Result<Pod, BenchError> {
     let resources = json!({ "requests": { "cpu": "500m", "memory": "1Gi" } });
+    let resource_claims: Vec<serde_json::Value> = (0..claims)
+        .map(|j| json!({ "name": format!("c{j}"), "resourceClaimName": claim_name(name, j) }))
+        .collect();
     Ok(serde_json::from_value(json!({
         "metadata": { "name": name, "namespace": ns, "labels": { "app": "bindlet-bench" } },
         "spec": {
             "schedulerName": SCHEDULER,
             "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
+            "resourceClaims": resource_claims,
             "containers": [ { "name": "main", "image": "registry.k8s.io/pause:3.10", "resources": resources } ]
         }
+    }))?)
+}
+
+/// A claim not yet allocated: the bind writes its allocation and reservation, as after a
+/// scheduler that leaves the claim writes to the binder.
+fn claim(ns: &str, name: &str) -> Result<ResourceClaim, BenchError> {
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": ns, "labels": { "app": "bindlet-bench" } },
+        "spec": { "devices": { "requests": [
+            { "name": "gpu", "exactly": { "deviceClassName": DRA_DRIVER } }
+        ] } }
     }))?)
 }
 
@@ -48,9 +116,13 @@ pub fn bind_request(
     name: &str,
     pod_uid: &str,
     node: &str,
+    (i, claims): (usize, usize),
 ) -> Result<BindRequest, BenchError> {
     let gpus = json!({ "count": 0, "portion": "0" });
-    Ok(serde_json::from_value(json!({
+    let allocations: Vec<serde_json::Value> = (0..claims)
+        .map(|j| json!({ "name": format!("c{j}"), "allocation": allocation(node, i, j, claims) }))
+        .collect();
+    let mut br = json!({
         "apiVersion": "scheduling.run.ai/v1alpha2",
         "kind": "BindRequest",
         "metadata": {
@@ -65,7 +137,12 @@ pub fn bind_request(
             "receivedResourceType": "Regular",
             "receivedGPU": gpus,
         }
-    }))?)
+    });
+    // A plain run's requests carry no DRA field at all, as before.
+    if claims > 0 {
+        br["spec"]["resourceClaimAllocations"] = json!(allocations);
+    }
+    Ok(serde_json::from_value(br)?)
 }
 
 /// Creates the pods (before any timing starts, as the scheduler would find them) and
@@ -76,15 +153,22 @@ pub async fn prepare(
     node: &str,
     prefix: &str,
     range: std::ops::Range<usize>,
+    claims: usize,
 ) -> Result<Vec<BindRequest>, BenchError> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let claim_api = Api::<ResourceClaim>::namespaced(client.clone(), ns);
     let created: Vec<(usize, String)> = futures::stream::iter(range)
         .map(|i| {
-            let pods = pods.clone();
+            let (pods, claim_api) = (pods.clone(), claim_api.clone());
             async move {
                 let name = pod_name(prefix, i);
+                for j in 0..claims {
+                    claim_api
+                        .create(&PostParams::default(), &claim(ns, &claim_name(&name, j))?)
+                        .await?;
+                }
                 let p = pods
-                    .create(&PostParams::default(), &pod(ns, &name)?)
+                    .create(&PostParams::default(), &pod(ns, &name, claims)?)
                     .await?;
                 Ok::<_, BenchError>((i, p.metadata.uid.unwrap_or_default()))
             }
@@ -94,7 +178,7 @@ pub async fn prepare(
         .await?;
     created
         .into_iter()
-        .map(|(i, uid)| bind_request(ns, &pod_name(prefix, i), &uid, node))
+        .map(|(i, uid)| bind_request(ns, &pod_name(prefix, i), &uid, node, (i, claims)))
         .collect()
 }
 
