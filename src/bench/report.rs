@@ -217,11 +217,16 @@ impl Report {
             (k, Some(v)) => {
                 let goal = 3.0 + 2.0 * k as f64;
                 (
-                    check(PLAIN.0, PLAIN.1, format!("n/a ({k} claims per pod)"), None),
+                    check(
+                        PLAIN.0,
+                        PLAIN.1,
+                        format!("n/a (K = {k} claims per pod)"),
+                        None,
+                    ),
                     check(
                         DRA.0,
                         DRA.1,
-                        format!("{v:.2} with {k} claims (<= {goal})"),
+                        format!("{v:.2} at K = {k} (goal {goal})"),
                         Some(v <= goal + 1e-9),
                     ),
                 )
@@ -273,7 +278,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "bindlet bench: {} requests, concurrency {}, {} DRA claims per pod, {} ({} CPUs, {}/{})",
+            "bindlet bench: {} requests, concurrency {}, DRA claims per pod {}, {} ({} CPUs, {}/{})",
             self.requests,
             self.concurrency,
             self.dra_claims,
