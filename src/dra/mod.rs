@@ -2,6 +2,7 @@
 //! allocation concerns this node, and what a ResourceClaim's status must become to reserve
 //! it for the pod (or to undo that). No I/O: the plugin reads, these decide, the plugin writes.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod};
@@ -108,8 +109,8 @@ fn available_here(
 }
 
 /// Finds `device` of `driver`/`pool` in the slices, if it is available on `node`.
-fn find_device<'a>(
-    slices: &'a [ResourceSlice],
+fn find_device<'a, S: Borrow<ResourceSlice>>(
+    slices: &'a [S],
     driver: &str,
     pool: &str,
     device: &str,
@@ -117,7 +118,7 @@ fn find_device<'a>(
 ) -> Result<&'a Device, String> {
     let mut pool_seen = false;
     for s in slices {
-        let spec = &s.spec;
+        let spec = &s.borrow().spec;
         if spec.driver != driver || spec.pool.name != pool {
             continue;
         }
@@ -172,11 +173,13 @@ pub fn device_uuid(d: &Device) -> Option<&str> {
 
 /// Checks that `alloc` concerns `node`; `Ok` carries one line per passed check, `Err` the
 /// reason to refuse. `gpus`: the GPU inventory when one is loaded.
-pub fn verify_allocation(
+/// `slices` may be owned or shared (`Arc`) slices: the agent's cache hands out `Arc`s, and
+/// cloning every device of every slice per bind would cost more than the checks.
+pub fn verify_allocation<S: Borrow<ResourceSlice>>(
     claim: &str,
     alloc: &AllocationResult,
     node: &Node,
-    slices: &[ResourceSlice],
+    slices: &[S],
     gpus: Option<&GpuSnapshot>,
 ) -> Result<Vec<String>, String> {
     let node_name = node.metadata.name.as_deref().unwrap_or("");

@@ -70,14 +70,14 @@ impl DraApi {
     /// This node's slices: from the cache once it has synced, else one LIST as before.
     /// A cache a moment behind costs nothing in correctness: a device it does not show
     /// yet sends the caller to the LIST of all slices, as any unfound device does.
-    async fn node_slices(&self, node: &str) -> Result<Vec<ResourceSlice>, PluginError> {
+    async fn node_slices(&self, node: &str) -> Result<Vec<Arc<ResourceSlice>>, PluginError> {
         if let Some(store) = &self.node_slices
             && store
                 .wait_until_ready()
                 .now_or_never()
                 .is_some_and(|r| r.is_ok())
         {
-            return Ok(store.state().iter().map(|s| (**s).clone()).collect());
+            return Ok(store.state());
         }
         self.list_slices(Some(node)).await
     }
@@ -142,7 +142,7 @@ fn transient(message: String) -> PluginError {
 /// rare and cluster-wide, so they get a LIST on demand rather than a second cache of
 /// every slice in the cluster: the common case costs no request.
 struct Slices {
-    items: Vec<ResourceSlice>,
+    items: Vec<Arc<ResourceSlice>>,
     complete: bool,
 }
 
@@ -340,7 +340,10 @@ impl DraApi {
     }
 
     /// This node's slices (`spec.nodeName`), or all of them.
-    async fn list_slices(&self, node: Option<&str>) -> Result<Vec<ResourceSlice>, PluginError> {
+    async fn list_slices(
+        &self,
+        node: Option<&str>,
+    ) -> Result<Vec<Arc<ResourceSlice>>, PluginError> {
         let api: Api<ResourceSlice> = Api::all(self.client.clone());
         let lp = match node {
             Some(n) => ListParams::default().fields(&format!("spec.nodeName={n}")),
@@ -353,7 +356,7 @@ impl DraApi {
             api.list(&lp),
         )
         .await
-        .map(|l| l.items)
+        .map(|l| l.items.into_iter().map(Arc::new).collect())
         .map_err(|e| transient(format!("listing ResourceSlices: {e}")))
     }
 
