@@ -544,45 +544,30 @@ fn slim_request(o: &mut DeserializeGuard<BindRequest>) {
 async fn watch_node(
     client: Client,
     node_name: String,
-    mut writer: Writer<Node>,
+    writer: Writer<Node>,
     requests: Store<DeserializeGuard<BindRequest>>,
     queue: Arc<WorkQueue>,
     stop: CancellationToken,
 ) {
-    let api: Api<Node> = Api::all(client);
     // api_calls::LIST_NODES, WATCH_NODES
-    let wc = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let stream = watcher::watcher(api, wc)
-        .backoff(WatchBackoff::default())
-        .modify(|o| o.managed_fields_mut().clear());
-    futures::pin_mut!(stream);
+    let fields = format!("metadata.name={node_name}");
     let mut last_spec = None;
-    loop {
-        let ev = tokio::select! {
-            _ = stop.cancelled() => return,
-            ev = stream.next() => ev,
-        };
-        match ev {
-            Some(Ok(ev)) => {
-                writer.apply_watcher_event(&ev);
-                if let Event::Apply(n) | Event::InitApply(n) = &ev {
-                    let spec = n.spec.clone();
-                    if last_spec.is_some() && last_spec != Some(spec.clone()) {
-                        for br in requests.state() {
-                            if let (Some(k), Ok(b)) = (key_of(&br), &br.0)
-                                && !binding::is_settled(b, 0)
-                            {
-                                queue.add(k);
-                            }
-                        }
+    cache_watch(Api::all(client), &fields, writer, stop, "Node", |ev| {
+        if let Event::Apply(n) | Event::InitApply(n) = ev {
+            let spec = n.spec.clone();
+            if last_spec.is_some() && last_spec != Some(spec.clone()) {
+                for br in requests.state() {
+                    if let (Some(k), Ok(b)) = (key_of(&br), &br.0)
+                        && !binding::is_settled(b, 0)
+                    {
+                        queue.add(k);
                     }
-                    last_spec = Some(spec);
                 }
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "Node watch error; retrying"),
-            None => return,
+            last_spec = Some(spec);
         }
-    }
+    })
+    .await;
 }
 
 /// Keeps the cache of the ResourceSlices published for this node (field selector
@@ -593,17 +578,41 @@ async fn watch_node(
 async fn watch_slices(
     client: Client,
     node_name: String,
-    mut writer: Writer<ResourceSlice>,
+    writer: Writer<ResourceSlice>,
     stop: CancellationToken,
 ) {
-    let api: Api<ResourceSlice> = Api::all(client);
     // api_calls::LIST_RESOURCE_SLICES, WATCH_RESOURCE_SLICES
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let fields = format!("spec.nodeName={node_name}");
+    cache_watch(
+        Api::all(client),
+        &fields,
+        writer,
+        stop,
+        "ResourceSlice",
+        |_| {},
+    )
+    .await;
+}
+
+/// Keeps `writer`'s cache of the objects `fields` selects, calling `on_event` after each
+/// event is applied, until `stop`. Warns once per run of failures (a cluster without an
+/// API group fails such a watch forever), then logs at debug level.
+async fn cache_watch<K>(
+    api: Api<K>,
+    fields: &str,
+    mut writer: Writer<K>,
+    stop: CancellationToken,
+    what: &'static str,
+    mut on_event: impl FnMut(&Event<K>),
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let wc = watcher::Config::default().fields(fields);
     let stream = watcher::watcher(api, wc)
         .backoff(WatchBackoff::default())
         .modify(|o| o.managed_fields_mut().clear());
     futures::pin_mut!(stream);
-    // Warn once per run of failures: a cluster without DRA fails this watch forever.
     let mut failing = false;
     loop {
         let ev = tokio::select! {
@@ -614,12 +623,13 @@ async fn watch_slices(
             Some(Ok(ev)) => {
                 failing = false;
                 writer.apply_watcher_event(&ev);
+                on_event(&ev);
             }
             Some(Err(e)) if !failing => {
                 failing = true;
-                tracing::warn!(error = %e, "ResourceSlice watch error; retrying (DRA binds list slices meanwhile)");
+                tracing::warn!(error = %e, "{what} watch error; retrying");
             }
-            Some(Err(e)) => tracing::debug!(error = %e, "ResourceSlice watch error; retrying"),
+            Some(Err(e)) => tracing::debug!(error = %e, "{what} watch error; retrying"),
             None => return,
         }
     }
