@@ -50,8 +50,12 @@ pub struct PluginError {
 #[async_trait]
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Pure checks over the snapshot. Any `Fail` verdict refuses the attempt.
-    fn validate(&self, ctx: &BindContext<'_>) -> Vec<Verdict>;
+    /// Pure checks over the snapshot. Any `Fail` verdict refuses the attempt. Plugins that
+    /// cannot decide without reading more (claims, the filesystem) do all their work in
+    /// `pre_bind` and keep this default.
+    fn validate(&self, _ctx: &BindContext<'_>) -> Vec<Verdict> {
+        Vec::new()
+    }
     /// May write; everything written must be undone by `rollback`. A `Fail` verdict
     /// refuses the attempt like one from `validate` (after this plugin's rollback).
     async fn pre_bind(

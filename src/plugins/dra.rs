@@ -152,11 +152,6 @@ impl Plugin for DraPlugin {
         NAME
     }
 
-    /// Nothing to decide without reading the claims and slices: all work is in pre_bind.
-    fn validate(&self, _ctx: &BindContext<'_>) -> Vec<Verdict> {
-        Vec::new()
-    }
-
     async fn pre_bind(
         &self,
         ctx: &BindContext<'_>,

@@ -579,11 +579,6 @@ impl Plugin for VolumesPlugin {
         NAME
     }
 
-    /// Nothing to decide without reading the node and the claims: all work is in pre_bind.
-    fn validate(&self, _ctx: &BindContext<'_>) -> Vec<Verdict> {
-        Vec::new()
-    }
-
     async fn pre_bind(
         &self,
         ctx: &BindContext<'_>,
