@@ -47,6 +47,24 @@ pub struct PluginError {
     pub transient: bool,
 }
 
+impl PluginError {
+    /// A refusal about the request, pod or node: counts as a failed attempt.
+    pub fn refused(message: impl Into<String>) -> Self {
+        PluginError {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// Infrastructure trouble (API server, timeouts): retried without counting an attempt.
+    pub fn transient(message: impl Into<String>) -> Self {
+        PluginError {
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;

@@ -122,20 +122,6 @@ impl DraPlugin {
     }
 }
 
-fn refuse(message: String) -> PluginError {
-    PluginError {
-        message,
-        transient: false,
-    }
-}
-
-fn transient(message: String) -> PluginError {
-    PluginError {
-        message,
-        transient: true,
-    }
-}
-
 /// The ResourceSlices seen so far: this node's first (from the agent's watch cache, no
 /// request); all slices are listed only when a device is not found there (all-nodes,
 /// node-selector or per-device pools, or a slice the cache has not seen yet). Those are
@@ -167,8 +153,8 @@ impl Plugin for DraPlugin {
             return Ok(Vec::new());
         }
         let Some(api) = &self.api else {
-            return Err(transient(
-                "the dra plugin has no API access to read the pod's claims".into(),
+            return Err(PluginError::transient(
+                "the dra plugin has no API access to read the pod's claims",
             ));
         };
         let ns = ctx.request.namespace.as_str();
@@ -186,17 +172,18 @@ impl Plugin for DraPlugin {
         for e in entries {
             let entry = e.name.as_deref().unwrap_or("");
             let Some(mirror) = e.allocation.clone() else {
-                return Err(refuse(format!(
+                return Err(PluginError::refused(format!(
                     "resourceClaimAllocations entry {entry} has no allocation"
                 )));
             };
             let requested = AllocationResult::try_from(mirror).map_err(|err| {
-                refuse(format!(
+                PluginError::refused(format!(
                     "resourceClaimAllocations entry {entry}: invalid allocation: {err}"
                 ))
             })?;
-            let claim = decide::claim_name(ctx.pod, entry)
-                .map_err(|why| refuse(format!("claim {entry}: {why} (will retry)")))?;
+            let claim = decide::claim_name(ctx.pod, entry).map_err(|why| {
+                PluginError::refused(format!("claim {entry}: {why} (will retry)"))
+            })?;
             let label = format!("{ns}/{claim}");
             let mut checked = decide::verify_allocation(
                 &label,
@@ -216,7 +203,7 @@ impl Plugin for DraPlugin {
                     gpus.as_ref(),
                 );
             }
-            for line in checked.map_err(refuse)? {
+            for line in checked.map_err(PluginError::refused)? {
                 out.push(verdict(NAME, "allocation", VerdictOutcome::Pass, line));
             }
             let r = reserve(api, ns, &claim, entry, &requested, pod_name, pod_uid).await?;
@@ -263,7 +250,7 @@ async fn reserve(
 ) -> Result<(ReservedClaim, bool), PluginError> {
     for _ in 0..CONFLICT_TRIES {
         let Some(mut live) = api.get_claim(ns, claim).await? else {
-            return Err(refuse(format!(
+            return Err(PluginError::refused(format!(
                 "claim {entry}: ResourceClaim {ns}/{claim} does not exist (will retry)"
             )));
         };
@@ -275,7 +262,7 @@ async fn reserve(
         };
         match decide::plan_reservation(&live, requested, pod_name, pod_uid) {
             Reservation::AlreadyReserved => return Ok((rec, false)),
-            Reservation::Refuse(why) => return Err(refuse(why)),
+            Reservation::Refuse(why) => return Err(PluginError::refused(why)),
             Reservation::Write {
                 status,
                 sets_allocation,
@@ -288,7 +275,7 @@ async fn reserve(
             }
         }
     }
-    Err(transient(format!(
+    Err(PluginError::transient(format!(
         "ResourceClaim {ns}/{claim} kept changing while reserving it"
     )))
 }
@@ -315,7 +302,7 @@ async fn release(api: &DraApi, r: &ReservedClaim, pod_uid: &str) -> Result<(), P
             return Ok(());
         }
     }
-    Err(transient(format!(
+    Err(PluginError::transient(format!(
         "ResourceClaim {}/{} kept changing",
         r.namespace, r.name
     )))
@@ -331,7 +318,7 @@ impl DraApi {
             api.get_opt(name),
         )
         .await
-        .map_err(|e| transient(format!("reading ResourceClaim {ns}/{name}: {e}")))
+        .map_err(|e| PluginError::transient(format!("reading ResourceClaim {ns}/{name}: {e}")))
     }
 
     /// This node's slices (`spec.nodeName`), or all of them.
@@ -352,7 +339,7 @@ impl DraApi {
         )
         .await
         .map(|l| l.items.into_iter().map(Arc::new).collect())
-        .map_err(|e| transient(format!("listing ResourceSlices: {e}")))
+        .map_err(|e| PluginError::transient(format!("listing ResourceSlices: {e}")))
     }
 
     /// PUT of the claim's status, guarded by the resourceVersion it carries. `None` when the
@@ -381,10 +368,10 @@ impl DraApi {
                 code: code @ (400 | 403 | 422),
                 message,
                 ..
-            }) => Err(refuse(format!(
+            }) => Err(PluginError::refused(format!(
                 "writing ResourceClaim {ns}/{name} status was refused ({code}): {message}"
             ))),
-            Err(e) => Err(transient(format!(
+            Err(e) => Err(PluginError::transient(format!(
                 "writing ResourceClaim {ns}/{name} status: {e}"
             ))),
         }

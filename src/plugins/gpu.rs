@@ -160,10 +160,7 @@ impl GpuRuntime {
             (Some(a), GpuRequest::Whole { .. }) => Some(a.list().await),
             _ => None,
         };
-        let pods = self.pods.list().await.map_err(|message| PluginError {
-            message,
-            transient: true,
-        })?;
+        let pods = self.pods.list().await.map_err(PluginError::transient)?;
         Ok(match answer {
             Some(Ok(answer)) => gv::holders_from_pod_resources(&answer, &pods),
             Some(Err(e)) => {

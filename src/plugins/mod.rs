@@ -39,3 +39,21 @@ pub fn standard(settings: &PluginSettings) -> Registry {
             settings.gpu.runtime.clone(),
         ))
 }
+
+impl PluginSettings {
+    /// Gives the plugins that read or write API objects their client and per-call timeout.
+    pub fn with_api(
+        mut self,
+        client: kube::Client,
+        timeout: std::time::Duration,
+        diag: std::sync::Arc<crate::diag::Recorder>,
+    ) -> Self {
+        self.dra.api = Some(dra::DraApi::new(client.clone(), timeout, diag.clone()));
+        self.volumes.api = Some(volumes::ApiAccess {
+            client,
+            timeout,
+            diag,
+        });
+        self
+    }
+}

@@ -36,7 +36,7 @@ use crate::volume::claims::{
 use crate::volume::quantity::format_bytes;
 use crate::volume::{HostFs, PathFacts, VolumeFacts};
 
-use super::{CheckMode, PluginSettings};
+use super::CheckMode;
 
 const NAME: &str = "volumes";
 /// Re-reads after a 409 before giving up for this attempt.
@@ -90,35 +90,13 @@ impl Default for VolumeSettings {
     }
 }
 
-impl PluginSettings {
-    /// Gives the plugins that read or write API objects their client and per-call timeout.
-    pub fn with_api(
-        mut self,
-        client: kube::Client,
-        timeout: Duration,
-        diag: std::sync::Arc<crate::diag::Recorder>,
-    ) -> Self {
-        self.dra.api = Some(super::dra::DraApi::new(
-            client.clone(),
-            timeout,
-            diag.clone(),
-        ));
-        self.volumes.api = Some(ApiAccess {
-            client,
-            timeout,
-            diag,
-        });
-        self
-    }
-}
-
 /// The API client the plugin uses, with the agent's per-call timeout.
 #[derive(Clone)]
 pub struct ApiAccess {
-    client: kube::Client,
-    timeout: Duration,
+    pub(super) client: kube::Client,
+    pub(super) timeout: Duration,
     /// Counts every call in the agent's API metrics.
-    diag: std::sync::Arc<crate::diag::Recorder>,
+    pub(super) diag: std::sync::Arc<crate::diag::Recorder>,
 }
 
 impl std::fmt::Debug for ApiAccess {
@@ -237,8 +215,8 @@ impl VolumesPlugin {
         .await
         {
             Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(transient(format!("inspecting {path}: {e}"))),
-            Err(_) => Err(refuse(format!(
+            Ok(Err(e)) => Err(PluginError::transient(format!("inspecting {path}: {e}"))),
+            Err(_) => Err(PluginError::refused(format!(
                 "{path} did not answer within {:?} (a hung mount?)",
                 self.fs_timeout
             ))),
@@ -250,7 +228,7 @@ impl VolumesPlugin {
         let outcome = match (f.ok, self.checks) {
             (true, _) => VerdictOutcome::Pass,
             (false, CheckMode::Warn) => VerdictOutcome::Warn,
-            (false, _) => return Err(refuse(f.message)),
+            (false, _) => return Err(PluginError::refused(f.message)),
         };
         out.push(verdict(NAME, f.check, outcome, f.message));
         Ok(())
@@ -269,7 +247,7 @@ impl VolumesPlugin {
         if let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
             && !claims::claim_ref_is(pv, pvc)
         {
-            return Err(refuse(format!(
+            return Err(PluginError::refused(format!(
                 "volume {v}: PersistentVolume {pv_name} is claimed by {}/{}, not by this claim",
                 r.namespace.as_deref().unwrap_or(""),
                 r.name.as_deref().unwrap_or("")
@@ -277,7 +255,7 @@ impl VolumesPlugin {
         }
         // A PV for another node can never be mounted here, whatever the check mode.
         if let Err(why) = claims::node_affinity_matches(pv, ctx.node) {
-            return Err(refuse(format!(
+            return Err(PluginError::refused(format!(
                 "volume {v}: PersistentVolume {pv_name} cannot be used here: {why}"
             )));
         }
@@ -330,20 +308,20 @@ impl VolumesPlugin {
         let ns = ctx.request.namespace.as_str();
         let v = &c.volume;
         let Some(pvc) = api.get_pvc(ns, &c.claim).await? else {
-            return Err(refuse(format!(
+            return Err(PluginError::refused(format!(
                 "volume {v}: PersistentVolumeClaim {ns}/{} does not exist",
                 c.claim
             )));
         };
         if pvc.metadata.deletion_timestamp.is_some() {
-            return Err(refuse(format!(
+            return Err(PluginError::refused(format!(
                 "volume {v}: PersistentVolumeClaim {ns}/{} is being deleted",
                 c.claim
             )));
         }
         if let Some(pv_name) = bound_volume(&pvc) {
             let Some(pv) = api.get_pv(pv_name).await? else {
-                return Err(refuse(format!(
+                return Err(PluginError::refused(format!(
                     "volume {v}: claim {ns}/{} is bound to PersistentVolume {pv_name}, which does not exist",
                     c.claim
                 )));
@@ -368,7 +346,7 @@ impl VolumesPlugin {
             match api.get_class(class_name).await? {
                 Some(sc) => Some(sc),
                 None => {
-                    return Err(refuse(format!(
+                    return Err(PluginError::refused(format!(
                         "volume {v}: StorageClass {class_name} of claim {ns}/{} does not exist",
                         c.claim
                     )));
@@ -386,7 +364,7 @@ impl VolumesPlugin {
             } else {
                 format!("has StorageClass {class_name} with volumeBindingMode Immediate")
             };
-            return Err(refuse(format!(
+            return Err(PluginError::refused(format!(
                 "volume {v}: claim {ns}/{} is not bound yet; it {class_text}, so the PV controller binds it (will retry)",
                 c.claim
             )));
@@ -394,7 +372,7 @@ impl VolumesPlugin {
         let provisioner = class.as_ref().map_or("", |sc| sc.provisioner.as_str());
         let selected = claims::annotation(&pvc.metadata, SELECTED_NODE_ANNOTATION);
         if let Some(other) = selected.filter(|s| *s != ctx.node_name) {
-            return Err(refuse(format!(
+            return Err(PluginError::refused(format!(
                 "volume {v}: claim {ns}/{} is already being provisioned for node {other}",
                 c.claim
             )));
@@ -423,7 +401,10 @@ impl VolumesPlugin {
                     return Ok(out);
                 }
                 Err(why) if provisioner.is_empty() || provisioner == NO_PROVISIONER => {
-                    return Err(refuse(format!("volume {v}: claim {ns}/{}: {why}", c.claim)));
+                    return Err(PluginError::refused(format!(
+                        "volume {v}: claim {ns}/{}: {why}",
+                        c.claim
+                    )));
                 }
                 Err(_) => self.select_node(ctx, api, pvc, w).await?,
             }
@@ -491,7 +472,7 @@ impl VolumesPlugin {
                 return Ok(Ok((updated, true)));
             }
         }
-        Err(transient(format!(
+        Err(PluginError::transient(format!(
             "PersistentVolumes kept changing while reserving one for claim {}",
             pvc.metadata.name.as_deref().unwrap_or("")
         )))
@@ -512,7 +493,7 @@ impl VolumesPlugin {
             match claims::annotation(&pvc.metadata, SELECTED_NODE_ANNOTATION) {
                 Some(n) if n == ctx.node_name => return Ok(pvc),
                 Some(other) => {
-                    return Err(refuse(format!(
+                    return Err(PluginError::refused(format!(
                         "claim {ns}/{name} is already being provisioned for node {other}"
                     )));
                 }
@@ -529,10 +510,14 @@ impl VolumesPlugin {
             }
             match api.get_pvc(&ns, &name).await? {
                 Some(live) => pvc = live,
-                None => return Err(refuse(format!("claim {ns}/{name} was deleted"))),
+                None => {
+                    return Err(PluginError::refused(format!(
+                        "claim {ns}/{name} was deleted"
+                    )));
+                }
             }
         }
-        Err(transient(format!(
+        Err(PluginError::transient(format!(
             "claim {ns}/{name} kept changing while selecting this node"
         )))
     }
@@ -550,7 +535,7 @@ impl VolumesPlugin {
         let mut delay = Duration::from_millis(50);
         loop {
             let Some(pvc) = api.get_pvc(ns, &c.claim).await? else {
-                return Err(refuse(format!(
+                return Err(PluginError::refused(format!(
                     "volume {}: claim {ns}/{} was deleted while waiting for provisioning",
                     c.volume, c.claim
                 )));
@@ -562,7 +547,7 @@ impl VolumesPlugin {
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Err(refuse(format!(
+                return Err(PluginError::refused(format!(
                     "volume {}: claim {ns}/{} was not provisioned by {provisioner} within {:?} (--volume-binding-timeout)",
                     c.volume, c.claim, self.binding_timeout
                 )));
@@ -604,8 +589,8 @@ impl Plugin for VolumesPlugin {
             return Ok(out);
         }
         let Some(api) = &self.api else {
-            return Err(transient(
-                "the volumes plugin has no API access to read the pod's claims".into(),
+            return Err(PluginError::transient(
+                "the volumes plugin has no API access to read the pod's claims",
             ));
         };
         for c in &claim_uses {
@@ -684,7 +669,7 @@ async fn release_pv(api: &ApiAccess, r: &ReservedPv) -> Result<(), PluginError> 
             return Ok(());
         }
     }
-    Err(transient(format!(
+    Err(PluginError::transient(format!(
         "PersistentVolume {} kept changing",
         r.pv
     )))
@@ -714,7 +699,9 @@ async fn unselect_node(
             return Ok(());
         }
     }
-    Err(transient(format!("claim {ns}/{name} kept changing")))
+    Err(PluginError::transient(format!(
+        "claim {ns}/{name} kept changing"
+    )))
 }
 
 /// Sets the claim's volumeName and the PV controller's completion annotations.
@@ -744,28 +731,14 @@ async fn complete_claim(api: &ApiAccess, r: &ReservedPv) -> Result<(), PluginErr
             return Ok(());
         }
     }
-    Err(transient(format!(
+    Err(PluginError::transient(format!(
         "claim {}/{} kept changing",
         r.namespace, r.claim
     )))
 }
 
-fn refuse(message: String) -> PluginError {
-    PluginError {
-        message,
-        transient: false,
-    }
-}
-
-fn transient(message: String) -> PluginError {
-    PluginError {
-        message,
-        transient: true,
-    }
-}
-
 fn api_failure(what: &str, e: ApiError) -> PluginError {
-    transient(format!("{what}: {e}"))
+    PluginError::transient(format!("{what}: {e}"))
 }
 
 impl ApiAccess {
