@@ -528,9 +528,6 @@ mod tests {
         fn name(&self) -> &'static str {
             "late"
         }
-        fn validate(&self, _: &BindContext<'_>) -> Vec<Verdict> {
-            Vec::new()
-        }
         async fn pre_bind(
             &self,
             _: &BindContext<'_>,
