@@ -113,6 +113,8 @@ pub struct AgentArgs {
     pub gpu: crate::gpu::GpuArgs,
     #[command(flatten)]
     pub volumes: crate::plugins::volumes::VolumeArgs,
+    #[command(flatten)]
+    pub sharing: crate::plugins::gpu_sharing::SharingArgs,
 }
 
 impl AgentArgs {
@@ -140,6 +142,10 @@ impl AgentArgs {
             },
             volumes: self.volumes.settings(),
             dra: Default::default(),
+            sharing: crate::plugins::gpu_sharing::SharingSettings {
+                args: self.sharing.clone(),
+                api: None,
+            },
         };
         cfg
     }

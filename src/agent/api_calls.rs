@@ -29,6 +29,16 @@ pub const GET_POD: ApiCall = c("", "pods", "get");
 /// that ask for GPUs.
 pub const LIST_PODS: ApiCall = c("", "pods", "list");
 pub const CREATE_POD_BINDING: ApiCall = c("", "pods/binding", "create");
+/// The `gpu_sharing` plugin, only for fractional requests: create and delete KAI's GPU
+/// reservation pods (reservation namespace), label the pod with its GPU groups, and write
+/// the ConfigMaps it reads its GPU from.
+pub const CREATE_POD: ApiCall = c("", "pods", "create");
+pub const DELETE_POD: ApiCall = c("", "pods", "delete");
+pub const PATCH_POD: ApiCall = c("", "pods", "patch");
+pub const GET_CONFIGMAP: ApiCall = c("", "configmaps", "get");
+pub const CREATE_CONFIGMAP: ApiCall = c("", "configmaps", "create");
+pub const UPDATE_CONFIGMAP: ApiCall = c("", "configmaps", "update");
+pub const DELETE_CONFIGMAP: ApiCall = c("", "configmaps", "delete");
 /// The `volumes` plugin, only for pods with PVC volumes: read claims, PVs, classes; reserve
 /// a PV (claimRef) and set a claim's selected-node annotation / volumeName.
 pub const GET_PVC: ApiCall = c("", "persistentvolumeclaims", "get");
@@ -82,6 +92,13 @@ pub const API_CALLS: &[ApiCall] = &[
     UPDATE_RESOURCE_CLAIM_STATUS,
     UPDATE_RESOURCE_CLAIM_BINDING,
     CREATE_POD_BINDING,
+    CREATE_POD,
+    DELETE_POD,
+    PATCH_POD,
+    GET_CONFIGMAP,
+    CREATE_CONFIGMAP,
+    UPDATE_CONFIGMAP,
+    DELETE_CONFIGMAP,
     LIST_NODES,
     WATCH_NODES,
     GET_BIND_REQUEST,

@@ -295,7 +295,30 @@ pub async fn run(
     let mut plugin_settings =
         cfg.plugins
             .clone()
-            .with_api(client.clone(), cfg.api_timeout, stats.diag.clone());
+            .with_api(client.clone(), &cfg.node_name, cfg.api_timeout, stats.diag.clone());
+    if let Some(api) = plugin_settings.sharing.api.clone()
+        && plugin_settings.sharing.args.gpu_sharing
+    {
+        let store = requests.clone();
+        let default_limit = cfg.default_backoff_limit;
+        let pending: plugins::gpu_sharing::PendingGroups = Arc::new(move || {
+            store
+                .state()
+                .iter()
+                .filter_map(|r| r.0.as_ref().ok())
+                .filter(|br| !binding::is_settled(br, default_limit))
+                .flat_map(|br| br.spec.selected_gpu_groups.clone().unwrap_or_default())
+                .collect()
+        });
+        let leading_stats = stats.clone();
+        tasks.spawn(plugins::gpu_sharing::collect_loop(
+            api,
+            plugin_settings.sharing.args.clone(),
+            pending,
+            Arc::new(move || leading_stats.is_leading()),
+            background.clone(),
+        ));
+    }
     let slices_ready = node_slices.clone();
     plugin_settings.dra.api = plugin_settings
         .dra

@@ -36,6 +36,9 @@ pub struct BindState {
     pub volumes: crate::plugins::volumes::VolumeWrites,
     /// What the `dra` plugin's pre_bind reserved (ResourceClaims).
     pub dra: crate::plugins::dra::DraWrites,
+    /// What the `gpu_sharing` plugin did (reservation pods, labels, ConfigMaps) and the
+    /// GPU-group locks it holds until the attempt ends.
+    pub sharing: crate::plugins::gpu_sharing::SharingWrites,
 }
 
 /// A `pre_bind` step that could not complete.

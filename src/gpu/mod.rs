@@ -10,6 +10,7 @@ pub mod health;
 pub mod inspect;
 pub mod nvml;
 pub mod podresources;
+pub mod sharing;
 pub mod verdict;
 
 use std::path::PathBuf;

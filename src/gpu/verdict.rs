@@ -47,8 +47,6 @@ pub struct Holders {
     pub whole: u32,
     /// Pods counted in `whole`, for messages.
     pub pods: u32,
-    /// Fractional GPU groups whose reservation names a physical GPU: group → GPU UUID.
-    pub reservations: BTreeMap<String, String>,
     /// With [`HolderSource::PodResources`]: device ID → `namespace/name` of its pod.
     pub assigned: BTreeMap<String, String>,
     /// With [`HolderSource::PodResources`]: GPUs of pods bound to this node that the
@@ -65,7 +63,6 @@ pub fn holders_from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Holders
         source: HolderSource::NodePods,
         whole: 0,
         pods: 0,
-        reservations: BTreeMap::new(),
         assigned: BTreeMap::new(),
         pending: 0,
         fallback: None,
@@ -73,17 +70,6 @@ pub fn holders_from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Holders
     for pod in pods {
         if finished(pod) {
             continue;
-        }
-        let meta = &pod.metadata;
-        if let (Some(group), Some(uuid)) = (
-            meta.labels.as_ref().and_then(|l| l.get(GPU_GROUP_LABEL)),
-            meta.annotations
-                .as_ref()
-                .and_then(|a| a.get(RESERVED_GPU_ANNOTATION)),
-        ) && !uuid.trim().is_empty()
-        {
-            h.reservations
-                .insert(group.clone(), uuid.trim().to_string());
         }
         // A pod with an unreadable limit is counted as holding nothing here; its own
         // bind was refused for that reason.
@@ -107,7 +93,7 @@ fn pod_key(namespace: &str, name: &str) -> String {
 }
 
 /// Summarizes the kubelet's device assignments (`nvidia.com/gpu`), with the pods bound to
-/// this node for what the kubelet cannot say: fractional reservations (labels), pods that
+/// this node for what the kubelet cannot say: pods that
 /// finished (an older kubelet still lists their devices), and pods bound but not yet
 /// admitted (no devices yet; counted by their limits so two quick binds do not both get
 /// the same free GPU).
@@ -359,109 +345,10 @@ pub fn inventory_verdicts(
             };
             out.push(v("whole-gpus", outcome, msg));
         }
-        GpuRequest::Fraction {
-            portion, groups, ..
-        } => {
-            for group in groups {
-                out.push(fraction_verdict(*portion, group, snap, holders, bad));
-            }
-        }
+        // Checked by `gpu_sharing` once the group's GPU is known.
+        GpuRequest::Fraction { .. } => {}
     }
     out
-}
-
-fn needed(portion: f64, total: u64) -> u64 {
-    (portion * total as f64).ceil() as u64
-}
-
-fn fraction_verdict(
-    portion: f64,
-    group: &str,
-    snap: &GpuSnapshot,
-    holders: &Holders,
-    bad: VerdictOutcome,
-) -> Verdict {
-    let check = "fraction";
-    let Some(uuid) = holders.reservations.get(group) else {
-        // No reservation yet: some healthy GPU must be able to hold the portion.
-        let fits: Vec<String> = snap
-            .healthy()
-            .filter(|g| {
-                g.memory
-                    .is_some_and(|m| m.available() >= needed(portion, m.total))
-            })
-            .map(|g| g.label())
-            .collect();
-        return if fits.is_empty() {
-            v(
-                check,
-                bad,
-                format!(
-                    "group {group} has no reserved GPU yet and no healthy GPU has {portion} of its memory free (counting driver-reserved memory)"
-                ),
-            )
-        } else {
-            v(
-                check,
-                VerdictOutcome::Pass,
-                format!(
-                    "group {group} has no reserved GPU yet; {} healthy GPU(s) can hold portion {portion}",
-                    fits.len()
-                ),
-            )
-        };
-    };
-    let Some(gpu) = snap.by_uuid(uuid) else {
-        return v(
-            check,
-            bad,
-            format!("group {group} is reserved on GPU {uuid}, which this node does not have"),
-        );
-    };
-    if !gpu.health.healthy {
-        return v(
-            check,
-            bad,
-            format!(
-                "group {group} is on {}, which is unhealthy: {}",
-                gpu.label(),
-                gpu.health.reason
-            ),
-        );
-    }
-    let Some(m) = gpu.memory else {
-        return v(
-            check,
-            bad,
-            format!(
-                "group {group} is on {}, whose memory could not be read",
-                gpu.label()
-            ),
-        );
-    };
-    let need = needed(portion, m.total);
-    let outcome = if m.available() >= need {
-        VerdictOutcome::Pass
-    } else {
-        bad
-    };
-    v(
-        check,
-        outcome,
-        format!(
-            "group {group} on {}: portion {portion} needs {} MiB; total {} MiB, used {} MiB, driver-reserved {} MiB, free {} MiB",
-            gpu.label(),
-            mib(need),
-            mib(m.total),
-            mib(m.used),
-            mib(m.reserved),
-            mib(m.available())
-        ),
-    )
-}
-
-fn mib(b: u64) -> u64 {
-    b / (1024 * 1024)
 }
 
 #[cfg(test)]
@@ -499,15 +386,11 @@ mod tests {
         }
     }
 
-    fn holders(whole: u32, res: &[(&str, &str)]) -> Holders {
+    fn holders(whole: u32) -> Holders {
         Holders {
             source: HolderSource::NodePods,
             whole,
             pods: whole,
-            reservations: res
-                .iter()
-                .map(|(g, u)| (g.to_string(), u.to_string()))
-                .collect(),
             assigned: BTreeMap::new(),
             pending: 0,
             fallback: None,
@@ -549,7 +432,7 @@ mod tests {
             let v = inventory_verdicts(
                 &GpuRequest::Whole { count },
                 &snap(eight()),
-                &holders(held, &[]),
+                &holders(held),
                 CheckMode::Enforce,
             );
             assert_eq!(
@@ -567,7 +450,7 @@ mod tests {
         let v = inventory_verdicts(
             &GpuRequest::Whole { count: 8 },
             &snap(eight()),
-            &holders(0, &[]),
+            &holders(0),
             CheckMode::Warn,
         );
         assert_eq!(v[0].outcome, Warn);
@@ -575,7 +458,7 @@ mod tests {
             inventory_verdicts(
                 &GpuRequest::Whole { count: 8 },
                 &snap(eight()),
-                &holders(0, &[]),
+                &holders(0),
                 CheckMode::Off
             )
             .is_empty()
@@ -588,68 +471,14 @@ mod tests {
         let v = inventory_verdicts(
             &GpuRequest::Whole { count: 1 },
             &s,
-            &holders(0, &[]),
+            &holders(0),
             CheckMode::Enforce,
         );
         assert_eq!(v[0].outcome, Fail);
         assert!(v[0].message.contains("unavailable") && v[0].message.contains("DriverNotLoaded"));
         assert!(
-            inventory_verdicts(&GpuRequest::None, &s, &holders(0, &[]), CheckMode::Enforce)
+            inventory_verdicts(&GpuRequest::None, &s, &holders(0), CheckMode::Enforce)
                 .is_empty()
-        );
-    }
-
-    #[test]
-    fn fraction_table() {
-        let frac = |portion: f64, groups: &[&str]| GpuRequest::Fraction {
-            portion,
-            count: groups.len() as u32,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-        };
-        let s = snap(vec![gpu(0, true, 20), gpu(1, false, 0), gpu(2, true, 70)]);
-        let res = [
-            ("g0", "GPU-0"),
-            ("g1", "GPU-1"),
-            ("g2", "GPU-2"),
-            ("gx", "GPU-9"),
-        ];
-        // (portion, group, outcome, text)
-        let cases = [
-            (0.5, "g0", Pass, "free 60928 MiB"),
-            (0.74, "g0", Pass, "group g0 on GPU 0 (GPU-0)"),
-            (0.76, "g0", Fail, "needs"),
-            (0.5, "g1", Fail, "unhealthy"),
-            (0.1, "g2", Pass, "free 9728 MiB"),
-            // 0.12 of 80 GiB is 9.6 GiB; 80 - 70 - 0.5 = 9.5 GiB free: driver-reserved memory decides.
-            (0.12, "g2", Fail, "driver-reserved 512 MiB"),
-            (0.1, "gx", Fail, "does not have"),
-            (0.5, "new", Pass, "no reserved GPU yet; 1 healthy"),
-            (0.9, "new", Fail, "no healthy GPU"),
-        ];
-        for (portion, group, want, text) in cases {
-            let v = inventory_verdicts(
-                &frac(portion, &[group]),
-                &s,
-                &holders(0, &res),
-                CheckMode::Enforce,
-            );
-            assert_eq!(v.len(), 1);
-            assert_eq!(v[0].outcome, want, "{portion} {group}: {}", v[0].message);
-            assert!(
-                v[0].message.contains(text),
-                "{portion} {group}: {}",
-                v[0].message
-            );
-        }
-        let v = inventory_verdicts(
-            &frac(0.5, &["g0", "g1"]),
-            &s,
-            &holders(0, &res),
-            CheckMode::Enforce,
-        );
-        assert_eq!(
-            outcomes(&v),
-            [("fraction".into(), Pass), ("fraction".into(), Fail)]
         );
     }
 
@@ -696,6 +525,7 @@ mod tests {
 
     #[test]
     fn holders_count_running_pods_and_reservations() {
+        // A fractional group's reservation pod holds its whole GPU like any other pod.
         let mk = |name: &str, limit: &str, phase: &str, group: Option<(&str, &str)>| -> Pod {
             let mut p = pod(&[limit]);
             p.metadata.name = Some(name.into());
@@ -715,11 +545,10 @@ mod tests {
             mk("b", "1", "Pending", None),
             mk("done", "4", "Succeeded", None),
             mk("failed", "4", "Failed", None),
-            mk("res", "0", "Running", Some(("g1", "GPU-5"))),
+            mk("res", "1", "Running", Some(("g1", "GPU-5"))),
         ];
         let h = holders_from_pods(&pods);
-        assert_eq!((h.whole, h.pods), (3, 2));
-        assert_eq!(h.reservations.get("g1").map(String::as_str), Some("GPU-5"));
+        assert_eq!((h.whole, h.pods), (4, 3));
     }
 
     fn pr(namespace: &str, name: &str, ids: &[&str]) -> PodResources {
@@ -825,7 +654,7 @@ mod tests {
 
     #[test]
     fn fallback_is_said() {
-        let mut h = holders(1, &[]);
+        let mut h = holders(1);
         h.fallback = Some("the kubelet pod-resources socket did not answer".into());
         let s = snap((0..2).map(|i| gpu(i, true, 0)).collect());
         let v = inventory_verdicts(&GpuRequest::Whole { count: 1 }, &s, &h, CheckMode::Enforce);

@@ -175,6 +175,35 @@ impl GpuRuntime {
         })
     }
 
+    /// Serializes GPU binds on this node: held from the probe until the bind is done.
+    pub(crate) async fn lock_binds(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.bind_lock.clone().lock_owned().await
+    }
+
+    /// Whether one more whole GPU is free, given the node's `pods` (for a new fractional
+    /// GPU group's reservation pod). Call with [`Self::lock_binds`] held.
+    pub(crate) async fn whole_gpu_verdict(&self, pods: &[Pod]) -> Result<Verdict, PluginError> {
+        let req = GpuRequest::Whole { count: 1 };
+        let snap = self.snapshot().await;
+        let holders = match &self.assignments {
+            Some(a) => match a.list().await {
+                Ok(answer) => gv::holders_from_pod_resources(&answer, pods),
+                Err(e) => {
+                    let mut h = gv::holders_from_pods(pods);
+                    h.fallback = Some(format!(
+                        "the kubelet pod-resources socket did not answer ({e}), so the pods' limits were counted"
+                    ));
+                    h
+                }
+            },
+            None => gv::holders_from_pods(pods),
+        };
+        gv::inventory_verdicts(&req, &snap, &holders, CheckMode::Enforce)
+            .into_iter()
+            .next()
+            .ok_or_else(|| PluginError::transient("no whole-GPU verdict"))
+    }
+
     /// What the agent's debug state shows: the last probe and the last verdicts.
     pub fn debug_state(&self) -> serde_json::Value {
         let snap = lock(&self.last_snapshot).clone();
@@ -399,7 +428,11 @@ impl Plugin for GpuPlugin {
         ctx: &BindContext<'_>,
         state: &mut BindState,
     ) -> Result<Vec<Verdict>, PluginError> {
-        if ctx.request.gpu == GpuRequest::None {
+        // Fractions are checked by `gpu_sharing`, once it knows the group's GPU.
+        if matches!(
+            ctx.request.gpu,
+            GpuRequest::None | GpuRequest::Fraction { .. }
+        ) {
             return Ok(Vec::new());
         }
         if self.mode == CheckMode::Off {

@@ -2,6 +2,7 @@
 
 pub mod dra;
 pub mod gpu;
+pub mod gpu_sharing;
 pub mod node;
 pub mod volumes;
 
@@ -26,6 +27,7 @@ pub struct PluginSettings {
     pub gpu: gpu::GpuSettings,
     pub volumes: volumes::VolumeSettings,
     pub dra: dra::DraSettings,
+    pub sharing: gpu_sharing::SharingSettings,
 }
 
 /// The standard pipeline, in order.
@@ -33,6 +35,10 @@ pub fn standard(settings: &PluginSettings) -> Registry {
     Registry::new()
         .with(node::NodePlugin::new(settings.node_checks))
         .with(gpu::GpuPlugin::new(&settings.gpu))
+        .with(gpu_sharing::GpuSharingPlugin::new(
+            &settings.sharing,
+            &settings.gpu,
+        ))
         .with(volumes::VolumesPlugin::new(&settings.volumes))
         .with(dra::DraPlugin::new(
             &settings.dra,
@@ -45,9 +51,17 @@ impl PluginSettings {
     pub fn with_api(
         mut self,
         client: kube::Client,
+        node: &str,
         timeout: std::time::Duration,
         diag: std::sync::Arc<crate::diag::Recorder>,
     ) -> Self {
+        self.sharing.api = Some(gpu_sharing::SharingApi::new(
+            client.clone(),
+            node,
+            timeout,
+            diag.clone(),
+            self.gpu.args.kubelet_pod_resources_socket.clone(),
+        ));
         self.dra.api = Some(dra::DraApi::new(client.clone(), timeout, diag.clone()));
         self.volumes.api = Some(volumes::ApiAccess {
             client,

@@ -252,6 +252,11 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     sc.short_names = vec!["sc".into()];
     out.push(sc);
 
+    // ConfigMaps: what the gpu_sharing plugin writes for fractional pods.
+    let mut cm = ResourceDef::base("", "v1", "configmaps", "ConfigMap", true);
+    cm.short_names = vec!["cm".into()];
+    out.push(cm);
+
     // DRA (resource.k8s.io/v1): what the dra plugin reads and writes. No resourceclaim
     // controller runs: claims from templates are created by the client (tests, demo).
     let mut rc = ResourceDef::base(

@@ -1,0 +1,983 @@
+//! `gpu_sharing`: fractional GPU requests (`receivedResourceType: Fraction`), done the way
+//! KAI-Scheduler's binder does them (see [`crate::gpu::sharing`] for the contract), checked
+//! on the node and without KAI's reservation races.
+//!
+//! For each GPU group of the request, under a per-group lock held until the attempt ends:
+//! find the group's reservation pod on this node, or create one (only when the node has a
+//! whole GPU free for it, so a full node does not get reservation pods recreated in a
+//! loop); learn its GPU from the kubelet's pod-resources socket, else from the pod's
+//! `run.ai/reserve_for_gpu_index` annotation, within `--reservation-timeout`; check that
+//! GPU is healthy and has memory for every share placed on it plus this one. Then label the
+//! pod with its groups and write the ConfigMaps it reads its GPU from. Rollback removes
+//! the labels and the ConfigMaps this attempt created, and the group's reservation pod when
+//! no other pod uses the group.
+//!
+//! Garbage collection ([`collect_loop`]) removes reservation pods whose group has no live
+//! pod on this node, no pending BindRequest and no bind in flight, and refused ones; it
+//! takes the same group locks as binds, re-reads the pods after taking them, deletes with a
+//! UID precondition, and runs only while this agent holds the node's Lease.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use serde_json::json;
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::api_calls as calls;
+use crate::agent::effects::{ApiError, call_as, call_opt_as};
+use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::decide::GpuRequest;
+use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::gpu::sharing::{
+    self as decide, Assignments, GpuSource, NodeGroups, PLUGIN, ReservationScope, ReservationStep,
+};
+use crate::gpu::verdict::{GPU_GROUP_LABEL, GPU_RESOURCE};
+
+use super::CheckMode;
+use super::gpu::{DeviceAssignments, GpuRuntime, NodePods};
+
+/// The image KAI's reservation pods run (it writes the GPU's UUID on its own pod).
+pub const DEFAULT_RESERVATION_IMAGE: &str =
+    "ghcr.io/nvidia/kai-scheduler/resource-reservation:latest";
+/// After the kubelet refuses a reservation pod, no new one is created on this node for
+/// this long: the refusal means the kubelet sees no free GPU even if the inventory does.
+const REFUSAL_COOL_DOWN: Duration = Duration::from_secs(30);
+const CONFLICT_TRIES: usize = 5;
+
+/// Flags of the `gpu_sharing` plugin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SharingArgs {
+    /// Serve fractional GPU requests (KAI `receivedResourceType: Fraction`) with
+    /// reservation pods, group labels and ConfigMaps; `false` refuses them.
+    #[arg(long, env = "BINDLET_GPU_SHARING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub gpu_sharing: bool,
+    /// Namespace of the GPU reservation pods (KAI's default).
+    #[arg(
+        long,
+        env = "BINDLET_RESERVATION_NAMESPACE",
+        default_value = "kai-resource-reservation"
+    )]
+    pub reservation_namespace: String,
+    /// Image of the reservation pods: use the one of your KAI release.
+    #[arg(long, env = "BINDLET_RESERVATION_IMAGE", default_value = DEFAULT_RESERVATION_IMAGE)]
+    pub reservation_image: String,
+    /// Service account of the reservation pods.
+    #[arg(
+        long,
+        env = "BINDLET_RESERVATION_SERVICE_ACCOUNT",
+        default_value = "kai-resource-reservation"
+    )]
+    pub reservation_service_account: String,
+    /// Value of the reservation pods' `app` label.
+    #[arg(
+        long,
+        env = "BINDLET_RESERVATION_APP_LABEL",
+        default_value = "kai-resource-reservation"
+    )]
+    pub reservation_app_label: String,
+    /// RuntimeClass of the reservation pods (e.g. `nvidia`), if the node needs one.
+    #[arg(long, env = "BINDLET_RESERVATION_RUNTIME_CLASS")]
+    pub reservation_runtime_class: Option<String>,
+    /// How long a bind waits for a reservation pod to get its GPU.
+    #[arg(long, env = "BINDLET_RESERVATION_TIMEOUT", default_value = "40s", value_parser = crate::cli::parse_duration)]
+    pub reservation_timeout: Duration,
+    /// How often unused reservation pods are looked for.
+    #[arg(long, env = "BINDLET_RESERVATION_GC_INTERVAL", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    pub reservation_gc_interval: Duration,
+    /// A reservation pod younger than this is never collected.
+    #[arg(long, env = "BINDLET_RESERVATION_GC_GRACE", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    pub reservation_gc_grace: Duration,
+    /// The NVIDIA device plugin hands GPUs out as CDI devices: NVIDIA_VISIBLE_DEVICES then
+    /// names `k8s.device-plugin.nvidia.com/gpu=<UUID>`.
+    #[arg(long, env = "BINDLET_CDI")]
+    pub cdi: bool,
+}
+
+impl Default for SharingArgs {
+    fn default() -> Self {
+        SharingArgs {
+            gpu_sharing: true,
+            reservation_namespace: "kai-resource-reservation".into(),
+            reservation_image: DEFAULT_RESERVATION_IMAGE.into(),
+            reservation_service_account: "kai-resource-reservation".into(),
+            reservation_app_label: "kai-resource-reservation".into(),
+            reservation_runtime_class: None,
+            reservation_timeout: Duration::from_secs(40),
+            reservation_gc_interval: Duration::from_secs(30),
+            reservation_gc_grace: Duration::from_secs(30),
+            cdi: false,
+        }
+    }
+}
+
+impl SharingArgs {
+    pub fn scope(&self) -> ReservationScope {
+        ReservationScope {
+            namespace: self.reservation_namespace.clone(),
+            app_label: self.reservation_app_label.clone(),
+        }
+    }
+}
+
+/// Settings of the plugin: the flags, and API access once the agent attached it.
+#[derive(Debug, Clone, Default)]
+pub struct SharingSettings {
+    pub args: SharingArgs,
+    pub api: Option<SharingApi>,
+}
+
+/// One lock per GPU group, shared by binds and garbage collection.
+#[derive(Default)]
+pub struct GroupLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl GroupLocks {
+    fn entry(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 1024 {
+            // Forget the locks nobody holds or waits for.
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        map.entry(group.to_string()).or_default().clone()
+    }
+
+    pub async fn lock(&self, group: &str) -> OwnedMutexGuard<()> {
+        self.entry(group).lock_owned().await
+    }
+
+    pub fn try_lock(&self, group: &str) -> Option<OwnedMutexGuard<()>> {
+        self.entry(group).try_lock_owned().ok()
+    }
+}
+
+/// The plugin's API access and the node-wide state it shares with garbage collection.
+#[derive(Clone)]
+pub struct SharingApi {
+    client: kube::Client,
+    node: String,
+    timeout: Duration,
+    diag: Arc<crate::diag::Recorder>,
+    pods: Arc<dyn NodePods>,
+    assignments: Option<Arc<dyn DeviceAssignments>>,
+    pub locks: Arc<GroupLocks>,
+    /// The last kubelet refusal of a reservation pod on this node.
+    refused: Arc<Mutex<Option<(Instant, String)>>>,
+}
+
+impl std::fmt::Debug for SharingApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharingApi")
+            .field("node", &self.node)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharingApi {
+    pub fn new(
+        client: kube::Client,
+        node: &str,
+        timeout: Duration,
+        diag: Arc<crate::diag::Recorder>,
+        socket: Option<std::path::PathBuf>,
+    ) -> Self {
+        let pods = Arc::new(super::gpu::ApiNodePods {
+            client: client.clone(),
+            node: node.to_string(),
+            timeout,
+            diag: diag.clone(),
+        });
+        let assignments = socket.map(|path| {
+            Arc::new(super::gpu::SocketAssignments { path, timeout }) as Arc<dyn DeviceAssignments>
+        });
+        SharingApi {
+            client,
+            node: node.to_string(),
+            timeout,
+            diag,
+            pods,
+            assignments,
+            locks: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+
+    /// The kubelet's GPU assignments, or `None` (with a log line) when there is no socket
+    /// or it does not answer: the annotation is then the only source.
+    async fn assigned(&self) -> Option<Assignments> {
+        let a = self.assignments.as_ref()?;
+        match a.list().await {
+            Ok(list) => Some(
+                list.iter()
+                    .map(|p| {
+                        (
+                            format!("{}/{}", p.namespace, p.name),
+                            p.device_ids(GPU_RESOURCE).map(str::to_string).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "kubelet pod-resources socket unavailable; reading reservation annotations");
+                None
+            }
+        }
+    }
+
+    fn pods_in(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    async fn get_pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, ApiError> {
+        call_opt_as(
+            &self.diag,
+            calls::GET_POD,
+            self.timeout,
+            self.pods_in(ns).get_opt(name),
+        )
+        .await
+    }
+
+    /// Deletes a pod if it is still the one with `uid`; gone already is success.
+    async fn delete_pod(&self, ns: &str, name: &str, uid: &str) -> Result<(), ApiError> {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match call_as(
+            &self.diag,
+            calls::DELETE_POD,
+            self.timeout,
+            self.pods_in(ns).delete(name, &dp),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some(404) | Some(409)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn note_refusal(&self, message: &str) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), message.to_string()));
+    }
+
+    fn recent_refusal(&self) -> Option<String> {
+        let r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        r.as_ref()
+            .filter(|(at, _)| at.elapsed() < REFUSAL_COOL_DOWN)
+            .map(|(at, m)| format!("{m} ({} s ago)", at.elapsed().as_secs()))
+    }
+}
+
+/// What this attempt's `pre_bind` did, for rollback.
+#[derive(Debug, Default)]
+pub struct SharingWrites {
+    guards: Vec<OwnedMutexGuard<()>>,
+    /// The groups of the request (set once their locks are held).
+    pub groups: Vec<String>,
+    /// Reservation pods created by this attempt: name, uid.
+    pub created_reservations: Vec<(String, String)>,
+    /// Label keys this attempt added to the pod.
+    pub labels_added: Vec<String>,
+    pub portion_annotated: bool,
+    /// ConfigMaps this attempt created: name, uid.
+    pub configmaps_created: Vec<(String, String)>,
+    /// The GPUs (UUIDs) the pod shares, in request order.
+    pub devices: Vec<String>,
+}
+
+pub struct GpuSharingPlugin {
+    args: SharingArgs,
+    mode: CheckMode,
+    api: Option<SharingApi>,
+    gpu: Option<Arc<GpuRuntime>>,
+}
+
+impl GpuSharingPlugin {
+    pub fn new(settings: &SharingSettings, gpu: &super::gpu::GpuSettings) -> Self {
+        GpuSharingPlugin {
+            args: settings.args.clone(),
+            mode: gpu.args.gpu_verification,
+            api: settings.api.clone(),
+            gpu: gpu.runtime.clone(),
+        }
+    }
+
+    fn v(check: &str, outcome: VerdictOutcome, message: String) -> Verdict {
+        verdict(PLUGIN, check, outcome, message)
+    }
+
+    /// Makes sure `group` has a reservation pod with a known GPU on this node.
+    async fn reserve(
+        &self,
+        api: &SharingApi,
+        group: &str,
+        pods: &[Pod],
+        groups: &NodeGroups,
+        assigned: Option<&Assignments>,
+        w: &mut SharingWrites,
+    ) -> Result<(String, Verdict), PluginError> {
+        let scope = self.args.scope();
+        let ns = &scope.namespace;
+        let started = Instant::now();
+        let (pod, uid, created) =
+            match decide::reservation_step(group, groups, &scope, assigned) {
+                ReservationStep::Ready {
+                    pod, gpu, source, ..
+                } => {
+                    let msg = format!(
+                        "group {group}: reservation pod {ns}/{pod} holds GPU {gpu} (from {})",
+                        source.describe()
+                    );
+                    return Ok((gpu, Self::v("reservation", VerdictOutcome::Pass, msg)));
+                }
+                ReservationStep::Refused { pod, uid, message } => {
+                    return Err(self.refusal(api, group, &pod, &uid, &message).await);
+                }
+                ReservationStep::Wait { pod, uid } => (pod, uid, false),
+                ReservationStep::Create => {
+                    let (pod, uid) = self.create_reservation(api, group, pods).await?;
+                    w.created_reservations.push((pod.clone(), uid.clone()));
+                    (pod, uid, true)
+                }
+            };
+        let (gpu, source) = self.wait_for_gpu(api, group, &pod, &uid).await?;
+        let msg = format!(
+            "group {group}: reservation pod {ns}/{pod} ({}) holds GPU {gpu} (from {}), known after {} ms",
+            if created {
+                "created by this bind"
+            } else {
+                "found being admitted"
+            },
+            source.describe(),
+            started.elapsed().as_millis()
+        );
+        Ok((gpu, Self::v("reservation", VerdictOutcome::Pass, msg)))
+    }
+
+    /// Removes a reservation pod the kubelet refused and says why the attempt failed.
+    async fn refusal(
+        &self,
+        api: &SharingApi,
+        group: &str,
+        pod: &str,
+        uid: &str,
+        message: &str,
+    ) -> PluginError {
+        let ns = &self.args.reservation_namespace;
+        api.note_refusal(&format!(
+            "the kubelet refused reservation pod {ns}/{pod}: {message}"
+        ));
+        let removed = match api.delete_pod(ns, pod, uid).await {
+            Ok(()) => "it was removed".to_string(),
+            Err(e) => format!("removing it failed ({e}); garbage collection will retry"),
+        };
+        PluginError::refused(format!(
+            "group {group}: the kubelet refused reservation pod {ns}/{pod} ({message}); {removed}"
+        ))
+    }
+
+    /// Creates the group's reservation pod, after checking (under the node's GPU bind
+    /// lock, so a whole-GPU bind cannot take the same GPU meanwhile) that a GPU is free.
+    async fn create_reservation(
+        &self,
+        api: &SharingApi,
+        group: &str,
+        pods: &[Pod],
+    ) -> Result<(String, String), PluginError> {
+        if let Some(last) = api.recent_refusal() {
+            return Err(PluginError::refused(format!(
+                "group {group} needs a new reservation pod, but none is created on this node for {} s after a refusal: {last}",
+                REFUSAL_COOL_DOWN.as_secs()
+            )));
+        }
+        let _guard = match (&self.gpu, self.mode) {
+            (Some(rt), CheckMode::Enforce | CheckMode::Warn) => {
+                let guard = rt.lock_binds().await;
+                let free = rt.whole_gpu_verdict(pods).await?;
+                if free.outcome == VerdictOutcome::Fail {
+                    return Err(PluginError::refused(format!(
+                        "group {group} needs a new reservation pod, which needs a free GPU: {}",
+                        free.message
+                    )));
+                }
+                Some(guard)
+            }
+            _ => None,
+        };
+        let ns = &self.args.reservation_namespace;
+        let pod = self.reservation_pod(&api.node, group);
+        let created = call_as(
+            &api.diag,
+            calls::CREATE_POD,
+            api.timeout,
+            api.pods_in(ns).create(&PostParams::default(), &pod),
+        )
+        .await
+        .map_err(|e| {
+            let m = format!("group {group}: creating a reservation pod in {ns}: {e}");
+            if e.code().is_some_and(|c| c == 403 || c == 404 || c == 422) {
+                PluginError::refused(m)
+            } else {
+                PluginError::transient(m)
+            }
+        })?;
+        let name = created.metadata.name.unwrap_or_default();
+        tracing::info!(group, pod = %name, "created GPU reservation pod");
+        Ok((name, created.metadata.uid.unwrap_or_default()))
+    }
+
+    /// KAI's reservation pod for `group`, bound to `node` directly.
+    fn reservation_pod(&self, node: &str, group: &str) -> Pod {
+        let a = &self.args;
+        let mut spec = json!({
+            "nodeName": node,
+            "serviceAccountName": a.reservation_service_account,
+            "containers": [{
+                "name": "resource-reservation",
+                "image": a.reservation_image,
+                "imagePullPolicy": "IfNotPresent",
+                "resources": {
+                    "limits": { GPU_RESOURCE: "1", "cpu": "50m", "memory": "100Mi" },
+                    "requests": { GPU_RESOURCE: "1", "cpu": "1m", "memory": "10Mi" }
+                },
+                "env": [
+                    { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                    { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }
+                ]
+            }],
+            // The GPU node's taints must not keep the kubelet from admitting it.
+            "tolerations": [{ "operator": "Exists" }]
+        });
+        if let Some(rc) = &a.reservation_runtime_class {
+            spec["runtimeClassName"] = json!(rc);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": format!("gpu-reservation-{node}-"),
+                "namespace": a.reservation_namespace,
+                "labels": { decide::APP_LABEL: a.reservation_app_label, GPU_GROUP_LABEL: group },
+                "annotations": { "karpenter.sh/do-not-disrupt": "true" }
+            },
+            "spec": spec
+        }))
+        .expect("reservation pod is a valid Pod")
+    }
+
+    /// Polls the kubelet's assignments and the pod until its GPU is known, it is refused,
+    /// it disappears, or `--reservation-timeout` passes.
+    async fn wait_for_gpu(
+        &self,
+        api: &SharingApi,
+        group: &str,
+        pod: &str,
+        uid: &str,
+    ) -> Result<(String, GpuSource), PluginError> {
+        let ns = &self.args.reservation_namespace;
+        let timeout = self.args.reservation_timeout;
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(10);
+        let key = format!("{ns}/{pod}");
+        loop {
+            if let Some(a) = api.assigned().await
+                && let Some(id) = a.get(&key).and_then(|ids| ids.first())
+            {
+                return Ok((id.clone(), GpuSource::PodResources));
+            }
+            let current = api
+                .get_pod(ns, pod)
+                .await
+                .map_err(|e| PluginError::transient(format!("reading reservation pod {key}: {e}")))?;
+            let Some(current) = current.filter(|p| p.metadata.uid.as_deref() == Some(uid)) else {
+                return Err(PluginError::refused(format!(
+                    "group {group}: reservation pod {key} was deleted while waiting for its GPU"
+                )));
+            };
+            let groups = decide::node_groups(std::slice::from_ref(&current), &self.args.scope());
+            if let Some(r) = groups.reservations_of(group).first() {
+                if let Some(m) = &r.refused {
+                    return Err(self.refusal(api, group, pod, uid, m).await);
+                }
+                if let Some(g) = &r.annotated_gpu {
+                    return Ok((g.clone(), GpuSource::Annotation));
+                }
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                let socket = if api.assignments.is_some() {
+                    "the kubelet has not assigned it a GPU"
+                } else {
+                    "no kubelet pod-resources socket is configured"
+                };
+                return Err(PluginError::refused(format!(
+                    "group {group}: reservation pod {key} got no GPU within {}: {socket}, and its annotation {} is not set; check that it can start on this node",
+                    humantime(timeout),
+                    crate::gpu::verdict::RESERVED_GPU_ANNOTATION
+                )));
+            }
+            tokio::time::sleep(delay.min(timeout - waited)).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Labels the pod with its groups and records its portion, guarded by its UID.
+    async fn label(
+        &self,
+        api: &SharingApi,
+        ctx: &BindContext<'_>,
+        portion: &str,
+        w: &mut SharingWrites,
+    ) -> Result<(), PluginError> {
+        let GpuRequest::Fraction { groups, .. } = &ctx.request.gpu else {
+            return Ok(());
+        };
+        let multi = decide::is_multi_fraction(ctx.pod, groups.len());
+        let current = ctx.pod.metadata.labels.clone().unwrap_or_default();
+        let mut labels = serde_json::Map::new();
+        for g in groups {
+            let (k, v) = decide::group_label(g, multi);
+            if current.get(&k) != Some(&v) {
+                labels.insert(k.clone(), json!(v));
+                w.labels_added.push(k);
+            }
+        }
+        let annotated = ctx
+            .pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(decide::PORTION_ANNOTATION))
+            .is_some_and(|p| p == portion);
+        if labels.is_empty() && annotated {
+            return Ok(());
+        }
+        let mut meta = json!({ "uid": ctx.pod.metadata.uid, "labels": labels });
+        if !annotated {
+            meta["annotations"] = json!({ decide::PORTION_ANNOTATION: portion });
+            w.portion_annotated = true;
+        }
+        self.patch_pod(api, ctx, json!({ "metadata": meta }))
+            .await
+            .map_err(|e| {
+                let m = format!("labelling the pod with its GPU groups: {e}");
+                if e.code() == Some(409) {
+                    PluginError::refused(format!("{m} (the pod was recreated)"))
+                } else {
+                    PluginError::transient(m)
+                }
+            })
+    }
+
+    async fn patch_pod(
+        &self,
+        api: &SharingApi,
+        ctx: &BindContext<'_>,
+        body: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        call_as(
+            &api.diag,
+            calls::PATCH_POD,
+            api.timeout,
+            api.pods_in(&ctx.request.namespace).patch(
+                &ctx.request.pod_name,
+                &PatchParams::default(),
+                &Patch::Merge(body),
+            ),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates the ConfigMap owned by the pod, or brings an existing one up to date (KAI's
+    /// binder also takes over one left by an earlier pod of the same name).
+    async fn write_configmap(
+        &self,
+        api: &SharingApi,
+        ctx: &BindContext<'_>,
+        plan: &decide::ConfigMapPlan,
+        w: &mut SharingWrites,
+    ) -> Result<(), PluginError> {
+        let ns = &ctx.request.namespace;
+        let cms: Api<ConfigMap> = Api::namespaced(api.client.clone(), ns);
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: ctx.request.pod_name.clone(),
+            uid: ctx.pod.metadata.uid.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let fail = |e: ApiError| {
+            PluginError::transient(format!("writing ConfigMap {ns}/{}: {e}", plan.name))
+        };
+        for _ in 0..CONFLICT_TRIES {
+            let existing = call_opt_as(
+                &api.diag,
+                calls::GET_CONFIGMAP,
+                api.timeout,
+                cms.get_opt(&plan.name),
+            )
+            .await
+            .map_err(fail)?;
+            let result = match existing {
+                None => {
+                    let cm = ConfigMap {
+                        metadata: ObjectMeta {
+                            name: Some(plan.name.clone()),
+                            namespace: Some(ns.clone()),
+                            owner_references: Some(vec![owner.clone()]),
+                            ..Default::default()
+                        },
+                        data: Some(plan.data.clone()),
+                        ..Default::default()
+                    };
+                    call_as(
+                        &api.diag,
+                        calls::CREATE_CONFIGMAP,
+                        api.timeout,
+                        cms.create(&PostParams::default(), &cm),
+                    )
+                    .await
+                    .map(|c| {
+                        w.configmaps_created
+                            .push((plan.name.clone(), c.metadata.uid.unwrap_or_default()));
+                    })
+                }
+                Some(mut cm) => {
+                    let old = cm.data.take().unwrap_or_default();
+                    let mut data = old.clone();
+                    data.extend(plan.data.clone());
+                    let owned = cm
+                        .metadata
+                        .owner_references
+                        .as_ref()
+                        .is_some_and(|o| o.len() == 1 && o[0].uid == owner.uid);
+                    if owned && data == old {
+                        return Ok(());
+                    }
+                    cm.data = Some(data);
+                    cm.metadata.owner_references = Some(vec![owner.clone()]);
+                    // The resourceVersion read above guards the write: 409 → read again.
+                    call_as(
+                        &api.diag,
+                        calls::UPDATE_CONFIGMAP,
+                        api.timeout,
+                        cms.replace(&plan.name, &PostParams::default(), &cm),
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == Some(409) => continue,
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Err(PluginError::transient(format!(
+            "writing ConfigMap {ns}/{}: it kept changing ({CONFLICT_TRIES} conflicts)",
+            plan.name
+        )))
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+#[async_trait::async_trait]
+impl Plugin for GpuSharingPlugin {
+    fn name(&self) -> &'static str {
+        PLUGIN
+    }
+
+    fn validate(&self, ctx: &BindContext<'_>) -> Vec<Verdict> {
+        if !matches!(ctx.request.gpu, GpuRequest::Fraction { .. }) {
+            return Vec::new();
+        }
+        if !self.args.gpu_sharing {
+            return vec![Self::v(
+                "enabled",
+                VerdictOutcome::Fail,
+                "the request is for a fraction of a GPU, but GPU sharing is off on this node (--gpu-sharing=false)".into(),
+            )];
+        }
+        // Checked before anything is written: without it the pod cannot learn its GPU.
+        match decide::configmaps(ctx.pod, &[], "", false) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![Self::v("configmaps", VerdictOutcome::Fail, e)],
+        }
+    }
+
+    async fn pre_bind(
+        &self,
+        ctx: &BindContext<'_>,
+        state: &mut BindState,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        let GpuRequest::Fraction {
+            portion, groups, ..
+        } = &ctx.request.gpu
+        else {
+            return Ok(Vec::new());
+        };
+        let Some(api) = &self.api else {
+            return Err(PluginError::transient(
+                "GPU sharing has no API access (agent misconfigured)",
+            ));
+        };
+        let portion_text = ctx
+            .bind_request
+            .spec
+            .received_gpu
+            .as_ref()
+            .and_then(|g| g.portion.clone())
+            .unwrap_or_else(|| portion.to_string());
+        let w = &mut state.sharing;
+        // Sorted, so two multi-group binds cannot each hold a lock the other waits for.
+        let mut sorted = groups.clone();
+        sorted.sort();
+        sorted.dedup();
+        for g in &sorted {
+            w.guards.push(api.locks.lock(g).await);
+        }
+        w.groups = groups.clone();
+
+        let pods = api.pods.list().await.map_err(PluginError::transient)?;
+        let assigned = api.assigned().await;
+        let node_groups = decide::node_groups(&pods, &self.args.scope());
+        let mut verdicts = Vec::new();
+        let mut devices = Vec::new();
+        for g in groups {
+            let (gpu, v) = self
+                .reserve(api, g, &pods, &node_groups, assigned.as_ref(), w)
+                .await?;
+            verdicts.push(v);
+            devices.push(gpu);
+        }
+        if let Some(rt) = &self.gpu
+            && self.mode != CheckMode::Off
+        {
+            let snap = rt.snapshot().await;
+            let me = ctx.pod.metadata.uid.as_deref().unwrap_or_default();
+            for (g, gpu) in groups.iter().zip(&devices) {
+                let others: Vec<_> = node_groups
+                    .members_of(g)
+                    .iter()
+                    .filter(|m| m.uid != me)
+                    .cloned()
+                    .collect();
+                verdicts.extend(decide::share_verdicts(
+                    g, gpu, *portion, &others, &snap, self.mode,
+                ));
+            }
+        }
+        if verdicts.iter().any(|v| v.outcome == VerdictOutcome::Fail) {
+            return Ok(verdicts);
+        }
+        let plans = decide::configmaps(ctx.pod, &devices, &portion_text, self.args.cdi)
+            .map_err(PluginError::refused)?;
+        self.label(api, ctx, &portion_text, w).await?;
+        for plan in &plans {
+            self.write_configmap(api, ctx, plan, w).await?;
+        }
+        let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        verdicts.push(Self::v(
+            "configmaps",
+            VerdictOutcome::Pass,
+            format!(
+                "ConfigMaps {} tell the pod its GPU(s): {}",
+                names.join(", "),
+                devices.join(",")
+            ),
+        ));
+        w.devices = devices;
+        Ok(verdicts)
+    }
+
+    async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
+        let Some(api) = &self.api else { return };
+        let w = &mut state.sharing;
+        let ns = &ctx.request.namespace;
+        let cms: Api<ConfigMap> = Api::namespaced(api.client.clone(), ns);
+        for (name, uid) in std::mem::take(&mut w.configmaps_created) {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            let r = call_as(
+                &api.diag,
+                calls::DELETE_CONFIGMAP,
+                api.timeout,
+                cms.delete(&name, &dp),
+            )
+            .await;
+            if let Err(e) = r
+                && !matches!(e.code(), Some(404) | Some(409))
+            {
+                tracing::warn!(configmap = %name, error = %e, "rollback: could not delete ConfigMap");
+            }
+        }
+        let labels = std::mem::take(&mut w.labels_added);
+        if !labels.is_empty() || w.portion_annotated {
+            let mut meta = json!({ "uid": ctx.pod.metadata.uid });
+            if !labels.is_empty() {
+                let nulls: serde_json::Map<_, _> =
+                    labels.into_iter().map(|k| (k, json!(null))).collect();
+                meta["labels"] = json!(nulls);
+            }
+            if w.portion_annotated {
+                meta["annotations"] = json!({ decide::PORTION_ANNOTATION: null });
+            }
+            w.portion_annotated = false;
+            if let Err(e) = self.patch_pod(api, ctx, json!({ "metadata": meta })).await
+                && !matches!(e.code(), Some(404) | Some(409))
+            {
+                tracing::warn!(error = %e, "rollback: could not remove the pod's GPU group labels");
+            }
+        }
+        // A reservation no other pod uses goes now (the group lock is still held, so no
+        // other bind of the group can be between its lookup and its label).
+        let groups = std::mem::take(&mut w.groups);
+        if !groups.is_empty() {
+            self.release_unused(api, ctx, &groups, &w.created_reservations)
+                .await;
+        }
+        w.created_reservations.clear();
+        w.guards.clear();
+    }
+}
+
+impl GpuSharingPlugin {
+    async fn release_unused(
+        &self,
+        api: &SharingApi,
+        ctx: &BindContext<'_>,
+        groups: &[String],
+        created: &[(String, String)],
+    ) {
+        let ns = &self.args.reservation_namespace;
+        let me = ctx.pod.metadata.uid.as_deref().unwrap_or_default();
+        let pods = match api.pods.list().await {
+            Ok(p) => p,
+            Err(e) => {
+                // What this attempt created goes anyway; the rest is left to collection.
+                tracing::warn!(error = %e, "rollback: cannot list this node's pods");
+                for (name, uid) in created {
+                    let _ = api.delete_pod(ns, name, uid).await;
+                }
+                return;
+            }
+        };
+        let node_groups = decide::node_groups(&pods, &self.args.scope());
+        for g in groups {
+            if node_groups.members_of(g).iter().any(|m| m.uid != me) {
+                continue;
+            }
+            for r in node_groups.reservations_of(g) {
+                if let Err(e) = api.delete_pod(ns, &r.name, &r.uid).await {
+                    tracing::warn!(pod = %r.name, error = %e, "rollback: could not delete reservation pod");
+                } else {
+                    tracing::info!(group = %g, pod = %r.name, "removed unused GPU reservation pod");
+                }
+            }
+        }
+    }
+}
+
+/// Groups named by this node's BindRequests that are not settled yet.
+pub type PendingGroups = Arc<dyn Fn() -> BTreeSet<String> + Send + Sync>;
+
+/// Removes unused and refused reservation pods every `--reservation-gc-interval`, while
+/// `leading()` says this agent holds the node's Lease. Returns what it removed per round
+/// through the log; errors wait for the next round.
+pub async fn collect_loop(
+    api: SharingApi,
+    args: SharingArgs,
+    pending: PendingGroups,
+    leading: Arc<dyn Fn() -> bool + Send + Sync>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(args.reservation_gc_interval.max(Duration::from_millis(100))) => {}
+        }
+        if !leading() {
+            continue;
+        }
+        if let Err(e) = collect_once(&api, &args, &pending()).await {
+            tracing::warn!(error = %e, "GPU reservation garbage collection failed; retrying next round");
+        }
+    }
+}
+
+/// One round of garbage collection; returns the reservation pods removed.
+pub async fn collect_once(
+    api: &SharingApi,
+    args: &SharingArgs,
+    pending: &BTreeSet<String>,
+) -> Result<Vec<decide::Collect>, String> {
+    let scope = args.scope();
+    let grace = args.reservation_gc_grace;
+    let first = decide::node_groups(&api.pods.list().await?, &scope);
+    let candidates = decide::collect(&first, pending, &BTreeSet::new(), now(), grace);
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Take the groups' locks (skipping groups with a bind in flight), then decide again
+    // on a fresh read: a bind may have labelled a pod between the first read and now.
+    let mut guards = BTreeMap::new();
+    let mut busy = BTreeSet::new();
+    for c in &candidates {
+        if guards.contains_key(&c.group) || busy.contains(&c.group) {
+            continue;
+        }
+        match api.locks.try_lock(&c.group) {
+            Some(g) => {
+                guards.insert(c.group.clone(), g);
+            }
+            None => {
+                busy.insert(c.group.clone());
+            }
+        }
+    }
+    let fresh = decide::node_groups(&api.pods.list().await?, &scope);
+    let mut removed = Vec::new();
+    for c in decide::collect(&fresh, pending, &busy, now(), grace) {
+        if !guards.contains_key(&c.group) {
+            continue;
+        }
+        match api.delete_pod(&scope.namespace, &c.pod, &c.uid).await {
+            Ok(()) => {
+                tracing::info!(group = %c.group, pod = %c.pod, why = %c.why, "removed GPU reservation pod");
+                removed.push(c);
+            }
+            Err(e) => tracing::warn!(pod = %c.pod, error = %e, "could not delete reservation pod"),
+        }
+    }
+    Ok(removed)
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
