@@ -213,9 +213,24 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
                     && r.metadata.namespace == b.metadata.namespace
             })
             .expect("bound Role is in the manifests");
-        // Leases live only in the agent's own namespace.
-        assert_eq!(role.metadata.namespace.as_deref(), Some(ns.as_str()));
-        expand(role.rules.as_deref().unwrap_or(&[]), &mut granted);
+        // Leases live only in the agent's own namespace, reservation pods only in KAI's
+        // reservation namespace (the agent's default --reservation-namespace).
+        let role_ns = role.metadata.namespace.as_deref().unwrap_or_default();
+        let reservation_ns =
+            bindlet::plugins::gpu_sharing::SharingArgs::default().reservation_namespace;
+        let rules = role.rules.as_deref().unwrap_or(&[]);
+        if role_ns == reservation_ns {
+            let mut here = BTreeSet::new();
+            expand(rules, &mut here);
+            let pods_only = here.iter().all(|(g, r, _)| g.is_empty() && r == "pods");
+            assert!(
+                pods_only,
+                "the reservation namespace grants only pods: {here:?}"
+            );
+        } else {
+            assert_eq!(role_ns, ns.as_str());
+        }
+        expand(rules, &mut granted);
     }
     let key = |c: &ApiCall| {
         (
@@ -276,6 +291,13 @@ fn admission_policy_restricts_the_agent_to_its_node() {
         })
     };
     assert!(covers("pods/binding", "CREATE"));
+    for op in ["CREATE", "UPDATE", "DELETE"] {
+        assert!(
+            covers("pods", op),
+            "reservation pods and group labels: {op}"
+        );
+        assert!(covers("configmaps", op), "GPU-sharing ConfigMaps: {op}");
+    }
     assert!(
         covers("bindrequests/status", "UPDATE"),
         "status patches are UPDATEs in admission"
@@ -304,6 +326,16 @@ fn admission_policy_restricts_the_agent_to_its_node() {
         v.expression
             .contains("object.spec.selectedNode == variables.nodeName")
     }));
+    // Reservation pods only on this node; group labels only on pods not bound elsewhere.
+    assert!(vals.iter().any(|v| {
+        v.expression
+            .contains("object.spec.nodeName == variables.nodeName")
+            && v.expression.contains("request.operation == 'CREATE'")
+    }));
+    assert!(
+        vals.iter()
+            .any(|v| { v.expression.contains("object.spec == oldObject.spec") })
+    );
     assert!(m.policy_bindings.iter().any(|b| {
         b.spec.policy_name == name && b.spec.validation_actions.iter().any(|a| a == "Deny")
     }));

@@ -185,7 +185,7 @@ async fn fractions_resolve_reserved_gpus_and_count_driver_reserved_memory() {
                 &name,
                 &kube::api::PatchParams::default(),
                 &kube::api::Patch::Merge(json!({ "metadata": {
-                    "labels": { "runai-gpu-group": group },
+                    "labels": { "runai-gpu-group": group, "app": "kai-resource-reservation" },
                     "annotations": { "run.ai/reserve_for_gpu_index": uuid }
                 }})),
             )
@@ -193,27 +193,41 @@ async fn fractions_resolve_reserved_gpus_and_count_driver_reserved_memory() {
             .expect("label reservation pod");
     }
     let fraction = |portion: &str, group: &str| json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": portion }, "selectedGPUGroups": [group] });
-    for (name, portion, group) in [
-        ("half-ok", "0.45", "g-ok"),
-        ("half-full", "0.5", "g-ok"),
-        ("on-bad", "0.1", "g-bad"),
-    ] {
-        let pod = env.create_pod(name, gpu_spec(0)).await;
-        env.create_request(
-            name,
-            &node,
-            pod.metadata.uid.as_deref(),
-            fraction(portion, group),
-        )
-        .await;
-    }
-    env.wait_phase("half-ok", Phase::Succeeded).await;
-    // 0.5 of 80 GiB = 40 GiB, but 40 GiB used and 1 GiB reserved by the driver leave 39.
-    let r = reason(&env.wait_phase("half-full", Phase::Failed).await);
+    let share = |name: &'static str, portion: &'static str, group: &'static str| {
+        let env = &env;
+        let node = &node;
+        async move {
+            let pod = env.create_pod(name, json!({})).await;
+            env.pods()
+                .patch(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(json!({ "metadata": { "annotations": {
+                        "runai/shared-gpu-configmap": format!("{name}-shared-gpu")
+                    }}})),
+                )
+                .await
+                .expect("annotate");
+            let mut spec = fraction(portion, group);
+            spec["backoffLimit"] = json!(1);
+            env.create_request(name, node, pod.metadata.uid.as_deref(), spec)
+                .await;
+        }
+    };
+    share("first", "0.45", "g-ok").await;
+    env.wait_phase("first", Phase::Succeeded).await;
+    // 0.45 + 0.55 is the whole 80 GiB, but the driver keeps 1 GiB of it.
+    share("too-much", "0.55", "g-ok").await;
+    let r = reason(&env.wait_phase("too-much", Phase::Failed).await);
     assert!(
-        r.contains("group g-ok on GPU 0 (GPU-ok)") && r.contains("driver-reserved 1024 MiB"),
+        r.contains("group g-ok on GPU 0 (GPU-ok)")
+            && r.contains("1 other pod(s) hold 36864 MiB")
+            && r.contains("driver-reserved 1024 MiB"),
         "{r}"
     );
+    // One attempt: a failed attempt removes the group's reservation when no other pod uses
+    // it (as KAI's binder does), and the next attempt would reserve another GPU.
+    share("on-bad", "0.1", "g-bad").await;
     let r = reason(&env.wait_phase("on-bad", Phase::Failed).await);
     assert!(
         r.contains("GPU-bad") && r.contains("unhealthy") && r.contains("row remapping failed"),

@@ -292,10 +292,12 @@ pub async fn run(
             background.clone(),
         ));
     }
-    let mut plugin_settings =
-        cfg.plugins
-            .clone()
-            .with_api(client.clone(), &cfg.node_name, cfg.api_timeout, stats.diag.clone());
+    let mut plugin_settings = cfg.plugins.clone().with_api(
+        client.clone(),
+        &cfg.node_name,
+        cfg.api_timeout,
+        stats.diag.clone(),
+    );
     if let Some(api) = plugin_settings.sharing.api.clone()
         && plugin_settings.sharing.args.gpu_sharing
     {

@@ -282,7 +282,10 @@ pub fn reservation_gpu(
     assigned: Option<&Assignments>,
 ) -> Option<(String, GpuSource)> {
     let key = format!("{namespace}/{}", pod.name);
-    if let Some(id) = assigned.and_then(|a| a.get(&key)).and_then(|ids| ids.first()) {
+    if let Some(id) = assigned
+        .and_then(|a| a.get(&key))
+        .and_then(|ids| ids.first())
+    {
         return Some((id.clone(), GpuSource::PodResources));
     }
     pod.annotated_gpu
@@ -429,10 +432,7 @@ pub fn share_verdicts(
             unknown.join(", ")
         ));
     }
-    let mut out = vec![v(
-        if fits { VerdictOutcome::Pass } else { bad },
-        msg,
-    )];
+    let mut out = vec![v(if fits { VerdictOutcome::Pass } else { bad }, msg)];
     if fits && m.available() < need {
         out.push(verdict(
             PLUGIN,

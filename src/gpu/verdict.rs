@@ -477,8 +477,7 @@ mod tests {
         assert_eq!(v[0].outcome, Fail);
         assert!(v[0].message.contains("unavailable") && v[0].message.contains("DriverNotLoaded"));
         assert!(
-            inventory_verdicts(&GpuRequest::None, &s, &holders(0), CheckMode::Enforce)
-                .is_empty()
+            inventory_verdicts(&GpuRequest::None, &s, &holders(0), CheckMode::Enforce).is_empty()
         );
     }
 

@@ -332,27 +332,26 @@ impl GpuSharingPlugin {
         let scope = self.args.scope();
         let ns = &scope.namespace;
         let started = Instant::now();
-        let (pod, uid, created) =
-            match decide::reservation_step(group, groups, &scope, assigned) {
-                ReservationStep::Ready {
-                    pod, gpu, source, ..
-                } => {
-                    let msg = format!(
-                        "group {group}: reservation pod {ns}/{pod} holds GPU {gpu} (from {})",
-                        source.describe()
-                    );
-                    return Ok((gpu, Self::v("reservation", VerdictOutcome::Pass, msg)));
-                }
-                ReservationStep::Refused { pod, uid, message } => {
-                    return Err(self.refusal(api, group, &pod, &uid, &message).await);
-                }
-                ReservationStep::Wait { pod, uid } => (pod, uid, false),
-                ReservationStep::Create => {
-                    let (pod, uid) = self.create_reservation(api, group, pods).await?;
-                    w.created_reservations.push((pod.clone(), uid.clone()));
-                    (pod, uid, true)
-                }
-            };
+        let (pod, uid, created) = match decide::reservation_step(group, groups, &scope, assigned) {
+            ReservationStep::Ready {
+                pod, gpu, source, ..
+            } => {
+                let msg = format!(
+                    "group {group}: reservation pod {ns}/{pod} holds GPU {gpu} (from {})",
+                    source.describe()
+                );
+                return Ok((gpu, Self::v("reservation", VerdictOutcome::Pass, msg)));
+            }
+            ReservationStep::Refused { pod, uid, message } => {
+                return Err(self.refusal(api, group, &pod, &uid, &message).await);
+            }
+            ReservationStep::Wait { pod, uid } => (pod, uid, false),
+            ReservationStep::Create => {
+                let (pod, uid) = self.create_reservation(api, group, pods).await?;
+                w.created_reservations.push((pod.clone(), uid.clone()));
+                (pod, uid, true)
+            }
+        };
         let (gpu, source) = self.wait_for_gpu(api, group, &pod, &uid).await?;
         let msg = format!(
             "group {group}: reservation pod {ns}/{pod} ({}) holds GPU {gpu} (from {}), known after {} ms",
@@ -498,10 +497,9 @@ impl GpuSharingPlugin {
             {
                 return Ok((id.clone(), GpuSource::PodResources));
             }
-            let current = api
-                .get_pod(ns, pod)
-                .await
-                .map_err(|e| PluginError::transient(format!("reading reservation pod {key}: {e}")))?;
+            let current = api.get_pod(ns, pod).await.map_err(|e| {
+                PluginError::transient(format!("reading reservation pod {key}: {e}"))
+            })?;
             let Some(current) = current.filter(|p| p.metadata.uid.as_deref() == Some(uid)) else {
                 return Err(PluginError::refused(format!(
                     "group {group}: reservation pod {key} was deleted while waiting for its GPU"

@@ -241,6 +241,9 @@ impl TestEnv {
         cfg.api_timeout = Duration::from_secs(5);
         cfg.lease_duration = Duration::from_secs(2);
         cfg.lease_retry = Duration::from_millis(200);
+        // GPU reservation pods go to the test's own namespace (the app label tells them
+        // from the test's pods), so they are cleaned up with it.
+        cfg.plugins.sharing.args.reservation_namespace = self.namespace.clone();
         cfg
     }
 

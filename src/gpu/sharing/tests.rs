@@ -53,8 +53,10 @@ fn pods_sort_into_reservations_and_members() {
     let pods = vec![
         reservation("r1", "g1", 60, Some("GPU-1"), "Running"),
         // Same namespace, no app label: an ordinary member pod, not a reservation.
-        pod(json!({ "metadata": { "name": "look-alike", "namespace": NS, "uid": "u-la",
-            "labels": { GPU_GROUP_LABEL: "g1" }, "annotations": { FRACTION_ANNOTATION: "0.5" } } })),
+        pod(
+            json!({ "metadata": { "name": "look-alike", "namespace": NS, "uid": "u-la",
+            "labels": { GPU_GROUP_LABEL: "g1" }, "annotations": { FRACTION_ANNOTATION: "0.5" } } }),
+        ),
         member(
             "a",
             json!({ GPU_GROUP_LABEL: "g1" }),
@@ -81,9 +83,8 @@ fn pods_sort_into_reservations_and_members() {
         g.reservations_of("g1")[0].annotated_gpu.as_deref(),
         Some("GPU-1")
     );
-    let names = |grp: &str| -> Vec<String> {
-        g.members_of(grp).iter().map(|m| m.name.clone()).collect()
-    };
+    let names =
+        |grp: &str| -> Vec<String> { g.members_of(grp).iter().map(|m| m.name.clone()).collect() };
     assert_eq!(names("g1"), ["look-alike", "a", "multi"]);
     assert_eq!(names("g2"), ["multi"]);
     let shares: Vec<Option<Share>> = g.members_of("g1").iter().map(|m| m.share).collect();
@@ -195,7 +196,11 @@ fn reservation_step_table() {
     ];
     for (i, (pods, assigned, want)) in cases.into_iter().enumerate() {
         let g = node_groups(&pods, &scope());
-        assert_eq!(reservation_step("g", &g, &scope(), assigned), want, "case {i}");
+        assert_eq!(
+            reservation_step("g", &g, &scope(), assigned),
+            want,
+            "case {i}"
+        );
     }
     // Being deleted: as good as gone.
     let mut p = reservation("r", "g", 5, Some("GPU-1"), "Running");
@@ -255,11 +260,35 @@ fn share_table() {
     let p = |x| Some(Share::Portion(x));
     // (gpu, portion, others, outcomes, text)
     let cases: Vec<(&str, f64, Vec<Option<Share>>, Vec<VerdictOutcome>, &str)> = vec![
-        ("GPU-0", 0.5, vec![], vec![Pass], "0 other pod(s) hold 0 MiB"),
-        ("GPU-0", 0.4, vec![p(0.25), p(0.25)], vec![Pass], "hold 40960 MiB"),
+        (
+            "GPU-0",
+            0.5,
+            vec![],
+            vec![Pass],
+            "0 other pod(s) hold 0 MiB",
+        ),
+        (
+            "GPU-0",
+            0.4,
+            vec![p(0.25), p(0.25)],
+            vec![Pass],
+            "hold 40960 MiB",
+        ),
         // 0.5 + 0.5 of 80 GiB is all of it, but the driver keeps 512 MiB.
-        ("GPU-0", 0.5, vec![p(0.5)], vec![Fail], "driver-reserved 512 MiB"),
-        ("GPU-0", 0.49, vec![p(0.5)], vec![Pass], "portion 0.49 needs 40140 MiB"),
+        (
+            "GPU-0",
+            0.5,
+            vec![p(0.5)],
+            vec![Fail],
+            "driver-reserved 512 MiB",
+        ),
+        (
+            "GPU-0",
+            0.49,
+            vec![p(0.5)],
+            vec![Pass],
+            "portion 0.49 needs 40140 MiB",
+        ),
         (
             "GPU-0",
             0.5,
@@ -272,13 +301,23 @@ fn share_table() {
         ("GPU-1", 0.1, vec![], vec![Fail], "unhealthy: XID 79"),
         ("GPU-9", 0.1, vec![], vec![Fail], "does not have"),
         // Fits by shares, but 70 GiB are in use now: a neighbour overuses its share.
-        ("GPU-2", 0.5, vec![p(0.25)], vec![Pass, Warn], "hold 20480 MiB"),
+        (
+            "GPU-2",
+            0.5,
+            vec![p(0.25)],
+            vec![Pass, Warn],
+            "hold 20480 MiB",
+        ),
     ];
     for (gpu_id, portion, o, want, text) in cases {
         let v = share_verdicts("g", gpu_id, portion, &others(&o), &s, CheckMode::Enforce);
         let got: Vec<VerdictOutcome> = v.iter().map(|v| v.outcome).collect();
         assert_eq!(got, want, "{gpu_id} {portion}: {v:?}");
-        assert!(v[0].message.contains(text), "{gpu_id} {portion}: {}", v[0].message);
+        assert!(
+            v[0].message.contains(text),
+            "{gpu_id} {portion}: {}",
+            v[0].message
+        );
     }
     let v = share_verdicts("g", "GPU-0", 0.5, &others(&[p(0.5)]), &s, CheckMode::Warn);
     assert_eq!(v[0].outcome, Warn);
@@ -313,8 +352,10 @@ fn configmaps_follow_kai_names_and_keys() {
         ])
     );
     // The webhook wired NVIDIA_VISIBLE_DEVICES to the capabilities map: it goes there.
-    let wired = with(json!([{ "name": VISIBLE_DEVICES, "valueFrom": { "configMapKeyRef": {
-        "name": "train-x1y2z3a-shared-gpu-0", "key": VISIBLE_DEVICES } } }]));
+    let wired = with(
+        json!([{ "name": VISIBLE_DEVICES, "valueFrom": { "configMapKeyRef": {
+        "name": "train-x1y2z3a-shared-gpu-0", "key": VISIBLE_DEVICES } } }]),
+    );
     let got = configmaps(&wired, &["GPU-a".into(), "GPU-b".into()], "0.5", true).unwrap();
     assert_eq!(
         got[0].data.get(VISIBLE_DEVICES).map(String::as_str),
@@ -353,7 +394,11 @@ fn collection_table() {
         .collect();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].0, "r-unused");
-    assert!(got[0].1.contains("no pod on this node uses GPU group unused"));
+    assert!(
+        got[0]
+            .1
+            .contains("no pod on this node uses GPU group unused")
+    );
     assert_eq!(got[1].0, "r-refused");
     assert!(got[1].1.contains("refused"), "{}", got[1].1);
     // Once its pod finished, the used group's reservation goes too.
