@@ -259,7 +259,14 @@ fn share_table() {
     let s = snap(vec![gpu(0, true, 0), gpu(1, false, 0), gpu(2, true, 70)]);
     let p = |x| Some(Share::Portion(x));
     // (gpu, portion, others, outcomes, text)
-    let cases: Vec<(&str, f64, Vec<Option<Share>>, Vec<VerdictOutcome>, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        f64,
+        Vec<Option<Share>>,
+        Vec<VerdictOutcome>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GPU-0",
             0.5,
