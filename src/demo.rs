@@ -46,6 +46,14 @@ const GPU_TAINT: &str = "nvidia.com/gpu";
 /// The demo node's GPU 5 reports XID 79 (fallen off the bus) at the first probe.
 const UNHEALTHY_GPU: &str = "GPU-00000005-demo";
 const UNHEALTHY_GROUP: &str = "demo-group-on-gpu-5";
+/// A GPU group already holding 0.75 of GPU 7 when the demo starts.
+const FULL_GPU: &str = "GPU-00000007-demo";
+const FULL_GROUP: &str = "demo-group-on-gpu-7";
+/// Fractional pods per new GPU group, and the portion each gets.
+const SHARES_PER_GROUP: usize = 4;
+const SHARE: &str = "0.2";
+/// Fractional pods in new groups (two GPUs' worth of groups).
+const SHARE_PODS: usize = 8;
 
 /// The demo node's GPUs: 8 H100s, one of which has a scripted XID 79.
 fn demo_inventory() -> String {
@@ -63,6 +71,7 @@ const DYNAMIC_PROVISIONER: &str = "bindlet.sim/local-path";
 enum Case {
     Plain,
     Gpu,
+    ShareFull,
     AlreadyBoundHere,
     OtherNodeLabel,
     WrongSelectedNode,
@@ -86,7 +95,8 @@ impl Case {
     fn label(self) -> &'static str {
         match self {
             Case::Plain => "plain pod",
-            Case::Gpu => "GPU pod (0.25 of a GPU)",
+            Case::Gpu => "GPU share (0.2 of a GPU, 4 per group)",
+            Case::ShareFull => "GPU share on a GPU already 3/4 shared",
             Case::WholeGpus => "GPU pod (2 whole GPUs)",
             Case::GpuUnhealthy => "GPU share on the GPU with XID 79",
             Case::TooManyGpus => "8 whole GPUs, 7 healthy",
@@ -124,6 +134,7 @@ impl Case {
             Case::TaintNotTolerated => (Some(Phase::Failed), "does not tolerate"),
             Case::WholeGpus => (Some(Phase::Succeeded), "bound to node"),
             Case::GpuUnhealthy => (Some(Phase::Failed), "which is unhealthy: XID 79"),
+            Case::ShareFull => (Some(Phase::Failed), "1 other pod(s) hold 61169 MiB"),
             Case::TooManyGpus => (Some(Phase::Failed), "needs 8 whole GPU(s)"),
             Case::DraUnhealthyGpu => (Some(Phase::Failed), "is unhealthy"),
             Case::DraOtherNode => (Some(Phase::Failed), "does not select node"),
@@ -151,6 +162,7 @@ fn plan(n: usize) -> Vec<Case> {
         Case::TaintNotTolerated,
         Case::WholeGpus,
         Case::GpuUnhealthy,
+        Case::ShareFull,
         Case::TooManyGpus,
         Case::LocalVolume,
         Case::DynamicVolume,
@@ -161,8 +173,11 @@ fn plan(n: usize) -> Vec<Case> {
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
+    let mut shares = 0;
     for i in 0..rest {
-        cases.push(if i % 10 < 3 { Case::Gpu } else { Case::Plain });
+        let share = i % 10 < 3 && shares < SHARE_PODS;
+        shares += usize::from(share);
+        cases.push(if share { Case::Gpu } else { Case::Plain });
     }
     cases
 }
@@ -170,6 +185,8 @@ fn plan(n: usize) -> Vec<Case> {
 struct Item {
     case: Case,
     name: String,
+    /// The GPU group of a fractional pod.
+    group: Option<String>,
     created_at: Option<Instant>,
 }
 
@@ -191,6 +208,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     } else {
         None
     };
+    // The simulated kubelet serves its device assignments here (unless a socket is given).
+    let scratch = std::env::temp_dir().join(format!("bindlet-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let kubelet_socket = scratch.join("kubelet.sock");
+    if args.agent.gpu.kubelet_pod_resources_socket.is_none() {
+        args.agent.gpu.kubelet_pod_resources_socket = Some(kubelet_socket.clone());
+    }
     let mut cfg = args.agent.to_config(&node);
     if args.agent.identity.is_none() {
         cfg.identity = format!("bindlet-demo-{node}");
@@ -203,10 +227,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         cases.len()
     );
 
-    setup_cluster(&client, &node, &cfg.lease_namespace).await?;
-    create_reservation(&client, &node).await?;
+    let reservation_ns = cfg.plugins.sharing.args.reservation_namespace.clone();
+    setup_cluster(&client, &node, &[&cfg.lease_namespace, &reservation_ns]).await?;
+    create_shared_groups(&client, &node, &cfg.plugins.sharing.args).await?;
+    // The node's kubelet: admits pods, hands out the GPUs the device plugin would report
+    // healthy and free (not the faulty GPU 5, not GPU 7 held by the existing group).
+    let kubelet = crate::sim::kubelet::spawn(
+        client.clone(),
+        crate::sim::kubelet::KubeletConfig {
+            node: node.clone(),
+            gpus: (0..8)
+                .map(|i| format!("GPU-{i:08x}-demo"))
+                .filter(|u| u != UNHEALTHY_GPU && u != FULL_GPU)
+                .collect(),
+            socket: Some(kubelet_socket),
+            admit_delay: Duration::from_millis(20),
+            reservation_namespace: Some(reservation_ns),
+            ..Default::default()
+        },
+    )?;
     // Local volumes live in a scratch directory on this machine (the simulated node's disk).
-    let scratch = std::env::temp_dir().join(format!("bindlet-demo-{}", std::process::id()));
     let provisioner = crate::sim::provisioner::spawn(
         client.clone(),
         crate::sim::provisioner::ProvisionerConfig {
@@ -237,9 +277,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .map(|(i, c)| Item {
             case: *c,
             name: format!("{}-{i:05}", short(*c)),
+            group: None,
             created_at: None,
         })
         .collect();
+    for (k, it) in items.iter_mut().filter(|it| it.case == Case::Gpu).enumerate() {
+        it.group = Some(format!("demo-group-{}", k / SHARES_PER_GROUP));
+    }
     setup_storage(&client, &node, &items, &scratch).await?;
     setup_dra(&client, &node, &items).await?;
     // Pods first (as the scheduler sees them), then the BindRequests in one burst.
@@ -327,6 +371,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     pod_watch.abort();
     // Every client of the simulator stops before it does.
     drop(provisioner);
+    drop(kubelet);
     tokio::task::yield_now().await;
     let _ = std::fs::remove_dir_all(&scratch);
     sim.shutdown().await;
@@ -375,6 +420,7 @@ fn short(c: Case) -> &'static str {
     match c {
         Case::Plain => "plain",
         Case::Gpu => "gpu",
+        Case::ShareFull => "sharefull",
         Case::AlreadyBoundHere => "prebound",
         Case::OtherNodeLabel => "othernode",
         Case::WrongSelectedNode => "wrongnode",
@@ -395,9 +441,9 @@ fn short(c: Case) -> &'static str {
     }
 }
 
-async fn setup_cluster(client: &Client, node: &str, lease_ns: &str) -> anyhow::Result<()> {
+async fn setup_cluster(client: &Client, node: &str, extra_ns: &[&str]) -> anyhow::Result<()> {
     let namespaces = Api::<Namespace>::all(client.clone());
-    for ns in [NAMESPACE, lease_ns] {
+    for ns in [NAMESPACE].iter().chain(extra_ns) {
         let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
         match namespaces.create(&PostParams::default(), &obj).await {
             Ok(_) => {}
@@ -425,23 +471,64 @@ async fn setup_cluster(client: &Client, node: &str, lease_ns: &str) -> anyhow::R
     Ok(())
 }
 
-/// KAI's reservation pod for a GPU group on the demo's unhealthy GPU.
-async fn create_reservation(client: &Client, node: &str) -> anyhow::Result<()> {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {
-            "name": "gpu-reservation-5", "namespace": NAMESPACE,
-            "labels": { crate::gpu::verdict::GPU_GROUP_LABEL: UNHEALTHY_GROUP },
-            "annotations": { crate::gpu::verdict::RESERVED_GPU_ANNOTATION: UNHEALTHY_GPU }
-        },
-        "spec": {
-            "nodeName": node,
-            "tolerations": [{ "key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule" }],
-            "containers": [ { "name": "reservation", "image": "registry.k8s.io/pause:3.10" } ]
+/// Two GPU groups already running when the demo starts, each a KAI reservation pod and a
+/// pod sharing its GPU: one on GPU 5 (which then reports XID 79), one with 0.75 of GPU 7.
+/// They are Running before the kubelet starts, so it takes them as admitted earlier.
+async fn create_shared_groups(
+    client: &Client,
+    node: &str,
+    sharing: &crate::plugins::gpu_sharing::SharingArgs,
+) -> anyhow::Result<()> {
+    use crate::gpu::sharing::{APP_LABEL, FRACTION_ANNOTATION};
+    use crate::gpu::verdict::{GPU_GROUP_LABEL, RESERVED_GPU_ANNOTATION};
+    let toleration = json!([{ "key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule" }]);
+    // (group, GPU, the reservation's GPU limit, the sharing pod's portion). The faulty GPU's
+    // reservation holds no GPU the node could still count as healthy.
+    for (group, gpu, limit, portion) in [
+        (UNHEALTHY_GROUP, UNHEALTHY_GPU, None, "0.25"),
+        (FULL_GROUP, FULL_GPU, Some("1"), "0.75"),
+    ] {
+        let resources = match limit {
+            Some(l) => json!({ "limits": { "nvidia.com/gpu": l } }),
+            None => json!({}),
+        };
+        let reservation: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("gpu-reservation-{group}"), "namespace": sharing.reservation_namespace,
+                "labels": { APP_LABEL: sharing.reservation_app_label, GPU_GROUP_LABEL: group },
+                "annotations": { RESERVED_GPU_ANNOTATION: gpu }
+            },
+            "spec": {
+                "nodeName": node,
+                "tolerations": toleration,
+                "containers": [ { "name": "resource-reservation", "image": sharing.reservation_image, "resources": resources } ]
+            }
+        }))?;
+        let member: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("running-on-{group}"), "namespace": NAMESPACE,
+                "labels": { GPU_GROUP_LABEL: group },
+                "annotations": { FRACTION_ANNOTATION: portion }
+            },
+            "spec": {
+                "nodeName": node,
+                "tolerations": toleration,
+                "containers": [ { "name": "main", "image": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04" } ]
+            }
+        }))?;
+        for pod in [reservation, member] {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let api = Api::<Pod>::namespaced(client.clone(), &ns);
+            api.create(&PostParams::default(), &pod).await?;
+            api.patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({ "status": { "phase": "Running" } })),
+            )
+            .await?;
         }
-    }))?;
-    Api::<Pod>::namespaced(client.clone(), NAMESPACE)
-        .create(&PostParams::default(), &pod)
-        .await?;
+    }
     Ok(())
 }
 
@@ -599,8 +686,14 @@ async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(S
         Some((claim, _, _)) => json!([{ "name": "gpu", "resourceClaimName": claim }]),
         None => json!([]),
     };
+    // KAI's admission webhook names the ConfigMaps of fractional pods.
+    let annotations = if matches!(it.case, Case::Gpu | Case::GpuUnhealthy | Case::ShareFull) {
+        json!({ crate::gpu::sharing::CONFIGMAP_ANNOTATION: format!("{}-demo123-shared-gpu", it.name) })
+    } else {
+        json!({})
+    };
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": it.name, "namespace": NAMESPACE, "labels": { "app": "demo", "case": short(it.case) } },
+        "metadata": { "name": it.name, "namespace": NAMESPACE, "labels": { "app": "demo", "case": short(it.case) }, "annotations": annotations },
         "spec": {
             "schedulerName": "kai-scheduler",
             "nodeName": node_name,
@@ -630,9 +723,12 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
         pod_uid.to_string()
     };
     let spec = match it.case {
-        // KAI sizes shares by group; a new group has no reserved GPU yet.
+        // KAI sizes shares by group; each new group gets its reservation pod and GPU.
         Case::Gpu => {
-            json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "0.25" }, "selectedGPUGroups": [format!("group-{}", it.name)] })
+            json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": SHARE }, "selectedGPUGroups": [it.group.clone().unwrap_or_default()] })
+        }
+        Case::ShareFull => {
+            json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "0.5" }, "selectedGPUGroups": [FULL_GROUP] })
         }
         Case::GpuUnhealthy => {
             json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "0.25" }, "selectedGPUGroups": [UNHEALTHY_GROUP] })
