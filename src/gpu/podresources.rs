@@ -396,7 +396,8 @@ async fn list_unbounded(path: &Path) -> Result<Vec<PodResources>, PodResourcesEr
     })
 }
 
-/// Protobuf encoding helpers, for tests and the fake server of the integration tests.
+/// Protobuf encoding helpers, for tests, the fake server of the integration tests and the
+/// simulated kubelet's pod-resources endpoint.
 pub mod encode {
     pub fn varint(mut v: u64, out: &mut Vec<u8>) {
         while v >= 0x80 {

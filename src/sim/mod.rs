@@ -137,7 +137,8 @@
 //!   `AuthHandle::deny_claim_binding` (by bearer token) gets 422 when it changes
 //!   `allocation` or `reservedFor` (Kubernetes 1.36's `resourceclaims/binding` rule).
 //! - Only a few pod defaults are filled (no service account, tolerations, priority classes,
-//!   enableServiceLinks variations); pod `status` updates are not validated.
+//!   enableServiceLinks variations); pod `status` updates are not validated. No kubelet runs:
+//!   pods stay `Pending` unless a client plays one (see [`kubelet`] for a simulated one).
 //! - Aggregated discovery (`application/json;g=apidiscovery.k8s.io;v=v2`) is not served; the
 //!   legacy documents are returned instead.
 //! - Request counts include every request for a resource (faulted ones too); non-resource
@@ -145,7 +146,9 @@
 
 mod auth;
 mod http;
+pub mod kubelet;
 mod objects;
+mod podresources_server;
 pub mod provisioner;
 mod registry;
 mod schema;
