@@ -281,7 +281,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             created_at: None,
         })
         .collect();
-    for (k, it) in items.iter_mut().filter(|it| it.case == Case::Gpu).enumerate() {
+    for (k, it) in items
+        .iter_mut()
+        .filter(|it| it.case == Case::Gpu)
+        .enumerate()
+    {
         it.group = Some(format!("demo-group-{}", k / SHARES_PER_GROUP));
     }
     setup_storage(&client, &node, &items, &scratch).await?;

@@ -159,25 +159,61 @@ async fn fractions_share_a_reserved_gpu_until_it_is_full() {
         .as_ref()
         .and_then(|r| r.limits.clone())
         .unwrap_or_default();
-    assert_eq!(limits.get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"));
-    let key = format!("{}/{}", s.env.namespace, r.metadata.name.as_deref().unwrap());
-    let gpu = s.kubelet.assignments().get(&key).and_then(|d| d.first().cloned());
+    assert_eq!(
+        limits.get("nvidia.com/gpu").map(|q| q.0.as_str()),
+        Some("1")
+    );
+    let key = format!(
+        "{}/{}",
+        s.env.namespace,
+        r.metadata.name.as_deref().unwrap()
+    );
+    let gpu = s
+        .kubelet
+        .assignments()
+        .get(&key)
+        .and_then(|d| d.first().cloned());
     let gpu = gpu.expect("the kubelet assigned the reservation pod a GPU");
     assert_eq!(s.visible_devices("a").await.as_deref(), Some(gpu.as_str()));
     let a = s.pod("a").await;
-    assert_eq!(labels(&a).get("runai-gpu-group").map(String::as_str), Some("g1"));
-    assert_eq!(a.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(s.node.as_str()));
-    let cm = s.configmap("a-abcdefg-shared-gpu-0").await.expect("capabilities map");
-    let data = cm.data.clone().unwrap_or_default();
-    assert_eq!(data.get("RUNAI_NUM_OF_GPUS").map(String::as_str), Some("0.5"));
-    let owner = &cm.metadata.owner_references.clone().unwrap_or_default()[0];
-    assert_eq!((owner.kind.as_str(), Some(owner.uid.as_str())), ("Pod", a.metadata.uid.as_deref()));
-    let evar = s.configmap("a-abcdefg-shared-gpu-0-evar").await.expect("env map");
     assert_eq!(
-        evar.data.unwrap_or_default().get("GPU_PORTION").map(String::as_str),
+        labels(&a).get("runai-gpu-group").map(String::as_str),
+        Some("g1")
+    );
+    assert_eq!(
+        a.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(s.node.as_str())
+    );
+    let cm = s
+        .configmap("a-abcdefg-shared-gpu-0")
+        .await
+        .expect("capabilities map");
+    let data = cm.data.clone().unwrap_or_default();
+    assert_eq!(
+        data.get("RUNAI_NUM_OF_GPUS").map(String::as_str),
         Some("0.5")
     );
-    let verdicts = br.status.and_then(|s| s.node_verification).expect("verdicts").verdicts;
+    let owner = &cm.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), Some(owner.uid.as_str())),
+        ("Pod", a.metadata.uid.as_deref())
+    );
+    let evar = s
+        .configmap("a-abcdefg-shared-gpu-0-evar")
+        .await
+        .expect("env map");
+    assert_eq!(
+        evar.data
+            .unwrap_or_default()
+            .get("GPU_PORTION")
+            .map(String::as_str),
+        Some("0.5")
+    );
+    let verdicts = br
+        .status
+        .and_then(|s| s.node_verification)
+        .expect("verdicts")
+        .verdicts;
     assert!(
         verdicts.iter().any(|v| v.plugin == "gpu_sharing"
             && v.message.contains("created by this bind")
@@ -199,7 +235,11 @@ async fn fractions_share_a_reserved_gpu_until_it_is_full() {
         "{r}"
     );
     let c = s.pod("c").await;
-    assert!(!labels(&c).contains_key("runai-gpu-group"), "{:?}", labels(&c));
+    assert!(
+        !labels(&c).contains_key("runai-gpu-group"),
+        "{:?}",
+        labels(&c)
+    );
     assert!(s.configmap("c-abcdefg-shared-gpu-0").await.is_none());
     assert_eq!(s.reservations("g1").await.len(), 1, "a and b still use it");
     s.finish().await;
@@ -250,9 +290,16 @@ async fn a_later_failure_rolls_back_labels_configmaps_and_the_reservation() {
     let r = reason(&s.env.wait_phase("rb", Phase::Failed).await);
     assert!(r.contains("missing"), "{r}");
     let p = s.pod("rb").await;
-    assert!(!labels(&p).contains_key("runai-gpu-group"), "{:?}", labels(&p));
+    assert!(
+        !labels(&p).contains_key("runai-gpu-group"),
+        "{:?}",
+        labels(&p)
+    );
     let annotations = p.metadata.annotations.clone().unwrap_or_default();
-    assert!(!annotations.contains_key("bindlet.dev/gpu-portion"), "{annotations:?}");
+    assert!(
+        !annotations.contains_key("bindlet.dev/gpu-portion"),
+        "{annotations:?}"
+    );
     assert!(s.configmap("rb-abcdefg-shared-gpu-0").await.is_none());
     assert!(s.configmap("rb-abcdefg-shared-gpu-0-evar").await.is_none());
     assert!(s.reservations("g4").await.is_empty());
@@ -277,7 +324,10 @@ async fn a_full_node_refuses_new_groups_without_creating_reservation_pods() {
     .await;
     s.fraction("f", "0.1", &["g5"], json!({})).await;
     let r = reason(&s.env.wait_phase("f", Phase::Failed).await);
-    assert!(r.contains("needs a free GPU") && r.contains("0 free"), "{r}");
+    assert!(
+        r.contains("needs a free GPU") && r.contains("0 free"),
+        "{r}"
+    );
     assert!(s.reservations("g5").await.is_empty(), "nothing was created");
     s.finish().await;
 }
@@ -328,9 +378,11 @@ async fn unused_reservations_are_collected_but_not_those_a_pending_request_needs
         .delete("gc-a", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_until(Duration::from_secs(10), "g6 reservation collected", || async {
-        s.reservations("g6").await.is_empty()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "g6 reservation collected",
+        || async { s.reservations("g6").await.is_empty() },
+    )
     .await;
     let gone = s
         .env
@@ -340,7 +392,11 @@ async fn unused_reservations_are_collected_but_not_those_a_pending_request_needs
         .expect("get");
     assert!(gone.is_none());
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(s.reservations("g7").await.len(), 1, "the pending request's group stays");
+    assert_eq!(
+        s.reservations("g7").await.len(),
+        1,
+        "the pending request's group stays"
+    );
 
     // Once the request is gone, so is its reservation.
     s.env
@@ -348,9 +404,11 @@ async fn unused_reservations_are_collected_but_not_those_a_pending_request_needs
         .delete("later", &DeleteParams::default())
         .await
         .expect("delete request");
-    wait_until(Duration::from_secs(10), "g7 reservation collected", || async {
-        s.reservations("g7").await.is_empty()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "g7 reservation collected",
+        || async { s.reservations("g7").await.is_empty() },
+    )
     .await;
     s.finish().await;
 }
