@@ -75,7 +75,7 @@ pub struct VolumeSettings {
     pub checks: CheckMode,
     pub binding_timeout: Duration,
     pub host_root: PathBuf,
-    /// API access for claims; attached by the agent (see [`PluginSettings::with_api`]).
+    /// API access for claims; attached by the agent (see [`super::PluginSettings::with_api`]).
     pub api: Option<ApiAccess>,
 }
 
