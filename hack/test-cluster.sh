@@ -15,5 +15,5 @@ if command -v kubectl >/dev/null; then
 fi
 BINDLET_TEST_KUBECONFIG=$kubeconfig cargo test \
   --test agent_binding --test agent_resilience --test diag_server --test diag_manifests \
-  --test manual_bind --test gpu_agent \
+  --test manual_bind --test gpu_agent --test gpu_sharing --test sim_kubelet \
   -- --test-threads=2
