@@ -177,15 +177,17 @@ pub fn node_groups(pods: &[Pod], scope: &ReservationScope) -> NodeGroups {
         let name = m.name.clone().unwrap_or_default();
         let uid = m.uid.clone().unwrap_or_default();
         if let Some(group) = scope.group_of(pod) {
-            let status = pod.status.as_ref();
-            let refused = (status.and_then(|s| s.phase.as_deref()) == Some("Failed")).then(|| {
-                let s = status.expect("phase implies status");
-                format!(
-                    "{}: {}",
-                    s.reason.as_deref().unwrap_or("Failed"),
-                    s.message.as_deref().unwrap_or("no message")
-                )
-            });
+            let refused = pod
+                .status
+                .as_ref()
+                .filter(|s| s.phase.as_deref() == Some("Failed"))
+                .map(|s| {
+                    format!(
+                        "{}: {}",
+                        s.reason.as_deref().unwrap_or("Failed"),
+                        s.message.as_deref().unwrap_or("no message")
+                    )
+                });
             out.reservations
                 .entry(group)
                 .or_default()

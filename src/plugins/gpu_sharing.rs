@@ -417,7 +417,7 @@ impl GpuSharingPlugin {
             _ => None,
         };
         let ns = &self.args.reservation_namespace;
-        let pod = self.reservation_pod(&api.node, group);
+        let pod = self.reservation_pod(&api.node, group)?;
         let created = call_as(
             &api.diag,
             calls::CREATE_POD,
@@ -439,7 +439,7 @@ impl GpuSharingPlugin {
     }
 
     /// KAI's reservation pod for `group`, bound to `node` directly.
-    fn reservation_pod(&self, node: &str, group: &str) -> Pod {
+    fn reservation_pod(&self, node: &str, group: &str) -> Result<Pod, PluginError> {
         let a = &self.args;
         let mut spec = json!({
             "nodeName": node,
@@ -474,7 +474,11 @@ impl GpuSharingPlugin {
             },
             "spec": spec
         }))
-        .expect("reservation pod is a valid Pod")
+        .map_err(|e| {
+            PluginError::refused(format!(
+                "building the reservation pod of group {group}: {e}"
+            ))
+        })
     }
 
     /// Polls the kubelet's assignments and the pod until its GPU is known, it is refused,
