@@ -352,14 +352,15 @@ pub fn inventory_verdicts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gpu::{Gpu, GpuMemory, Health};
     use serde_json::json;
 
     const GIB: u64 = 1024 * 1024 * 1024;
 
-    fn gpu(i: u32, healthy: bool, used_gib: u64) -> Gpu {
+    /// An 80 GiB GPU with 512 MiB driver-reserved (shared with the sharing tests).
+    pub(crate) fn gpu(i: u32, healthy: bool, used_gib: u64) -> Gpu {
         Gpu {
             index: i,
             uuid: format!("GPU-{i}"),
@@ -377,7 +378,7 @@ mod tests {
         }
     }
 
-    fn snap(gpus: Vec<Gpu>) -> GpuSnapshot {
+    pub(crate) fn snap(gpus: Vec<Gpu>) -> GpuSnapshot {
         GpuSnapshot {
             source: "test".into(),
             state: InventoryState::Available,

@@ -3,10 +3,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::gpu::{Gpu, GpuMemory, Health};
+use crate::gpu::verdict::tests::{gpu, snap};
 use VerdictOutcome::*;
 
-const GIB: u64 = 1024 * 1024 * 1024;
 const NS: &str = "kai-resource-reservation";
 
 fn scope() -> ReservationScope {
@@ -212,33 +211,6 @@ fn reservation_step_table() {
         reservation_step("g", &g, &scope(), None),
         ReservationStep::Create
     );
-}
-
-fn gpu(i: u32, healthy: bool, used_gib: u64) -> Gpu {
-    Gpu {
-        index: i,
-        uuid: format!("GPU-{i}"),
-        memory: Some(GpuMemory {
-            total: 80 * GIB,
-            used: used_gib * GIB,
-            reserved: GIB / 2,
-        }),
-        health: Health {
-            healthy,
-            reason: if healthy { "" } else { "XID 79" }.into(),
-            since: None,
-        },
-        ..Default::default()
-    }
-}
-
-fn snap(gpus: Vec<Gpu>) -> GpuSnapshot {
-    GpuSnapshot {
-        source: "test".into(),
-        state: InventoryState::Available,
-        taken_at: String::new(),
-        gpus,
-    }
 }
 
 fn others(shares: &[Option<Share>]) -> Vec<Member> {
