@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::Lenient;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::DeserializeGuard;
 use kube::{Client, Error as KubeError};
 use serde_json::json;
 use thiserror::Error;
@@ -158,7 +158,7 @@ impl Effects {
     ) -> Result<StatusWrite, ApiError> {
         // The answer is decoded leniently: a request whose content bindlet cannot decode
         // still gets its status written (and the write must not look like a failure).
-        let api: Api<DeserializeGuard<BindRequest>> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<Lenient<BindRequest>> = Api::namespaced(self.client.clone(), ns);
         let mut body = json!({ "status": status });
         if let Some(rv) = resource_version {
             body["metadata"] = json!({ "resourceVersion": rv });

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::Lenient;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::ResourceSlice;
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
@@ -240,7 +240,7 @@ pub async fn run(
         background.clone(),
     ));
 
-    let (requests, requests_writer) = reflector::store::<DeserializeGuard<BindRequest>>();
+    let (requests, requests_writer) = reflector::store::<Lenient<BindRequest>>();
     let (node_store, node_writer) = reflector::store::<Node>();
     tasks.spawn(watch_requests(
         client.clone(),
@@ -436,7 +436,7 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-fn key_of(obj: &DeserializeGuard<BindRequest>) -> Option<Key> {
+fn key_of(obj: &Lenient<BindRequest>) -> Option<Key> {
     Some(Key {
         namespace: obj.namespace()?,
         name: obj.name_any(),
@@ -449,13 +449,13 @@ fn key_of(obj: &DeserializeGuard<BindRequest>) -> Option<Key> {
 async fn watch_requests(
     client: Client,
     cfg: AgentConfig,
-    mut writer: Writer<DeserializeGuard<BindRequest>>,
+    mut writer: Writer<Lenient<BindRequest>>,
     queue: Arc<WorkQueue>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
     let store = writer.as_reader();
-    let api: Api<DeserializeGuard<BindRequest>> = match &cfg.namespace {
+    let api: Api<Lenient<BindRequest>> = match &cfg.namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
@@ -536,7 +536,7 @@ fn enqueue(queue: &WorkQueue, key: Key, hard: bool) {
 /// holds every request of the node (settled ones included), so this is most of the
 /// agent's memory. `status.nodeVerification` is only ever written (computed afresh per
 /// attempt); managedFields and kubectl's last-applied copy of the object are never used.
-fn slim_request(o: &mut DeserializeGuard<BindRequest>) {
+fn slim_request(o: &mut Lenient<BindRequest>) {
     o.managed_fields_mut().clear();
     if let Some(a) = kube::Resource::meta_mut(o).annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
@@ -570,7 +570,7 @@ async fn watch_node(
     client: Client,
     node_name: String,
     writer: Writer<Node>,
-    requests: Store<DeserializeGuard<BindRequest>>,
+    requests: Store<Lenient<BindRequest>>,
     queue: Arc<WorkQueue>,
     stop: CancellationToken,
 ) {

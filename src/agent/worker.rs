@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::api::Lenient;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::{BindRequest, BindRequestStatus, NodeVerification, Phase};
@@ -22,7 +22,7 @@ pub(crate) struct Shared {
     pub effects: Effects,
     pub events: EventSink,
     pub registry: binding::Registry,
-    pub requests: Store<DeserializeGuard<BindRequest>>,
+    pub requests: Store<Lenient<BindRequest>>,
     pub node: Store<Node>,
     pub stats: Arc<super::Stats>,
     pub diag: Arc<crate::diag::Recorder>,

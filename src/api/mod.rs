@@ -5,6 +5,7 @@
 
 mod allocation;
 mod bindrequest;
+mod lenient;
 mod schema;
 
 pub use allocation::{
@@ -16,6 +17,7 @@ pub use bindrequest::{
     BindRequest, BindRequestSpec, BindRequestStatus, NodeVerification, Phase, ReceivedGpu,
     ResourceClaimAllocation, Verdict, VerdictOutcome,
 };
+pub use lenient::Lenient;
 pub use schema::QUANTITY_PATTERN;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

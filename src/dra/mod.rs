@@ -171,6 +171,27 @@ pub fn device_uuid(d: &Device) -> Option<&str> {
         .and_then(|(_, v)| v.string.as_deref())
 }
 
+/// Whether any device of `alloc` found in `slices` carries a GPU UUID, i.e. whether
+/// `verify_allocation` would consult the GPU inventory. Taking a GPU snapshot costs an
+/// NVML probe (or a library load attempt on a node without a driver), so the agent takes
+/// one only for allocations that name GPUs.
+pub fn names_gpus<S: Borrow<ResourceSlice>>(
+    alloc: &AllocationResult,
+    node: &Node,
+    slices: &[S],
+) -> bool {
+    alloc
+        .devices
+        .as_ref()
+        .and_then(|d| d.results.as_deref())
+        .unwrap_or(&[])
+        .iter()
+        .any(|r| {
+            find_device(slices, &r.driver, &r.pool, &r.device, node)
+                .is_ok_and(|d| device_uuid(d).is_some())
+        })
+}
+
 /// Checks that `alloc` concerns `node`; `Ok` carries one line per passed check, `Err` the
 /// reason to refuse. `gpus`: the GPU inventory when one is loaded.
 /// `slices` may be owned or shared (`Arc`) slices: the agent's cache hands out `Arc`s, and

@@ -431,3 +431,29 @@ fn releases() {
         }
     }
 }
+
+#[test]
+fn gpu_inventory_is_consulted_only_for_devices_with_a_uuid() {
+    let n = node();
+    let slices = vec![local_slice()];
+    let two = |a: &str, b: &str| {
+        json!([
+            {"request": "a", "driver": "gpu.example.com", "pool": "n1", "device": a},
+            {"request": "b", "driver": "gpu.example.com", "pool": "n1", "device": b}
+        ])
+    };
+    let cases = [
+        ("prefixed uuid attribute", gpu_result("gpu-0"), true),
+        ("plain uuid attribute", gpu_result("gpu-1"), true),
+        ("no attributes", gpu_result("nic-0"), false),
+        ("device not in the slices", gpu_result("gpu-9"), false),
+        ("one of two names a GPU", two("nic-0", "gpu-1"), true),
+    ];
+    for (what, results, want) in cases {
+        assert_eq!(
+            names_gpus(&alloc(here(), results), &n, &slices),
+            want,
+            "{what}"
+        );
+    }
+}

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceSlice};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::reflector::Store;
@@ -26,6 +27,7 @@ use crate::agent::effects::{ApiError, call_as};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::dra::{self as decide, Reservation};
+use crate::gpu::GpuSnapshot;
 use crate::plugins::gpu::GpuRuntime;
 
 const NAME: &str = "dra";
@@ -160,10 +162,8 @@ impl Plugin for DraPlugin {
         let ns = ctx.request.namespace.as_str();
         let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
-        let gpus = match &self.gpu {
-            Some(rt) => Some(rt.snapshot().await),
-            None => None,
-        };
+        // Taken at the first allocation that names a GPU, and then shared by the others.
+        let mut gpus: Option<GpuSnapshot> = None;
         let mut slices = Slices {
             items: api.node_slices(ctx.node_name).await?,
             complete: false,
@@ -185,6 +185,8 @@ impl Plugin for DraPlugin {
                 PluginError::refused(format!("claim {entry}: {why} (will retry)"))
             })?;
             let label = format!("{ns}/{claim}");
+            self.snapshot_if_gpus(&mut gpus, &requested, ctx.node, &slices.items)
+                .await;
             let mut checked = decide::verify_allocation(
                 &label,
                 &requested,
@@ -195,6 +197,8 @@ impl Plugin for DraPlugin {
             if checked.is_err() && !slices.complete {
                 slices.items = api.list_slices(None).await?;
                 slices.complete = true;
+                self.snapshot_if_gpus(&mut gpus, &requested, ctx.node, &slices.items)
+                    .await;
                 checked = decide::verify_allocation(
                     &label,
                     &requested,
@@ -234,6 +238,24 @@ impl Plugin for DraPlugin {
                 tracing::warn!(claim = %format!("{}/{}", r.namespace, r.name), error = %e.message,
                     "could not undo a ResourceClaim reservation");
             }
+        }
+    }
+}
+
+impl DraPlugin {
+    /// Takes the GPU snapshot into `gpus` the first time an allocation names a GPU.
+    async fn snapshot_if_gpus(
+        &self,
+        gpus: &mut Option<GpuSnapshot>,
+        requested: &AllocationResult,
+        node: &Node,
+        slices: &[Arc<ResourceSlice>],
+    ) {
+        if gpus.is_some() || !decide::names_gpus(requested, node, slices) {
+            return;
+        }
+        if let Some(rt) = &self.gpu {
+            *gpus = Some(rt.snapshot().await);
         }
     }
 }
