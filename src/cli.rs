@@ -218,7 +218,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             init_logging(cli.log_format, &cli.log_level)?;
-            runtime()?.block_on(run(args))
+            agent_runtime()?.block_on(run(args))
         }
         Command::Bind(args) => {
             init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
@@ -280,6 +280,16 @@ pub async fn kube_client(
         None => kube::Config::infer().await?,
     };
     Ok(kube::Client::try_from(config)?)
+}
+
+/// The agent runs on one thread. Its work is waiting on the API server; every blocking call
+/// (NVML, statvfs, file reads) already runs on its own thread or `spawn_blocking`. A
+/// work-stealing runtime cost it cross-thread wake-ups per request: measured with `bindlet
+/// bench`, 0.21 ms of CPU per bind on two worker threads against 0.13 ms on one.
+fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

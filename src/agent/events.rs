@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::api_calls::CREATE_EVENT;
-use super::effects::call_as;
+use super::effects::{call_as, send_unread};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -164,15 +164,16 @@ async fn write_event(
         reporting_instance: Some(instance.to_string()),
         ..Default::default()
     };
-    let api: Api<Event> = Api::namespaced(client, &ns);
-    if let Err(e) = call_as(
-        diag,
-        CREATE_EVENT,
-        timeout,
-        api.create(&PostParams::default(), &event),
-    )
-    .await
-    {
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+    // The created Event in the answer is not needed, so it is not decoded.
+    let request = serde_json::to_vec(&event)
+        .map_err(kube::Error::SerdeError)
+        .and_then(|body| {
+            kube::core::Request::new(api.resource_url())
+                .create(&PostParams::default(), body)
+                .map_err(kube::Error::BuildRequest)
+        });
+    if let Err(e) = call_as(diag, CREATE_EVENT, timeout, send_unread(&client, request)).await {
         tracing::warn!(error = %e, namespace = %ns, "could not write event");
     }
 }

@@ -134,19 +134,16 @@ async fn snapshot_and_run(
     let result = match report.result {
         Ok(true) => {
             // Emitted right after the bind: a later status-write failure retries the
-            // attempt, which then finds the pod already bound and emits nothing.
+            // attempt, which then finds the pod already bound and emits nothing. One Event,
+            // on the pod, as KAI's binder and kube-scheduler write: the BindRequest records
+            // the success in its status (phase and what was verified), and `explain` shows
+            // the pod's Events with it.
             let note = format!(
                 "Bound {}/{} to node {me} after node-local verification",
                 req.namespace, req.pod_name
             );
-            sh.events.emit(event(
-                pod_ref(&pod),
-                EventType::Normal,
-                "Bound",
-                note.clone(),
-            ));
             sh.events
-                .emit(event(request_ref(br), EventType::Normal, "Bound", note));
+                .emit(event(pod_ref(&pod), EventType::Normal, "Bound", note));
             Ok(Outcome::Bound)
         }
         Ok(false) => Ok(Outcome::AlreadyBound),

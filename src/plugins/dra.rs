@@ -23,7 +23,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::reflector::Store;
 
 use crate::agent::api_calls as calls;
-use crate::agent::effects::{ApiError, call_as};
+use crate::agent::effects::{ApiError, call_as, send_unread};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::dra::{self as decide, Reservation};
@@ -290,7 +290,7 @@ async fn reserve(
                 sets_allocation,
             } => {
                 live.status = Some(status);
-                if api.replace_status(ns, claim, &live).await?.is_some() {
+                if api.replace_status(ns, claim, &live).await? {
                     rec.allocation_written = sets_allocation;
                     return Ok((rec, true));
                 }
@@ -316,11 +316,7 @@ async fn release(api: &DraApi, r: &ReservedClaim, pod_uid: &str) -> Result<(), P
             return Ok(());
         };
         live.status = Some(status);
-        if api
-            .replace_status(&r.namespace, &r.name, &live)
-            .await?
-            .is_some()
-        {
+        if api.replace_status(&r.namespace, &r.name, &live).await? {
             return Ok(());
         }
     }
@@ -364,7 +360,7 @@ impl DraApi {
         .map_err(|e| PluginError::transient(format!("listing ResourceSlices: {e}")))
     }
 
-    /// PUT of the claim's status, guarded by the resourceVersion it carries. `None` when the
+    /// PUT of the claim's status, guarded by the resourceVersion it carries. `false` when the
     /// claim changed (409) or vanished (404); other answers about the write (422: e.g. no
     /// `resourceclaims/binding` permission, or an admission policy) refuse.
     async fn replace_status(
@@ -372,20 +368,29 @@ impl DraApi {
         ns: &str,
         name: &str,
         claim: &ResourceClaim,
-    ) -> Result<Option<ResourceClaim>, PluginError> {
+    ) -> Result<bool, PluginError> {
         let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
+        // The updated claim in the answer is not needed (a retry re-reads), so it is not
+        // decoded.
+        let request = serde_json::to_vec(claim)
+            .map_err(kube::Error::SerdeError)
+            .and_then(|body| {
+                kube::core::Request::new(api.resource_url())
+                    .replace_subresource("status", name, &PostParams::default(), body)
+                    .map_err(kube::Error::BuildRequest)
+            });
         match call_as(
             &self.diag,
             calls::UPDATE_RESOURCE_CLAIM_STATUS,
             self.timeout,
-            api.replace_status(name, &PostParams::default(), claim),
+            send_unread(&self.client, request),
         )
         .await
         {
-            Ok(c) => Ok(Some(c)),
+            Ok(()) => Ok(true),
             Err(ApiError::Status {
                 code: 409 | 404, ..
-            }) => Ok(None),
+            }) => Ok(false),
             Err(ApiError::Status {
                 code: code @ (400 | 403 | 422),
                 message,
