@@ -1,6 +1,6 @@
 //! The NVML backend, on `nvml-wrapper`. The library is loaded at run time from a
 //! configurable path; a missing library, driver or permission is an `Unavailable`
-//! snapshot carrying NVML's error, and the load is retried at the next re-check.
+//! snapshot carrying NVML's error, and the load is retried at the next probe or re-check.
 //!
 //! Two threads: `bindlet-nvml` owns the library handle and makes every probe (bind-time
 //! probes and the periodic re-check of ECC, retired pages and remapped rows), so no NVML
