@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::api::Lenient;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::ResourceSlice;
@@ -26,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{BindRequest, SELECTED_NODE_LABEL};
+use crate::api::{BindRequest, Lenient, SELECTED_NODE_LABEL};
 use crate::binding::{self, Backoff};
 use crate::plugins::{self, PluginSettings};
 

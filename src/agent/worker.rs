@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::api::Lenient;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::api::{BindRequest, BindRequestStatus, NodeVerification, Phase};
+use crate::api::{BindRequest, BindRequestStatus, Lenient, NodeVerification, Phase};
 use crate::binding::{
     self, AttemptError, BindContext, BindFault, Binder, Failure, Outcome, PodState,
 };
