@@ -205,7 +205,7 @@ pub fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Crd => {
-            print!("{}", crate::api::crd_yaml());
+            print!("{}", crate::api::crd_yaml()?);
             Ok(())
         }
         Command::Inspect(args) => {

@@ -30,7 +30,8 @@ fn kai_crd() -> Value {
 
 /// bindlet's CRD as published, read back from the YAML text `bindlet crd` prints.
 fn bindlet_crd() -> Value {
-    serde_yaml::from_str(&api::crd_yaml()).expect("bindlet's CRD YAML parses")
+    serde_yaml::from_str(&api::crd_yaml().expect("bindlet's CRD serializes"))
+        .expect("bindlet's CRD YAML parses")
 }
 
 fn version<'a>(crd: &'a Value, name: &str) -> &'a Value {

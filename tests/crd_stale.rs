@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[test]
 fn daemonset_crd_is_up_to_date() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("daemonset/crd.yaml");
-    let generated = bindlet::api::crd_yaml();
+    let generated = bindlet::api::crd_yaml().expect("bindlet's CRD serializes");
     if std::env::var_os("BINDLET_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         std::fs::write(&path, &generated).expect("write daemonset/crd.yaml");
         return;
