@@ -16,8 +16,9 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
 use crate::api::BindRequest;
+use crate::sim::RequestCounts;
 
-/// Requests the limit client issued, and how many of its binds failed.
+/// Requests the limit client issued (a failed bind shows as a pod left unbound).
 #[derive(Debug, Default)]
 pub struct LimitCounts {
     pub get_pods: AtomicU64,
@@ -25,7 +26,29 @@ pub struct LimitCounts {
     pub patch_status: AtomicU64,
     pub get_claims: AtomicU64,
     pub update_claim_status: AtomicU64,
-    pub errors: AtomicU64,
+}
+
+impl LimitCounts {
+    /// The requests so far, keyed by verb and resource like the simulator's counts.
+    pub fn requests(&self) -> RequestCounts {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RequestCounts(
+            [
+                ("get", "pods", load(&self.get_pods)),
+                ("create", "pods/binding", load(&self.create_binding)),
+                ("patch", "bindrequests/status", load(&self.patch_status)),
+                ("get", "resourceclaims", load(&self.get_claims)),
+                (
+                    "update",
+                    "resourceclaims/status",
+                    load(&self.update_claim_status),
+                ),
+            ]
+            .into_iter()
+            .map(|(verb, res, n)| ((verb.to_string(), res.to_string()), n))
+            .collect(),
+        )
+    }
 }
 
 /// Starts `loops` concurrent binders working the queue until it closes.
@@ -46,7 +69,6 @@ pub fn start(
                 let next = queue.lock().await.recv().await;
                 let Some(br) = next else { return };
                 if let Err(e) = bind_one(&client, &node, &br, &counts).await {
-                    counts.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(request = %br.name_any(), error = %e, "limit client: bind failed");
                 }
             }

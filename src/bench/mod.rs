@@ -15,7 +15,6 @@ mod workload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
@@ -440,13 +439,7 @@ async fn measure(
     .await?;
     wait_settled(client, &names.limit_ns, 0, warm, deadline(warm)).await?;
     let before = target.counts();
-    let g0 = (
-        counts.get_pods.load(Ordering::Relaxed),
-        counts.create_binding.load(Ordering::Relaxed),
-        counts.patch_status.load(Ordering::Relaxed),
-        counts.get_claims.load(Ordering::Relaxed),
-        counts.update_claim_status.load(Ordering::Relaxed),
-    );
+    let own_before = counts.requests();
     let timings = workload::drive(
         client,
         &names.limit_ns,
@@ -471,38 +464,8 @@ async fn measure(
         }
         // On a real cluster the limit client counts its own requests.
         _ => {
-            let mut d = RequestCounts::default();
-            for (verb, res, v) in [
-                (
-                    "get",
-                    "pods",
-                    counts.get_pods.load(Ordering::Relaxed) - g0.0,
-                ),
-                (
-                    "create",
-                    "pods/binding",
-                    counts.create_binding.load(Ordering::Relaxed) - g0.1,
-                ),
-                (
-                    "patch",
-                    "bindrequests/status",
-                    counts.patch_status.load(Ordering::Relaxed) - g0.2,
-                ),
-                (
-                    "get",
-                    "resourceclaims",
-                    counts.get_claims.load(Ordering::Relaxed) - g0.3,
-                ),
-                (
-                    "update",
-                    "resourceclaims/status",
-                    counts.update_claim_status.load(Ordering::Relaxed) - g0.4,
-                ),
-            ] {
-                if v > 0 {
-                    d.0.insert((verb.into(), res.into()), v);
-                }
-            }
+            let mut d = diff(&counts.requests(), &own_before);
+            d.0.retain(|_, n| *n > 0);
             Some(ApiCost::from_counts(
                 &d,
                 &RequestCounts::default(),
