@@ -59,8 +59,13 @@ impl Node {
         }
     }
 
+    /// Replaces the devices file in one step: the fake library re-reads it on every call,
+    /// also from the NVML event thread, and a write in place could be read half done (an
+    /// empty file reads as every GPU lost).
     fn set(&self, devices: &str) {
-        std::fs::write(self.dir.path().join("devices.txt"), devices).expect("write devices");
+        let next = self.dir.path().join("devices.txt.next");
+        std::fs::write(&next, devices).expect("write devices");
+        std::fs::rename(&next, self.dir.path().join("devices.txt")).expect("replace devices");
     }
 
     fn snap(&self) -> GpuSnapshot {
