@@ -896,6 +896,89 @@ status:
 "#,
     ),
     (
+        // KEP-5004: extended resources backed by DRA, as KAI HEAD writes them.
+        "extended-resource-claim",
+        r#"
+spec:
+  podName: train-0
+  selectedNode: gpu-node-1
+  receivedResourceType: Regular
+  extendedResourceClaimAllocation:
+    allocation:
+      allocationTimestamp: "2026-08-01T10:00:00.123456Z"
+      devices:
+        results:
+        - request: container-0-request-0
+          driver: gpu.example.com
+          pool: gpu-node-1
+          device: gpu-3
+          bindingConditions: [Attached]
+          bindingFailureConditions: [AttachFailed]
+      nodeSelector:
+        nodeSelectorTerms:
+        - matchFields:
+          - key: metadata.name
+            operator: In
+            values: [gpu-node-1]
+    deviceRequests:
+    - name: container-0-request-0
+      exactly:
+        deviceClassName: gpu.example.com
+        allocationMode: ExactCount
+        count: 2
+        selectors:
+        - cel:
+            expression: device.attributes["gpu.example.com"].model == "H200"
+        tolerations:
+        - key: example.com/maintenance
+          operator: Exists
+          effect: NoSchedule
+        capacity:
+          requests:
+            memory: 40Gi
+            cores: 8
+    - name: container-1-request-0
+      firstAvailable:
+      - name: big
+        deviceClassName: gpu.example.com
+        count: 1
+      - name: small
+        deviceClassName: mig.example.com
+        allocationMode: All
+        tolerations:
+        - operator: Exists
+          tolerationSeconds: 300
+    containerMappings:
+    - containerName: main
+      resourceName: example.com/gpu
+      requestName: container-0-request-0
+    - containerName: sidecar
+      resourceName: example.com/gpu
+      requestName: container-1-request-0
+"#,
+    ),
+    (
+        "numa",
+        r#"
+spec:
+  podName: train-0
+  selectedNode: gpu-node-1
+  receivedResourceType: Regular
+  receivedGPU:
+    count: 2
+    portion: "1.00"
+  predictedNUMAZones:
+  - zone: node-0
+    amount:
+      nvidia.com/gpu: 2
+      cpu: 16
+      memory: 64Gi
+  - zone: node-1
+    amount:
+      cpu: "500m"
+"#,
+    ),
+    (
         "server-metadata",
         r#"
 spec:
@@ -1023,6 +1106,60 @@ fn dra_sample_decodes_to_the_expected_values() {
             .node_selector_terms
             .len(),
         2
+    );
+}
+
+#[test]
+fn extended_resource_and_numa_samples_decode_to_the_expected_values() {
+    let br: BindRequest =
+        serde_json::from_value(sample("extended-resource-claim")).expect("decodes");
+    let ext = br
+        .spec
+        .extended_resource_claim_allocation
+        .as_ref()
+        .expect("extended allocation");
+    let requests = ext.device_requests.as_ref().expect("device requests");
+    assert_eq!(requests.len(), 2);
+    let exact = requests[0].exactly.as_ref().expect("exactly");
+    assert_eq!(exact.count, Some(2));
+    let caps = exact
+        .capacity
+        .as_ref()
+        .and_then(|c| c.requests.as_ref())
+        .expect("capacity");
+    assert_eq!(caps["cores"], api::QuantityValue::Int(8));
+    assert_eq!(caps["memory"], api::QuantityValue::String("40Gi".into()));
+    let alternatives = requests[1].first_available.as_ref().expect("alternatives");
+    assert_eq!(alternatives[1].allocation_mode.as_deref(), Some("All"));
+    let mappings = ext.container_mappings.as_ref().expect("mappings");
+    assert_eq!(mappings[1].container_name, "sidecar");
+    assert_eq!(mappings[1].request_name, "container-1-request-0");
+    let alloc = ext.allocation.as_ref().expect("allocation");
+    assert_eq!(
+        alloc.allocation_timestamp.as_deref(),
+        Some("2026-08-01T10:00:00.123456Z"),
+        "sub-second precision is kept"
+    );
+    // The requests convert to the k8s-openapi type a ResourceClaim spec is written with.
+    let k8s = k8s_openapi::api::resource::v1::DeviceRequest::from(requests[0].clone());
+    let k8s_exact = k8s.exactly.expect("exactly");
+    assert_eq!(k8s_exact.device_class_name, "gpu.example.com");
+    assert_eq!(
+        k8s_exact.capacity.and_then(|c| c.requests).expect("caps")["cores"].0,
+        "8"
+    );
+
+    let br: BindRequest = serde_json::from_value(sample("numa")).expect("decodes");
+    let zones = br.spec.predicted_numa_zones.as_ref().expect("zones");
+    assert_eq!(zones.len(), 2);
+    assert_eq!(zones[0].zone, "node-0");
+    assert_eq!(
+        zones[0].amount["nvidia.com/gpu"],
+        api::QuantityValue::Int(2)
+    );
+    assert_eq!(
+        zones[1].amount["cpu"],
+        api::QuantityValue::String("500m".into())
     );
 }
 

@@ -5,7 +5,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::allocation::AllocationResult;
+use std::collections::BTreeMap;
+
+use super::allocation::{AllocationResult, QuantityValue};
+use super::device_request::{ContainerExtendedResourceRequest, DeviceRequest};
 use super::schema;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -51,6 +54,39 @@ pub struct BindRequestSpec {
     /// Failed attempts allowed before the request is given up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_limit: Option<i32>,
+    /// The allocation of the pod's synthetic claim for extended resources backed by DRA
+    /// (KEP-5004); the binder creates that claim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extended_resource_claim_allocation: Option<ExtendedResourceClaimAllocation>,
+    /// The scheduler's predicted NUMA placement on the selected node; KAI's binder copies it
+    /// to the pod annotation `kai.scheduler/numa-placement-predicted`.
+    #[serde(rename = "predictedNUMAZones", skip_serializing_if = "Option::is_none")]
+    pub predicted_numa_zones: Option<Vec<NumaZonePlacement>>,
+}
+
+/// The allocation for the pod's extended-resource claim (KEP-5004).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtendedResourceClaimAllocation {
+    /// The allocation result from the DRA allocator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<AllocationResult>,
+    /// The claim's requests, one per extended resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_requests: Option<Vec<DeviceRequest>>,
+    /// Which container's extended resource each request backs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_mappings: Option<Vec<ContainerExtendedResourceRequest>>,
+}
+
+/// Resources placed on one NUMA zone: the NodeResourceTopology zone id and the amounts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NumaZonePlacement {
+    /// Zone id from the node's NodeResourceTopology (e.g. `node-0`).
+    pub zone: String,
+    /// Amount per resource name placed in the zone.
+    pub amount: BTreeMap<String, QuantityValue>,
 }
 
 /// GPUs the pod received.

@@ -5,6 +5,7 @@
 
 mod allocation;
 mod bindrequest;
+mod device_request;
 mod lenient;
 mod schema;
 
@@ -14,8 +15,13 @@ pub use allocation::{
     NodeSelectorRequirement, NodeSelectorTerm, OpaqueDeviceConfiguration, QuantityValue,
 };
 pub use bindrequest::{
-    BindRequest, BindRequestSpec, BindRequestStatus, NodeVerification, Phase, ReceivedGpu,
-    ResourceClaimAllocation, Verdict, VerdictOutcome,
+    BindRequest, BindRequestSpec, BindRequestStatus, ExtendedResourceClaimAllocation,
+    NodeVerification, NumaZonePlacement, Phase, ReceivedGpu, ResourceClaimAllocation, Verdict,
+    VerdictOutcome,
+};
+pub use device_request::{
+    CapacityRequirements, CelDeviceSelector, ContainerExtendedResourceRequest, DeviceRequest,
+    DeviceSelector, DeviceSubRequest, ExactDeviceRequest,
 };
 pub use lenient::Lenient;
 pub use schema::QUANTITY_PATTERN;
