@@ -34,11 +34,7 @@ async fn binds_a_pod_and_reports_verified_status_and_events() {
     assert_eq!(live.metadata.uid, pod.metadata.uid);
 
     // What was verified is recorded with bindlet's CRD.
-    let v = br
-        .status
-        .as_ref()
-        .and_then(|s| s.node_verification.clone())
-        .expect("nodeVerification");
+    let v = env.verification(&agent, &br);
     assert_eq!(v.node, node);
     assert!(
         v.verdicts.iter().any(|v| v.plugin == "node"
@@ -78,7 +74,8 @@ async fn decisions_about_the_live_pod() {
     let p = env.create_pod("there", json!({ "nodeName": other })).await;
     env.create_request("there", &node, p.metadata.uid.as_deref(), json!({}))
         .await;
-    // Recreated pod: the request's owner UID is stale.
+    // Recreated pod: the request's owner UID is stale. A cluster's garbage collector deletes
+    // such a request soon (its owner is gone); until then the agent must refuse it.
     env.create_pod("recreated", json!({})).await;
     env.create_request(
         "recreated",
@@ -113,21 +110,53 @@ async fn decisions_about_the_live_pod() {
     assert_eq!(attempts(&br), 1, "terminal at the first attempt");
     assert_eq!(env.pod_node("there").await.as_deref(), Some(other.as_str()));
 
-    let br = env.wait_phase("recreated", Phase::Failed).await;
-    assert!(reason(&br).contains("was recreated"), "{}", reason(&br));
+    // Whichever comes first, the agent's refusal or the collector, nothing is bound.
+    let settled = common::poll(Duration::from_secs(30), || async {
+        match env.get_request("recreated").await {
+            None => true,
+            Some(br) => br.phase() == Some(Phase::Failed),
+        }
+    })
+    .await;
+    assert!(
+        settled,
+        "the stale request was neither refused nor collected"
+    );
+    match env.get_request("recreated").await {
+        Some(br) => assert!(reason(&br).contains("was recreated"), "{}", reason(&br)),
+        None => eprintln!("recreated: collected by the garbage collector before the agent saw it"),
+    }
     assert_eq!(
         env.pod_node("recreated").await,
         None,
         "a stale request binds nothing"
     );
 
-    let br = env.wait_phase("mislabelled", Phase::Failed).await;
+    // Labelled here but selecting another node: not this node's request. The agent leaves
+    // its status alone (only the selected node's agent may write it) and says so once.
+    let evs = env
+        .wait_events("BindRequest", "mislabelled", "NotThisNode", 1)
+        .await;
+    let notes: Vec<String> = evs
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("NotThisNode"))
+        .filter_map(|e| e.note.clone())
+        .collect();
+    assert_eq!(notes.len(), 1, "{evs:?}");
     assert!(
-        reason(&br).contains(&format!("selects node \"{other}\"")),
-        "{}",
-        reason(&br)
+        notes[0].contains(&format!("spec.selectedNode is \"{other}\"")),
+        "{notes:?}"
     );
+    let br = env.get_request("mislabelled").await.expect("mislabelled");
+    assert!(br.status.is_none(), "status written: {:?}", br.status);
     assert_eq!(env.pod_node("mislabelled").await, None);
+    let left_alone = agent.stats.diag.debug_state(&agent.stats).left_alone;
+    assert!(
+        left_alone
+            .iter()
+            .any(|r| r.name == "mislabelled" && r.reason == "NotThisNode"),
+        "{left_alone:?}"
+    );
 
     // By now the agent has long processed everything it can see.
     let foreign = env.get_request("foreign").await.expect("foreign request");
@@ -148,13 +177,9 @@ async fn missing_pod_is_retried_with_increasing_attempts_then_failed() {
     env.create_node(&node, json!({})).await;
     let agent = env.start_agent(env.agent_config(&node)).await;
 
-    env.create_request(
-        "ghost",
-        &node,
-        Some("00000000-0000-0000-0000-0000000000aa"),
-        json!({}),
-    )
-    .await;
+    // No owner reference: a request owned by a missing pod is deleted by the garbage
+    // collector (see `a_request_whose_pod_is_gone_is_collected_and_binds_nothing`).
+    env.create_request("ghost", &node, None, json!({})).await;
     env.create_request("ghost5", &node, None, json!({ "backoffLimit": 5 }))
         .await;
 
@@ -188,6 +213,43 @@ async fn missing_pod_is_retried_with_increasing_attempts_then_failed() {
         evs.iter().all(|e| e.reason.as_deref() != Some("Bound")),
         "no success event after a failure"
     );
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}
+
+/// KAI deletes nothing when a pod goes away before binding: the garbage collector removes
+/// the BindRequest it owned. The agent then drops it with no status write and no Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_pod_is_gone_is_collected_and_binds_nothing() {
+    let env = TestEnv::new("collected").await;
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    let pod = env.create_pod("gone", json!({})).await;
+    env.pods()
+        .delete("gone", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete pod");
+    common::wait_until(Duration::from_secs(10), "pod gone", || async {
+        env.pods().get_opt("gone").await.ok().flatten().is_none()
+    })
+    .await;
+    env.create_request("gone", &node, pod.metadata.uid.as_deref(), json!({}))
+        .await;
+    common::wait_until(
+        Duration::from_secs(30),
+        "the request is garbage-collected",
+        || async { env.get_request("gone").await.is_none() },
+    )
+    .await;
+    env.pod_and_request("alive", &node).await;
+    env.wait_phase("alive", Phase::Succeeded).await;
+    // Nothing about the collected request is left queued or retrying.
+    common::wait_until(Duration::from_secs(10), "the queue drains", || async {
+        let state = agent.stats.diag.debug_state(&agent.stats);
+        state.queue_depth == 0 && state.in_flight == 0
+    })
+    .await;
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
@@ -307,11 +369,7 @@ async fn node_checks_refuse_taints_and_cordon_and_retry_after_a_change() {
     );
     assert_eq!(attempts(&br), 3);
     assert_eq!(env.pod_node("intolerant").await, None);
-    let v = br
-        .status
-        .as_ref()
-        .and_then(|s| s.node_verification.clone())
-        .expect("verdicts");
+    let v = env.verification(&agent, &br);
     assert!(
         v.verdicts
             .iter()
@@ -358,10 +416,7 @@ async fn node_checks_in_warn_mode_bind_and_record_the_warning() {
     let agent = env.start_agent(cfg).await;
     env.pod_and_request("warned", &node).await;
     let br = env.wait_phase("warned", Phase::Succeeded).await;
-    let v = br
-        .status
-        .and_then(|s| s.node_verification)
-        .expect("verdicts");
+    let v = env.verification(&agent, &br);
     assert!(
         v.verdicts
             .iter()

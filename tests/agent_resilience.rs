@@ -267,3 +267,102 @@ async fn requests_created_while_the_watch_is_down_are_all_bound_after_the_relist
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
+
+/// The agent's API requests so far, from its own metrics: (verb, resource) → count.
+fn agent_api_calls(agent: &bindlet::agent::AgentHandle) -> Vec<(String, String, u64)> {
+    let text = agent.stats.diag.encode_metrics(&agent.stats);
+    text.lines()
+        .filter(|l| l.starts_with("bindlet_api_requests_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            let label = |k: &str| {
+                let start = labels.find(&format!("{k}=\""))? + k.len() + 2;
+                let end = labels[start..].find('"')? + start;
+                Some(labels[start..end].to_string())
+            };
+            Some((label("verb")?, label("resource")?, value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn status_writes(agent: &bindlet::agent::AgentHandle) -> u64 {
+    agent_api_calls(agent)
+        .iter()
+        .filter(|(verb, resource, _)| verb == "patch" && resource == "bindrequests/status")
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
+/// A status write that admission refuses (422, as bindlet's own ValidatingAdmissionPolicy
+/// answers) cannot succeed by being sent again: over a minute the agent sends it once,
+/// reports it once, and leaves the request alone, while other requests keep binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_status_write_is_sent_once_in_a_minute_not_in_a_loop() {
+    let env = TestEnv::new("refused-status").await;
+    let Some(sim) =
+        env.sim_or_skip("a_refused_status_write_is_sent_once_in_a_minute_not_in_a_loop")
+    else {
+        return env.cleanup().await;
+    };
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+
+    sim.faults()
+        .add_rule(FaultRule::always("patch", "bindrequests/status", 422));
+    env.pod_and_request("denied", &node).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the refusal is recorded",
+        || async {
+            agent
+                .stats
+                .diag
+                .debug_state(&agent.stats)
+                .left_alone
+                .iter()
+                .any(|r| r.name == "denied" && r.reason == "StatusWriteRefused")
+        },
+    )
+    .await;
+    let calls_after_refusal = sim.request_count().total();
+    // The test's backoff is 50 ms .. 400 ms: a retry loop would send ~150 writes a minute.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let writes = status_writes(&agent);
+    assert_eq!(writes, 1, "status writes in a minute: {writes}");
+    let calls_in_the_minute = sim.request_count().total() - calls_after_refusal;
+    // Only the Lease renewals (every 200 ms in tests) and Event writes remain.
+    let lease_calls =
+        sim.request_count().get("update", "leases") + sim.request_count().get("get", "leases");
+    assert!(
+        calls_in_the_minute <= lease_calls + 5,
+        "{calls_in_the_minute} requests in the minute, {lease_calls} of them for the Lease; \
+         agent calls: {:?}",
+        agent_api_calls(&agent)
+    );
+    let events = env
+        .wait_events("BindRequest", "denied", "StatusWriteRefused", 1)
+        .await;
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("StatusWriteRefused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "one Warning Event: {events:?}");
+    assert!(
+        refused[0].note.as_deref().unwrap_or("").contains("422"),
+        "{:?}",
+        refused[0].note
+    );
+    let metrics = agent.stats.diag.encode_metrics(&agent.stats);
+    assert!(
+        metrics.contains("bindlet_requests_left_alone_total{reason=\"StatusWriteRefused\"} 1"),
+        "{metrics}"
+    );
+
+    // The agent goes on: once writes are allowed again, other requests bind as usual.
+    sim.faults().clear();
+    env.pod_and_request("after", &node).await;
+    env.wait_phase("after", Phase::Succeeded).await;
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}

@@ -142,6 +142,72 @@ fn kustomization_lists_every_manifest() {
     assert_eq!(listed, present);
 }
 
+/// `kubectl apply -k daemonset/` on a cluster with nothing installed: every namespaced
+/// object goes to a namespace the kustomization itself creates, and every service account
+/// a workload or binding names is created too.
+#[test]
+fn install_needs_nothing_that_is_not_in_the_kustomization() {
+    let m = load();
+    let namespaces: BTreeSet<String> = m
+        .namespaces
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    let mut used: Vec<(String, Option<String>)> = Vec::new();
+    used.extend(
+        m.service_accounts
+            .iter()
+            .map(|o| ("ServiceAccount".into(), o.metadata.namespace.clone())),
+    );
+    used.extend(
+        m.roles
+            .iter()
+            .map(|o| ("Role".into(), o.metadata.namespace.clone())),
+    );
+    used.extend(
+        m.role_bindings
+            .iter()
+            .map(|o| ("RoleBinding".into(), o.metadata.namespace.clone())),
+    );
+    used.extend(
+        m.daemonsets
+            .iter()
+            .map(|o| ("DaemonSet".into(), o.metadata.namespace.clone())),
+    );
+    for (kind, ns) in used {
+        let ns = ns.unwrap_or_else(|| panic!("a {kind} has no namespace"));
+        assert!(
+            namespaces.contains(&ns),
+            "a {kind} lives in namespace {ns}, which the kustomization does not create"
+        );
+    }
+    let accounts: BTreeSet<(String, String)> = m
+        .service_accounts
+        .iter()
+        .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
+        .collect();
+    for ds in &m.daemonsets {
+        let ns = ds.metadata.namespace.clone().unwrap_or_default();
+        let sa = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        assert!(accounts.contains(&(ns.clone(), sa.clone())), "{ns}/{sa}");
+    }
+    // The reservation pods' account, which the ServiceAccount admission plugin looks up.
+    let defaults = bindlet::plugins::PluginSettings::default();
+    let sharing = &defaults.sharing.args;
+    assert!(
+        accounts.contains(&(
+            sharing.reservation_namespace.clone(),
+            sharing.reservation_service_account.clone()
+        )),
+        "{accounts:?}"
+    );
+}
+
 /// The agent's (namespace, name) from the DaemonSet.
 fn agent_account(m: &Manifests) -> (String, String) {
     assert_eq!(m.daemonsets.len(), 1);

@@ -63,11 +63,7 @@ async fn whole_gpus_bind_while_free_and_healthy_then_fail_with_the_reason() {
     gpu_pod(&env, "two", &node, 2, 2).await;
     let br = env.wait_phase("two", Phase::Succeeded).await;
     assert_eq!(env.pod_node("two").await.as_deref(), Some(node.as_str()));
-    let v = br
-        .status
-        .as_ref()
-        .and_then(|s| s.node_verification.clone())
-        .expect("nodeVerification");
+    let v = env.verification(&agent, &br);
     let whole = v
         .verdicts
         .iter()

@@ -196,6 +196,7 @@ fn gpu_spec(gpus: u32) -> serde_json::Value {
 
 async fn whole_gpu_verdict(
     env: &TestEnv,
+    agent: &bindlet::agent::AgentHandle,
     name: &str,
     node: &str,
     gpus: u32,
@@ -210,11 +211,7 @@ async fn whole_gpu_verdict(
     )
     .await;
     let br = env.wait_phase(name, phase).await;
-    let v = br
-        .status
-        .as_ref()
-        .and_then(|s| s.node_verification.clone())
-        .expect("nodeVerification");
+    let v = env.verification(agent, &br);
     let whole = v
         .verdicts
         .iter()
@@ -251,7 +248,7 @@ async fn the_agent_uses_the_socket_and_says_so_or_falls_back() {
     cfg.plugins.gpu.args.gpu_inventory_file = Some(file.clone());
     cfg.plugins.gpu.args.kubelet_pod_resources_socket = Some(socket);
     let agent = env.start_agent(cfg).await;
-    let m = whole_gpu_verdict(&env, "two", &node, 2, Phase::Succeeded).await;
+    let m = whole_gpu_verdict(&env, &agent, "two", &node, 2, Phase::Succeeded).await;
     assert!(
         m.contains("(source: kubelet pod-resources device assignments)"),
         "{m}"
@@ -265,7 +262,7 @@ async fn the_agent_uses_the_socket_and_says_so_or_falls_back() {
     cfg.plugins.gpu.args.gpu_inventory_file = Some(file);
     cfg.plugins.gpu.args.kubelet_pod_resources_socket = Some(dir.path().join("absent.sock"));
     let agent = env.start_agent(cfg).await;
-    let m = whole_gpu_verdict(&env, "three", &node, 1, Phase::Failed).await;
+    let m = whole_gpu_verdict(&env, &agent, "three", &node, 1, Phase::Failed).await;
     assert!(
         m.contains("(source: limits of the pods bound to this node"),
         "{m}"

@@ -209,11 +209,7 @@ async fn fractions_share_a_reserved_gpu_until_it_is_full() {
             .map(String::as_str),
         Some("0.5")
     );
-    let verdicts = br
-        .status
-        .and_then(|s| s.node_verification)
-        .expect("verdicts")
-        .verdicts;
+    let verdicts = s.env.verification(&s.agent, &br).verdicts;
     assert!(
         verdicts.iter().any(|v| v.plugin == "gpu_sharing"
             && v.message.contains("created by this bind")

@@ -149,18 +149,18 @@ fn annotation(pvc: &PersistentVolumeClaim, key: &str) -> Option<String> {
     pvc.metadata.annotations.as_ref()?.get(key).cloned()
 }
 
-fn verdict_messages(br: &BindRequest, check: &str) -> Vec<(VerdictOutcome, String)> {
-    br.status
-        .as_ref()
-        .and_then(|s| s.node_verification.as_ref())
-        .map(|v| {
-            v.verdicts
-                .iter()
-                .filter(|v| v.plugin == "volumes" && v.check == check)
-                .map(|v| (v.outcome, v.message.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+fn verdict_messages(
+    env: &TestEnv,
+    agent: &bindlet::agent::AgentHandle,
+    br: &BindRequest,
+    check: &str,
+) -> Vec<(VerdictOutcome, String)> {
+    env.verification(agent, br)
+        .verdicts
+        .iter()
+        .filter(|v| v.plugin == "volumes" && v.check == check)
+        .map(|v| (v.outcome, v.message.clone()))
+        .collect()
 }
 
 /// A node labelled with its hostname (what local PV node affinity selects on).
@@ -231,14 +231,14 @@ async fn static_local_pv_is_reserved_checked_and_bound() {
         volume_name(&st.get_pvc("data").await).as_deref(),
         Some(fit_pv.as_str())
     );
-    let claim = verdict_messages(&br, "claim");
+    let claim = verdict_messages(&env, &agent, &br, "claim");
     assert!(
         claim[0]
             .1
             .contains(&format!("reserved PersistentVolume {fit_pv} (2 MiB)")),
         "{claim:?}"
     );
-    let space = verdict_messages(&br, "free-space");
+    let space = verdict_messages(&env, &agent, &br, "free-space");
     assert_eq!(space.len(), 1, "{space:?}");
     assert_eq!(space[0].0, VerdictOutcome::Pass);
     assert!(
@@ -249,7 +249,10 @@ async fn static_local_pv_is_reserved_checked_and_bound() {
         "{}",
         space[0].1
     );
-    assert_eq!(verdict_messages(&br, "writable")[0].0, VerdictOutcome::Pass);
+    assert_eq!(
+        verdict_messages(&env, &agent, &br, "writable")[0].0,
+        VerdictOutcome::Pass
+    );
     agent.stop().await.expect("stop");
     st.cleanup().await;
     env.cleanup().await;
@@ -371,7 +374,7 @@ async fn dynamic_provisioning_on_selected_node() {
     let pv_name = volume_name(&pvc).expect("bound");
     let pv = st.get_pv(&pv_name).await;
     assert_eq!(claim_ref_uid(&pv), pvc.metadata.uid);
-    let claim = verdict_messages(&br, "claim");
+    let claim = verdict_messages(&env, &agent, &br, "claim");
     assert!(
         claim[0].1.contains(&format!(
             "was provisioned by {prov_name} as PersistentVolume {pv_name}"
@@ -379,7 +382,7 @@ async fn dynamic_provisioning_on_selected_node() {
         "{claim:?}"
     );
     assert_eq!(
-        verdict_messages(&br, "free-space")[0].0,
+        verdict_messages(&env, &agent, &br, "free-space")[0].0,
         VerdictOutcome::Pass
     );
     agent.stop().await.expect("stop");

@@ -42,6 +42,13 @@ impl ApiError {
             _ => None,
         }
     }
+
+    /// An answer that sending the same write again cannot change: the request is malformed
+    /// (400), forbidden by RBAC (403), or refused by admission or validation (422: what a
+    /// ValidatingAdmissionPolicy denial answers). Retrying it is a storm, not a retry.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.code(), Some(400 | 403 | 422))
+    }
 }
 
 fn classify(e: KubeError) -> ApiError {

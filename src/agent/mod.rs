@@ -88,6 +88,9 @@ pub struct Stats {
     pub diag: Arc<crate::diag::Recorder>,
     retries: Mutex<HashMap<Key, u32>>,
     undecodable: Mutex<HashSet<Key>>,
+    /// Requests this agent leaves alone, with the resourceVersion it decided on: the same
+    /// version is not looked at again; a changed object is (once).
+    left_alone: Mutex<HashMap<Key, String>>,
 }
 
 impl Stats {
@@ -127,10 +130,22 @@ impl Stats {
     fn forget_undecodable(&self, key: &Key) {
         lock(&self.undecodable).remove(key);
     }
+    /// Remembers that this version of the request is left alone; false when it already was.
+    fn leave_alone(&self, key: &Key, resource_version: &str) -> bool {
+        lock(&self.left_alone).insert(key.clone(), resource_version.to_string())
+            != Some(resource_version.to_string())
+    }
+    /// Whether this exact version of the request was left alone before.
+    fn is_left_alone(&self, key: &Key, resource_version: &str) -> bool {
+        lock(&self.left_alone)
+            .get(key)
+            .is_some_and(|rv| rv == resource_version)
+    }
     /// The object is gone: drop everything kept about it.
     fn forget(&self, key: &Key) {
         self.clear_local_retries(key);
         self.forget_undecodable(key);
+        lock(&self.left_alone).remove(key);
     }
     pub fn is_leading(&self) -> bool {
         self.leading.load(Ordering::Relaxed)

@@ -45,6 +45,22 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
     if binding::is_settled(&br, sh.cfg.default_backoff_limit) {
         return Next::Forget;
     }
+    let version = br.metadata.resource_version.as_deref().unwrap_or("");
+    if sh.stats.is_left_alone(key, version) {
+        return Next::Forget;
+    }
+    // The label brought it here, but the spec names another node: it is that node's request
+    // (whose agent alone may write its status, as the shipped admission policy enforces).
+    if let Some(selected) = binding::selected_elsewhere(&br, &sh.cfg.node_name) {
+        let detail = format!(
+            "spec.selectedNode is \"{selected}\" but the {} label names this node \"{}\": \
+             not this node's request, left alone",
+            crate::api::SELECTED_NODE_LABEL,
+            sh.cfg.node_name
+        );
+        leave_alone(sh, key, &br, LeftAlone::NotThisNode, detail);
+        return Next::Forget;
+    }
     let retry = sh.stats.local_retries(key);
     let timer = sh.diag.attempt_started(&br);
     let (result, verification) = attempt(sh, &br, cancelled).await;
@@ -189,18 +205,70 @@ async fn settle(
                     }
                     Ok(None) => return Next::Forget,
                     Err(e) => {
-                        tracing::warn!(request = %key, error = %e, "re-reading after a status conflict failed");
-                        return Next::After(sh.cfg.backoff.jittered(1));
+                        let delay = retry_delay(sh, key);
+                        tracing::warn!(request = %key, error = %e, retry_in = ?delay, "re-reading after a status conflict failed");
+                        return Next::After(delay);
                     }
                 }
             }
+            Err(e) if e.is_refusal() => {
+                let detail = format!("the API server refused this agent's status write: {e}");
+                leave_alone(sh, key, &br, LeftAlone::StatusWriteRefused, detail);
+                return Next::Forget;
+            }
             Err(e) => {
-                tracing::warn!(request = %key, error = %e, "status write failed; will retry the request");
-                return Next::After(sh.cfg.backoff.jittered(1));
+                let delay = retry_delay(sh, key);
+                tracing::warn!(request = %key, error = %e, retry_in = ?delay, "status write failed; will retry the request");
+                return Next::After(delay);
             }
         }
     }
-    Next::After(sh.cfg.backoff.jittered(1))
+    Next::After(retry_delay(sh, key))
+}
+
+/// The next delay of this object's capped exponential backoff, counting this retry.
+fn retry_delay(sh: &Shared, key: &Key) -> std::time::Duration {
+    let n = sh.stats.local_retries(key) + 1;
+    sh.stats.set_local_retries(key, n);
+    sh.cfg.backoff.jittered(n)
+}
+
+/// Why the agent leaves a request alone (also its Event reason and metric label).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LeftAlone {
+    /// Labelled for this node, but its spec selects another.
+    NotThisNode,
+    /// A status write answered 400/403/422: the same write would be refused again.
+    StatusWriteRefused,
+}
+
+impl LeftAlone {
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            LeftAlone::NotThisNode => "NotThisNode",
+            LeftAlone::StatusWriteRefused => "StatusWriteRefused",
+        }
+    }
+}
+
+/// Stops working on this version of the request: logged, counted and shown in
+/// `/debug/state` once per resourceVersion, with one Warning Event. A later change to the
+/// object (a new resourceVersion) is looked at again, once.
+fn leave_alone(sh: &Shared, key: &Key, br: &BindRequest, why: LeftAlone, detail: String) {
+    sh.stats.clear_local_retries(key);
+    let version = br.metadata.resource_version.as_deref().unwrap_or("");
+    if !sh.stats.leave_alone(key, version) {
+        return;
+    }
+    tracing::warn!(request = %key, reason = why.code(), detail = %detail, "leaving this BindRequest alone");
+    sh.diag
+        .left_alone(&key.namespace, &key.name, why.code(), &detail);
+    sh.events.emit(event(
+        request_ref(br),
+        EventType::Warning,
+        why.code(),
+        detail,
+    ));
 }
 
 fn next_after(sh: &Shared, outcome: &Outcome, status: &BindRequestStatus) -> Next {
@@ -299,10 +367,22 @@ async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
                 .emit(event(r, EventType::Warning, "MalformedRequest", reason));
             Next::Forget
         }
+        Err(e) if e.is_refusal() => {
+            // Left undecodable and unreported: logged once, counted, shown in /debug/state.
+            tracing::warn!(request = %key, error = %e, "the API server refused the report of a malformed BindRequest; leaving it alone");
+            sh.diag.left_alone(
+                &key.namespace,
+                &key.name,
+                LeftAlone::StatusWriteRefused.code(),
+                &format!("{reason}; reporting it was refused: {e}"),
+            );
+            Next::Forget
+        }
         Err(e) => {
             sh.stats.forget_undecodable(key);
-            tracing::warn!(request = %key, error = %e, "could not report a malformed BindRequest; will retry");
-            Next::After(sh.cfg.backoff.jittered(1))
+            let delay = retry_delay(sh, key);
+            tracing::warn!(request = %key, error = %e, retry_in = ?delay, "could not report a malformed BindRequest; will retry");
+            Next::After(delay)
         }
     }
 }

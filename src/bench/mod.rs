@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use clap::Args;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use thiserror::Error;
@@ -31,7 +31,7 @@ use crate::api::{BindRequest, Phase};
 use crate::sim::{RequestCounts, SimOptions, Simulator};
 
 use process::{AgentProcess, AgentSpec, ProcSample, TempKubeconfig};
-use report::{ApiCost, Latency, Machine, PhaseReport, ProcessReport, Report};
+use report::{ApiCost, Latency, Machine, PhaseReport, ProcessReport, ReasonCount, Report};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -85,6 +85,8 @@ pub enum BenchError {
     Timeout(String),
     #[error("invalid arguments: {0}")]
     Args(String),
+    #[error("the agent refused the bench's requests: {0}")]
+    AgentRefused(String),
 }
 
 /// Where the bench runs: the simulator in this process, or a real cluster.
@@ -242,6 +244,16 @@ async fn setup(client: &Client, ns: &str, node: &str, dra: bool) -> Result<(), B
     let namespaces = Api::<Namespace>::all(client.clone());
     let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
     namespaces.create(&PostParams::default(), &obj).await?;
+    // Pods are refused until their service account exists; a cluster's serviceaccount
+    // controller makes `default` shortly after the namespace, so do not race it.
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    let default: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "default" } }))?;
+    match accounts.create(&PostParams::default(), &default).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
     let nodes = Api::<Node>::all(client.clone());
     let obj: Node = serde_json::from_value(json!({
         "metadata": { "name": node, "labels": {
@@ -257,9 +269,33 @@ async fn setup(client: &Client, ns: &str, node: &str, dra: bool) -> Result<(), B
         }
     }))?;
     let created = nodes.create(&PostParams::default(), &obj).await?;
+    make_ready(&nodes, node).await?;
     if dra {
         workload::publish_slice(client, &created).await?;
     }
+    Ok(())
+}
+
+/// What a kubelet and the node lifecycle controller do for a healthy node: report Ready
+/// (a status written on create is not kept everywhere), then lift the
+/// `node.kubernetes.io/not-ready` taint that admission puts on every new Node. Only the
+/// bench's own GPU taint stays. Without this a real cluster's agent refuses every bind.
+async fn make_ready(nodes: &Api<Node>, node: &str) -> Result<(), BenchError> {
+    let now = jiff::Timestamp::now().to_string();
+    let ready = json!({ "status": { "conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": now, "lastTransitionTime": now
+    }] } });
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(&ready))
+        .await?;
+    let taints = json!({ "spec": { "taints": [
+        { "key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule" }
+    ] } });
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&taints))
+        .await?;
     Ok(())
 }
 
@@ -271,12 +307,20 @@ async fn cleanup(target: Target, names: &Names) {
     let client = target.client;
     let namespaces = Api::<Namespace>::all(client.clone());
     let nodes = Api::<Node>::all(client.clone());
+    // Bound pods on a node without a kubelet never finish a graceful delete (nobody
+    // confirms it), and they would keep the namespace Terminating: force them.
+    for ns in [&names.limit_ns, &names.agent_ns] {
+        let pods = Api::<Pod>::namespaced(client.clone(), ns);
+        let force = DeleteParams::default().grace_period(0);
+        if let Err(e) = pods.delete_collection(&force, &ListParams::default()).await {
+            eprintln!("bench cleanup: deleting the pods of {ns}: {e}");
+        }
+    }
     for ns in [&names.limit_ns, &names.agent_ns] {
         if let Err(e) = namespaces.delete(ns, &DeleteParams::default()).await {
             eprintln!("bench cleanup: deleting namespace {ns}: {e}");
         }
     }
-    // Pods bound to these nodes are garbage-collected with them (no kubelet runs there).
     for node in [&names.limit_node, &names.agent_node] {
         if let Err(e) = nodes.delete(node, &DeleteParams::default()).await {
             eprintln!("bench cleanup: deleting node {node}: {e}");
@@ -386,6 +430,7 @@ async fn measure(
     exe: &std::path::Path,
 ) -> Result<Report, BenchError> {
     let client = &target.client;
+    let server_version = client.apiserver_version().await.ok().map(|v| v.git_version);
     let (n, c) = (args.requests, args.concurrency);
     let warm = c;
     let k = args.dra_claims;
@@ -485,6 +530,7 @@ async fn measure(
         namespace: &names.agent_ns,
         workers: c,
         log_level: &args.agent_log_level,
+        diag_addr: free_loopback_addr()?,
     })?;
     wait_leading(client, &names.agent_ns, &names.agent_node, &mut agent).await?;
     workload::drive(
@@ -497,10 +543,21 @@ async fn measure(
         deadline(warm),
     )
     .await?;
-    wait_settled(client, &names.agent_ns, 0, warm, deadline(warm)).await?;
+    let (warm_ok, _) = wait_settled(client, &names.agent_ns, 0, warm, deadline(warm)).await?;
+    if warm_ok < warm {
+        // Every warm-up bind should succeed; when they do not, the main phase would only
+        // measure the same refusal 2,000 times.
+        let reasons = failure_reasons(client, &names.agent_ns).await?;
+        agent.stop();
+        return Err(BenchError::AgentRefused(format!(
+            "{warm_ok} of {warm} warm-up requests bound; {}",
+            describe_reasons(&reasons)
+        )));
+    }
     wait_events_quiet(target, Duration::from_secs(5)).await;
     agent.check_alive()?;
     let before = target.counts();
+    let agent_calls_before = agent_api_requests(&agent).await;
     let cpu0 = agent.sample();
     let timings = workload::drive(
         client,
@@ -524,9 +581,22 @@ async fn measure(
                 timings.bound_count(),
             ))
         }
-        _ => None,
+        // On a real cluster the agent's own metrics count its requests (watches excluded).
+        _ => match (agent_calls_before, agent_api_requests(&agent).await) {
+            (Some(b), Some(a)) => Some(ApiCost::from_counts(
+                &diff(&a, &b),
+                &RequestCounts::default(),
+                timings.bound_count(),
+            )),
+            _ => None,
+        },
     };
     let agent_report = phase_report(n, &timings, succeeded, agent_api);
+    let agent_failures = if agent_report.errors > 0 {
+        failure_reasons(client, &names.agent_ns).await?
+    } else {
+        Vec::new()
+    };
     eprintln!("bench: agent idle for {:.0} s ...", args.idle_seconds);
     tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds.max(0.0))).await;
     let cpu2 = agent.sample();
@@ -553,6 +623,8 @@ async fn measure(
         limit: limit_report,
         agent: agent_report,
         agent_process,
+        agent_failures,
+        server_version,
         targets: Vec::new(),
     };
     report.judge();
@@ -618,5 +690,141 @@ async fn wait_leading(
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A loopback address with a port free now, for the agent's diagnostics server (read by
+/// the bench for the agent's own request counts).
+fn free_loopback_addr() -> Result<std::net::SocketAddr, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| BenchError::Io(format!("no free loopback port: {e}")))
+}
+
+/// The agent's API requests so far by (verb, resource), from its `/metrics`
+/// (`bindlet_api_requests_total`); `None` when the metrics cannot be read.
+async fn agent_api_requests(agent: &AgentProcess) -> Option<RequestCounts> {
+    let text = http_get(agent.diag_addr(), "/metrics").await.ok()?;
+    Some(parse_api_requests(&text))
+}
+
+/// One plain-HTTP GET on loopback, answered with the body text (5 s at most).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(conn);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            return Err(format!("{path} answered {status}"));
+        }
+        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| format!("{path}: no answer within 5 s"))?
+}
+
+/// Sums `bindlet_api_requests_total{verb,resource,code}` samples by verb and resource.
+fn parse_api_requests(metrics: &str) -> RequestCounts {
+    let mut counts = RequestCounts::default();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("bindlet_api_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |key: &str| {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == key).then(|| v.trim_matches('"').to_string())
+            })
+        };
+        let (Some(verb), Some(resource), Ok(n)) = (
+            label("verb"),
+            label("resource"),
+            value.trim().parse::<f64>(),
+        ) else {
+            continue;
+        };
+        *counts.0.entry((verb, resource)).or_insert(0) += n as u64;
+    }
+    counts
+}
+
+/// The reasons of the namespace's BindRequests that did not succeed, most frequent first.
+async fn failure_reasons(client: &Client, ns: &str) -> Result<Vec<ReasonCount>, BenchError> {
+    let list = Api::<BindRequest>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let mut by_reason: std::collections::BTreeMap<String, usize> = Default::default();
+    for br in &list.items {
+        if br.phase() == Some(Phase::Succeeded) {
+            continue;
+        }
+        let reason = br
+            .status
+            .as_ref()
+            .and_then(|s| s.reason.clone())
+            .unwrap_or_else(|| "no status written (not picked up by the agent)".into());
+        *by_reason.entry(reason).or_insert(0) += 1;
+    }
+    let mut v: Vec<ReasonCount> = by_reason
+        .into_iter()
+        .map(|(reason, count)| ReasonCount { reason, count })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+    v.truncate(5);
+    Ok(v)
+}
+
+fn describe_reasons(reasons: &[ReasonCount]) -> String {
+    if reasons.is_empty() {
+        return "no failure reason recorded".into();
+    }
+    let top: Vec<String> = reasons
+        .iter()
+        .map(|r| format!("{} x {}", r.count, r.reason))
+        .collect();
+    format!("top reasons: {}", top.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_requests_are_summed_by_verb_and_resource_over_codes() {
+        let text = "# TYPE bindlet_api_requests counter\n\
+            bindlet_api_requests_total{verb=\"get\",resource=\"pods\",code=\"200\"} 10\n\
+            bindlet_api_requests_total{verb=\"get\",resource=\"pods\",code=\"404\"} 2\n\
+            bindlet_api_requests_total{verb=\"create\",resource=\"pods/binding\",code=\"201\"} 9\n\
+            bindlet_binds_total{outcome=\"bound\",reason=\"\"} 9\n";
+        let c = parse_api_requests(text);
+        assert_eq!(c.get("get", "pods"), 12);
+        assert_eq!(c.get("create", "pods/binding"), 9);
+        assert_eq!(c.total(), 21);
     }
 }

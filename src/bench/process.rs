@@ -9,6 +9,7 @@ use super::BenchError;
 /// A `bindlet run` child; killed when dropped.
 pub struct AgentProcess {
     child: Child,
+    diag_addr: std::net::SocketAddr,
 }
 
 /// What to start.
@@ -20,9 +21,16 @@ pub struct AgentSpec<'a> {
     pub namespace: &'a str,
     pub workers: usize,
     pub log_level: &'a str,
+    /// Where the agent's diagnostics server listens (the bench reads its `/metrics`).
+    pub diag_addr: std::net::SocketAddr,
 }
 
 impl AgentProcess {
+    /// Where the agent's diagnostics server listens.
+    pub fn diag_addr(&self) -> std::net::SocketAddr {
+        self.diag_addr
+    }
+
     pub fn start(spec: &AgentSpec<'_>) -> Result<AgentProcess, BenchError> {
         let mut cmd = Command::new(spec.exe);
         cmd.arg("--log-level")
@@ -43,7 +51,7 @@ impl AgentProcess {
             // Its diagnostics server runs as in production, on a free loopback port so that
             // it cannot collide with anything else listening here.
             .arg("--diag-addr")
-            .arg("127.0.0.1:0");
+            .arg(spec.diag_addr.to_string());
         if let Some(ctx) = spec.context {
             cmd.arg("--context").arg(ctx);
         }
@@ -62,7 +70,10 @@ impl AgentProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| BenchError::Agent(format!("cannot start {}: {e}", spec.exe.display())))?;
-        Ok(AgentProcess { child })
+        Ok(AgentProcess {
+            child,
+            diag_addr: spec.diag_addr,
+        })
     }
 
     pub fn pid(&self) -> u32 {

@@ -24,7 +24,18 @@ pub struct Report {
     /// agent p99 − limit p99, ms.
     pub p99_delta_ms: Option<f64>,
     pub agent_process: Option<ProcessReport>,
+    /// Why the agent's requests that did not bind failed, most frequent first.
+    pub agent_failures: Vec<ReasonCount>,
+    /// The API server's `gitVersion` (`/version`).
+    pub server_version: Option<String>,
     pub targets: Vec<TargetCheck>,
+}
+
+/// A failure reason and how many requests ended with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub count: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -287,6 +298,9 @@ impl Report {
             self.machine.os,
             self.machine.arch
         );
+        if let Some(v) = &self.server_version {
+            let _ = writeln!(s, "API server: {v}");
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -365,6 +379,9 @@ impl Report {
             ev(&l.api),
             ev(&a.api)
         );
+        for r in &self.agent_failures {
+            let _ = writeln!(s, "  agent failures: {} x {}", r.count, r.reason);
+        }
         if let Some(api) = &a.api
             && !api.other.is_empty()
         {

@@ -31,6 +31,17 @@ pub struct ValidRequest {
 
 /// Checks the request itself: required fields, known values, that it is for this node.
 /// Anything wrong here is terminal: retrying cannot fix a request's own content.
+/// The node a request's spec selects when that is another node than `node_name`. Such a
+/// request is not this node's, whatever its `selected-node` label says: only the selected
+/// node's agent may write its status. An empty `spec.selectedNode` is a malformed request
+/// of this node (the label brought it here), not another node's.
+pub fn selected_elsewhere<'a>(br: &'a BindRequest, node_name: &str) -> Option<&'a str> {
+    br.spec
+        .selected_node
+        .as_deref()
+        .filter(|s| !s.is_empty() && *s != node_name)
+}
+
 pub fn validate_request(br: &BindRequest, node_name: &str) -> Result<ValidRequest, Failure> {
     let malformed = |m: String| Err(Failure::Malformed(m));
     let namespace = match br.metadata.namespace.as_deref() {
@@ -207,6 +218,26 @@ mod tests {
     use crate::api::{BindRequestSpec, ReceivedGpu};
     use k8s_openapi::api::core::v1::PodSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+
+    #[test]
+    fn a_request_whose_spec_selects_another_node_is_not_ours() {
+        let cases: &[(Option<&str>, Option<&str>)] = &[
+            (Some("n1"), None),
+            (Some("n2"), Some("n2")),
+            (Some(""), None),
+            (None, None),
+        ];
+        for (selected, want) in cases {
+            let br = BindRequest::new(
+                "p",
+                BindRequestSpec {
+                    selected_node: selected.map(str::to_string),
+                    ..Default::default()
+                },
+            );
+            assert_eq!(selected_elsewhere(&br, "n1"), *want, "{selected:?}");
+        }
+    }
 
     fn spec(kind: Option<&str>, count: Option<i64>, portion: Option<&str>) -> BindRequestSpec {
         BindRequestSpec {

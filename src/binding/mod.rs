@@ -8,7 +8,9 @@ pub mod pipeline;
 pub mod status;
 
 pub use backoff::Backoff;
-pub use decide::{GpuRequest, PodState, ValidRequest, check_pod, validate_request};
+pub use decide::{
+    GpuRequest, PodState, ValidRequest, check_pod, selected_elsewhere, validate_request,
+};
 pub use failure::Failure;
 pub use pipeline::{
     AttemptError, BindContext, BindFault, BindState, Binder, PipelineReport, Plugin, PluginError,

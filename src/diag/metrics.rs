@@ -46,6 +46,12 @@ pub struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `NotThisNode` | `StatusWriteRefused`
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HolderLabels {
     pub holder: String,
 }
@@ -77,6 +83,7 @@ pub struct Metrics {
     pub lease_held: Gauge,
     pub lease_holder: Family<HolderLabels, Gauge>,
     pub ready: Gauge,
+    pub requests_left_alone: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +102,7 @@ impl Default for Metrics {
             lease_held: Gauge::default(),
             lease_holder: Family::default(),
             ready: Gauge::default(),
+            requests_left_alone: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +157,11 @@ impl Default for Metrics {
             m.lease_holder.clone(),
         );
         registry.register("ready", "1 when /readyz answers ready", m.ready.clone());
+        registry.register(
+            "requests_left_alone",
+            "BindRequest versions this agent stopped working on without writing a status (not this node's, or the status write was refused), by reason",
+            m.requests_left_alone.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

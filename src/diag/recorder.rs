@@ -17,7 +17,8 @@ use crate::binding::{AttemptError, Outcome};
 
 use super::facts::{GpuFacts, NodeFacts, VolumeFacts};
 use super::metrics::{
-    ApiLabels, BindLabels, CheckLabels, GpuLabels, HolderLabels, Metrics, ResultLabels, StageLabels,
+    ApiLabels, BindLabels, CheckLabels, GpuLabels, HolderLabels, Metrics, ReasonLabels,
+    ResultLabels, StageLabels,
 };
 
 /// Requests kept in the timeline unless configured otherwise.
@@ -135,6 +136,19 @@ pub struct DebugState {
     pub volumes: VolumeFacts,
     /// Most recent first.
     pub requests: Vec<RequestRecord>,
+    /// Requests this agent left alone (bounded, most recent first).
+    pub left_alone: Vec<LeftAloneRecord>,
+}
+
+/// A BindRequest the agent stopped working on without writing its status.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftAloneRecord {
+    pub namespace: String,
+    pub name: String,
+    /// `NotThisNode` | `StatusWriteRefused`
+    pub reason: String,
+    pub detail: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +162,7 @@ pub struct Totals {
 #[derive(Default)]
 struct Inner {
     requests: VecDeque<RequestRecord>,
+    left_alone: VecDeque<LeftAloneRecord>,
     node: Option<String>,
     identity: Option<String>,
     lease: Option<(String, String)>,
@@ -225,6 +240,30 @@ impl Recorder {
             cfg.lease_namespace.clone(),
         ));
         i.queue = Some(queue);
+    }
+
+    /// The agent stopped working on a request without writing its status (called once per
+    /// version of the object).
+    pub fn left_alone(&self, namespace: &str, name: &str, reason: &'static str, detail: &str) {
+        self.metrics
+            .requests_left_alone
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+        let mut i = self.lock();
+        i.left_alone
+            .retain(|r| !(r.namespace == namespace && r.name == name));
+        if i.left_alone.len() >= self.history {
+            i.left_alone.pop_front();
+        }
+        i.left_alone.push_back(LeftAloneRecord {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+            detail: truncate(detail),
+            at: jiff::Timestamp::now().to_string(),
+        });
     }
 
     /// The Lease's holder as just read or written (empty: nobody).
@@ -502,6 +541,7 @@ impl Recorder {
             gpus,
             volumes,
             requests: i.requests.iter().rev().cloned().collect(),
+            left_alone: i.left_alone.iter().rev().cloned().collect(),
         }
     }
 

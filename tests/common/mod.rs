@@ -1,15 +1,20 @@
 //! Test environment: the embedded simulated control plane by default, or a real cluster
 //! when `BINDLET_TEST_KUBECONFIG` names a kubeconfig. Each test gets its own namespace
-//! and its own uniquely named Node objects, and cleans them up.
+//! and its own uniquely named Node objects, and cleans them up, also when it fails.
+//!
+//! The environment sets up what a real cluster's installer and kubelets would: the service
+//! accounts pods name, Nodes that are Ready without the `not-ready` taint admission puts on
+//! every new Node. Tests that cannot run on a real cluster print why and return early
+//! (`hack/test-cluster.sh` counts those lines as skipped).
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use bindlet::agent::{self, AgentConfig, AgentHandle};
-use bindlet::api::{BindRequest, Phase};
+use bindlet::api::{BindRequest, NodeVerification, Phase, Verdict};
 use bindlet::binding::Backoff;
 use bindlet::sim::{SimOptions, Simulator};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -29,7 +34,21 @@ pub struct TestEnv {
     pub sim: Option<Simulator>,
     prefix: String,
     nodes: std::sync::Mutex<Vec<String>>,
+    /// Whether the installed BindRequest CRD keeps `status.nodeVerification` (bindlet's
+    /// does; KAI's prunes it).
+    keeps_verification: bool,
+    /// Set by [`TestEnv::cleanup`]; a real-cluster env dropped without it (a failed test)
+    /// cleans up from `Drop`.
+    cleaned: bool,
+    kubeconfig: Option<std::ffi::OsString>,
 }
+
+/// The service account KAI's reservation pods run as; KAI's installer creates it.
+pub const RESERVATION_SERVICE_ACCOUNT: &str = "kai-resource-reservation";
+
+/// The taint admission (TaintNodesByCondition) puts on every new Node until the node
+/// lifecycle controller sees a Ready kubelet.
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
 pub fn kai_crd() -> CustomResourceDefinition {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -73,29 +92,26 @@ impl TestEnv {
             .with_test_writer()
             .try_init();
         let prefix = unique(test);
-        let (client, sim) = match std::env::var_os("BINDLET_TEST_KUBECONFIG") {
+        let kubeconfig = std::env::var_os("BINDLET_TEST_KUBECONFIG");
+        let (client, sim, keeps_verification) = match &kubeconfig {
             Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(&path)
-                    .expect("read BINDLET_TEST_KUBECONFIG");
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .expect("kubeconfig");
-                let client = Client::try_from(cfg).expect("client");
-                ensure_crd(&client).await;
-                (client, None)
+                let client = real_cluster_client(path).await;
+                let installed = ensure_crd(&client).await;
+                (client, None, crd_keeps_verification(&installed))
             }
             None => {
                 let crd = match crd {
                     Crd::Bindlet => bindlet::api::crd(),
                     Crd::Kai => kai_crd(),
                 };
+                let keeps = crd_keeps_verification(&crd);
                 let sim = Simulator::start(SimOptions {
                     crds: vec![crd],
                     ..Default::default()
                 })
                 .await
                 .expect("start simulator");
-                (sim.client(), Some(sim))
+                (sim.client(), Some(sim), keeps)
             }
         };
         let namespace = prefix.clone();
@@ -105,12 +121,81 @@ impl TestEnv {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        TestEnv {
+        let env = TestEnv {
             client,
             namespace,
             sim,
             prefix,
             nodes: Default::default(),
+            keeps_verification,
+            cleaned: false,
+            kubeconfig,
+        };
+        // The service accounts the tests' pods run as. A cluster's serviceaccount controller
+        // makes `default` soon after the namespace; creating it here does not wait for it
+        // (AlreadyExists is fine). KAI's installer makes the reservation one.
+        env.ensure_service_account("default").await;
+        env.ensure_service_account(RESERVATION_SERVICE_ACCOUNT)
+            .await;
+        env
+    }
+
+    /// Creates a ServiceAccount in the test namespace unless it exists.
+    pub async fn ensure_service_account(&self, name: &str) {
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({ "metadata": { "name": name } })).expect("sa");
+        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &self.namespace);
+        match api.create(&PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("create service account {name}: {e}"),
+        }
+    }
+
+    /// What the agent verified for `br`'s latest attempt. With bindlet's CRD the status
+    /// carries it; KAI's CRD prunes `status.nodeVerification` (checked here), and the
+    /// agent's own record (`/debug/state`) has the same verdicts.
+    pub fn verification(&self, agent: &AgentHandle, br: &BindRequest) -> NodeVerification {
+        let in_status = br.status.as_ref().and_then(|s| s.node_verification.clone());
+        if self.keeps_verification {
+            return in_status.expect("nodeVerification in the BindRequest status");
+        }
+        assert!(
+            in_status.is_none(),
+            "the installed CRD prunes status.nodeVerification, yet it is there"
+        );
+        eprintln!(
+            "note: the installed BindRequest CRD prunes status.nodeVerification; checking the \
+             verdicts the agent recorded in /debug/state"
+        );
+        let name = br.metadata.name.clone().unwrap_or_default();
+        let state = agent.stats.diag.debug_state(&agent.stats);
+        let record = state
+            .requests
+            .iter()
+            .find(|r| r.namespace == self.namespace && r.name == name)
+            .unwrap_or_else(|| panic!("the agent has no record of {name}"));
+        let attempt = record
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.result != "running")
+            .unwrap_or_else(|| panic!("the agent recorded no finished attempt of {name}"));
+        NodeVerification {
+            node: state.node.clone().unwrap_or_default(),
+            agent: None,
+            attempt: i32::try_from(record.attempts_total).unwrap_or(i32::MAX),
+            observed_at: Some(attempt.started_at.clone()),
+            verdicts: attempt
+                .verdicts
+                .iter()
+                .map(|v| Verdict {
+                    plugin: v.plugin.clone(),
+                    check: v.check.clone(),
+                    outcome: v.outcome,
+                    message: v.message.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -136,6 +221,43 @@ impl TestEnv {
             "metadata": { "name": name, "labels": { "bindlet-test": self.prefix } },
             "spec": spec,
             "status": { "allocatable": { "cpu": "64", "memory": "256Gi", "nvidia.com/gpu": "8", "pods": "110" } }
+        }))
+        .expect("node");
+        self.nodes.lock().expect("lock").push(name.to_string());
+        let nodes = Api::<Node>::all(self.client.clone());
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+        // What a kubelet and the node lifecycle controller do for a healthy node: report
+        // Ready, then lift the not-ready taint that admission added. Taints the test asked
+        // for stay.
+        let now = jiff::Timestamp::now().to_string();
+        let ready = json!({ "status": { "conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status",
+            "lastHeartbeatTime": now, "lastTransitionTime": now
+        }] } });
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&ready))
+            .await
+            .expect("report node Ready");
+        let wanted = spec.get("taints").cloned().unwrap_or(Value::Null);
+        nodes
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": { "taints": wanted } })),
+            )
+            .await
+            .expect("lift the not-ready taint")
+    }
+
+    /// Creates a Node as a client does, with no kubelet behind it: it keeps the not-ready
+    /// taint admission adds (cleaned up at the end).
+    pub async fn create_unready_node(&self, name: &str) -> Node {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "bindlet-test": self.prefix } }
         }))
         .expect("node");
         self.nodes.lock().expect("lock").push(name.to_string());
@@ -330,44 +452,112 @@ impl TestEnv {
         }
     }
 
-    pub async fn cleanup(self) {
-        // Pods bound to fake nodes never get a kubelet's final delete: force them.
-        if let Ok(list) = self.pods().list(&ListParams::default()).await {
-            for p in list.items {
-                let _ = self
-                    .pods()
-                    .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
-                    .await;
-            }
-        }
-        let nodes = Api::<Node>::all(self.client.clone());
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
         let names = self.nodes.lock().map(|n| n.clone()).unwrap_or_default();
-        for n in names {
-            let _ = nodes.delete(&n, &DeleteParams::default()).await;
-        }
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.namespace, &DeleteParams::default())
-            .await;
-        if let Some(sim) = self.sim {
+        remove_test_objects(&self.client, &self.namespace, &names).await;
+        if let Some(sim) = self.sim.take() {
             sim.shutdown().await;
         }
     }
 }
 
-/// Installs bindlet's CRD on a real cluster when no BindRequest CRD is there yet.
-async fn ensure_crd(client: &Client) {
+impl Drop for TestEnv {
+    /// A failed test unwinds past `cleanup`: on a real cluster its namespace, pods and
+    /// Nodes would pile up, so they are removed here, from a thread with its own runtime
+    /// and client (the test's runtime is in the middle of dropping the test).
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let Some(path) = self.kubeconfig.clone() else {
+            return; // The simulator goes away with the test.
+        };
+        let namespace = self.namespace.clone();
+        let nodes = self.nodes.lock().map(|n| n.clone()).unwrap_or_default();
+        let done = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let client = real_cluster_client(&path).await;
+                remove_test_objects(&client, &namespace, &nodes).await;
+            });
+        })
+        .join();
+        if done.is_err() {
+            eprintln!("cleanup after a failed test did not finish");
+        }
+    }
+}
+
+/// Force-deletes the namespace's pods (no kubelet will confirm a graceful delete), then
+/// deletes the Nodes and the namespace.
+async fn remove_test_objects(client: &Client, namespace: &str, nodes: &[String]) {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    if let Ok(list) = pods.list(&ListParams::default()).await {
+        for p in list.items {
+            let _ = pods
+                .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
+                .await;
+        }
+    }
+    let node_api = Api::<Node>::all(client.clone());
+    for n in nodes {
+        let _ = node_api.delete(n, &DeleteParams::default()).await;
+    }
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(namespace, &DeleteParams::default())
+        .await;
+}
+
+async fn real_cluster_client(path: &std::ffi::OsStr) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(path).expect("read BINDLET_TEST_KUBECONFIG");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(cfg).expect("client")
+}
+
+/// Whether `crd`'s schema declares `status.nodeVerification` (otherwise the API server
+/// prunes it).
+fn crd_keeps_verification(crd: &CustomResourceDefinition) -> bool {
+    crd.spec.versions.iter().any(|v| {
+        v.schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|root| root.properties.as_ref()?.get("status"))
+            .and_then(|status| status.properties.as_ref())
+            .is_some_and(|p| p.contains_key("nodeVerification"))
+    })
+}
+
+/// Installs bindlet's CRD on a real cluster when no BindRequest CRD is there yet; returns
+/// the installed one (bindlet's or KAI's).
+async fn ensure_crd(client: &Client) -> CustomResourceDefinition {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    if crds
+    if let Some(installed) = crds
         .get_opt("bindrequests.scheduling.run.ai")
         .await
         .expect("get CRD")
-        .is_some()
     {
-        return;
+        return installed;
     }
-    crds.create(&PostParams::default(), &bindlet::api::crd())
+    let created = match crds
+        .create(&PostParams::default(), &bindlet::api::crd())
         .await
-        .expect("create CRD");
+    {
+        Ok(c) => c,
+        // Another test process installed it meanwhile.
+        Err(kube::Error::Api(e)) if e.code == 409 => crds
+            .get("bindrequests.scheduling.run.ai")
+            .await
+            .expect("get CRD"),
+        Err(e) => panic!("create CRD: {e}"),
+    };
     wait_until(Duration::from_secs(30), "CRD established", || async {
         crds.get_opt("bindrequests.scheduling.run.ai")
             .await
@@ -381,6 +571,7 @@ async fn ensure_crd(client: &Client) {
             })
     })
     .await;
+    created
 }
 
 /// Retries a call that failed below HTTP (a pooled connection cut by an API server
