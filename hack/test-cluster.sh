@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the integration tests against an existing cluster instead of the simulator.
 # Usage: hack/test-cluster.sh PATH_TO_KUBECONFIG
-# The tests create their own namespace and Node objects (names start with "bt-"),
-# install bindlet's BindRequest CRD if no BindRequest CRD exists, and clean up.
+# The tests create their own namespace and Node objects (names start with "bt-"), make the
+# Nodes Ready as a kubelet would, install bindlet's BindRequest CRD if no BindRequest CRD
+# exists, and clean up (also after a failure). Tests that need the simulator (fault
+# injection, its provisioner) print "skipped on a real cluster (<why>)" and return; the
+# summary counts them as skipped.
 # With kubectl on PATH, the install manifests are also validated by the server
 # (a server-side dry run: schemas, and the admission policy's CEL compiles).
 set -euo pipefail
@@ -13,7 +16,19 @@ if command -v kubectl >/dev/null; then
   kubectl --kubeconfig "$kubeconfig" apply --dry-run=server -k daemonset/ >/dev/null
   echo "daemonset/: accepted by the API server (dry run)"
 fi
-BINDLET_TEST_KUBECONFIG=$kubeconfig cargo test \
-  --test agent_binding --test agent_resilience --test diag_server --test diag_manifests \
-  --test manual_bind --test gpu_agent --test gpu_sharing --test sim_kubelet \
-  -- --test-threads=2
+tests=()
+for f in tests/*.rs; do
+  grep -q 'TestEnv' "$f" && tests+=(--test "$(basename "$f" .rs)")
+done
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+BINDLET_TEST_KUBECONFIG=$kubeconfig cargo test "${tests[@]}" -- --test-threads=2 --nocapture \
+  >"$log" 2>&1 || status=$?
+grep -E '^test result|FAILED|panicked' "$log" || true
+skipped=$(grep -c 'skipped on a real cluster' "$log" || true)
+grep 'skipped on a real cluster' "$log" | sed 's/^/  /' || true
+passed=$(awk '/^test result/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) n += $i } END { print n + 0 }' "$log")
+failed=$(awk '/^test result/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^failed/) n += $i } END { print n + 0 }' "$log")
+echo "real cluster: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+exit "$status"

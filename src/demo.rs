@@ -126,7 +126,7 @@ impl Case {
             Case::VolumeShortOfSpace => (Some(Phase::Failed), "the claim requests 800 TiB"),
             Case::AlreadyBoundHere => (Some(Phase::Succeeded), "already bound"),
             Case::OtherNodeLabel => (None, ""),
-            Case::WrongSelectedNode => (Some(Phase::Failed), "but this agent serves node"),
+            Case::WrongSelectedNode => (None, ""),
             Case::BoundElsewhere => (Some(Phase::Failed), "already bound to another node"),
             Case::PodDeleted => (Some(Phase::Failed), "not found"),
             Case::Malformed => (Some(Phase::Failed), "invalid GPU portion"),
