@@ -131,6 +131,7 @@ impl Stats {
     fn forget(&self, key: &Key) {
         self.clear_local_retries(key);
         self.forget_undecodable(key);
+        self.diag.request_gone(&key.namespace, &key.name);
     }
     pub fn is_leading(&self) -> bool {
         self.leading.load(Ordering::Relaxed)
