@@ -13,7 +13,7 @@ use crate::agent::effects::ApiError;
 use crate::agent::queue::WorkQueue;
 use crate::agent::{AgentConfig, Stats};
 use crate::api::{BindRequest, BindRequestStatus, NodeVerification, VerdictOutcome};
-use crate::binding::{AttemptError, Outcome};
+use crate::binding::{AttemptError, Failure, Outcome};
 
 use super::facts::{GpuFacts, NodeFacts, VolumeFacts};
 use super::metrics::{
@@ -437,16 +437,11 @@ impl Recorder {
             })
             .inc();
         let verdicts = verification.map(|v| v.verdicts.as_slice()).unwrap_or(&[]);
-        for v in verdicts {
-            // Volume checks report through the pipeline's verdicts like every plugin.
-            if v.plugin == "volumes" && v.outcome == VerdictOutcome::Fail {
-                self.metrics
-                    .volume_check_failures
-                    .get_or_create(&CheckLabels {
-                        check: v.check.clone(),
-                    })
-                    .inc();
-            }
+        for check in volume_check_failures(result, verdicts) {
+            self.metrics
+                .volume_check_failures
+                .get_or_create(&CheckLabels { check })
+                .inc();
         }
         let seconds = timer.started.elapsed().as_secs_f64();
         self.with_current_attempt(br, |a| {
@@ -647,6 +642,31 @@ impl Recorder {
     }
 }
 
+/// The failed volume checks of one attempt, by check name. A failed check under `warn` is
+/// a `Warn` verdict; under `enforce` the volumes plugin refuses from `pre_bind` without a
+/// verdict, so that refusal counts as `refused` (its check name is not kept).
+fn volume_check_failures(
+    result: &Result<Outcome, AttemptError>,
+    verdicts: &[crate::api::Verdict],
+) -> Vec<String> {
+    let mut out: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.plugin == "volumes")
+        .filter(|v| matches!(v.outcome, VerdictOutcome::Fail | VerdictOutcome::Warn))
+        .map(|v| v.check.clone())
+        .collect();
+    let refused = match result {
+        Ok(Outcome::Failed(f)) | Err(AttemptError::Failed(f)) => {
+            matches!(f, Failure::PreBindFailed { plugin, .. } if plugin == "volumes")
+        }
+        _ => false,
+    };
+    if refused {
+        out.push("refused".to_string());
+    }
+    out
+}
+
 fn error_code(e: &ApiError) -> String {
     match e {
         ApiError::Status { code, .. } => code.to_string(),
@@ -668,7 +688,6 @@ fn gpu_state(g: &GpuFacts) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::binding::Failure;
 
     fn br(name: &str) -> BindRequest {
         serde_json::from_value(serde_json::json!({
@@ -776,6 +795,36 @@ mod tests {
             let got = oldest_pending(&VecDeque::from(records), now, wall, window);
             assert!((got - want).abs() < 1.0, "case {i}: {got} != {want}");
         }
+    }
+
+    #[test]
+    fn volume_check_failures_are_counted_in_both_modes() {
+        use crate::api::Verdict;
+        let v = |plugin: &str, check: &str, outcome| Verdict {
+            plugin: plugin.into(),
+            check: check.into(),
+            outcome,
+            message: String::new(),
+        };
+        let warned = [
+            v("volumes", "space", VerdictOutcome::Warn),
+            v("volumes", "host-path", VerdictOutcome::Pass),
+            v("node", "taints", VerdictOutcome::Fail),
+        ];
+        assert_eq!(
+            volume_check_failures(&Ok(Outcome::Bound), &warned),
+            ["space"]
+        );
+        let refused = Err(AttemptError::Failed(Failure::PreBindFailed {
+            plugin: "volumes".into(),
+            message: "volume data: hostPath /x does not exist".into(),
+        }));
+        assert_eq!(volume_check_failures(&refused, &[]), ["refused"]);
+        let other = Err(AttemptError::Failed(Failure::PreBindFailed {
+            plugin: "dra".into(),
+            message: String::new(),
+        }));
+        assert!(volume_check_failures(&other, &[]).is_empty());
     }
 
     #[test]
