@@ -392,14 +392,15 @@ mod tests {
         const GI: u64 = 1 << 30;
         let ok = |n: u64| -> Result<u64, String> { Ok(n) };
         // (requested, available, reserve, mode, expected outcome, words in the message)
-        let cases: Vec<(
+        type Case = (
             Result<u64, String>,
             Option<u64>,
             u64,
             CheckMode,
             Option<VerdictOutcome>,
-            &[&str],
-        )> = vec![
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
             (
                 ok(4 * GI),
                 Some(16 * GI),
