@@ -110,6 +110,8 @@ pub struct AgentArgs {
     #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
     pub node_checks: CheckMode,
     #[command(flatten)]
+    pub memory: crate::plugins::node::MemoryArgs,
+    #[command(flatten)]
     pub gpu: crate::gpu::GpuArgs,
     #[command(flatten)]
     pub volumes: crate::plugins::volumes::VolumeArgs,
@@ -136,6 +138,7 @@ impl AgentArgs {
         cfg.lease_retry = self.lease_retry;
         cfg.plugins = PluginSettings {
             node_checks: self.node_checks,
+            memory: self.memory.clone(),
             gpu: crate::plugins::gpu::GpuSettings {
                 args: self.gpu.clone(),
                 runtime: None,
@@ -370,6 +373,10 @@ mod tests {
             "4",
             "--node-checks",
             "warn",
+            "--memory-check",
+            "enforce",
+            "--memory-reserve",
+            "2Gi",
         ])
         .expect("parse");
         let Command::Run(args) = cli.command else {
@@ -379,6 +386,8 @@ mod tests {
         assert_eq!(cfg.node_name, "n1");
         assert_eq!(cfg.workers, 4);
         assert_eq!(cfg.plugins.node_checks, CheckMode::Warn);
+        assert_eq!(cfg.plugins.memory.memory_check, CheckMode::Enforce);
+        assert_eq!(cfg.plugins.memory.memory_reserve, 2 << 30);
         assert_eq!(cfg.default_backoff_limit, 3);
     }
 }

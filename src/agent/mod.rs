@@ -146,6 +146,7 @@ impl Stats {
         self.clear_local_retries(key);
         self.forget_undecodable(key);
         lock(&self.left_alone).remove(key);
+        self.diag.request_gone(&key.namespace, &key.name);
     }
     pub fn is_leading(&self) -> bool {
         self.leading.load(Ordering::Relaxed)

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::diag::SystemProbe;
+
 use super::BenchError;
 
 /// A `bindlet run` child; killed when dropped.
@@ -108,63 +110,49 @@ impl Drop for AgentProcess {
     }
 }
 
-/// Memory and CPU of a process, from `/proc` (Linux only; `None` elsewhere).
+/// Memory and CPU of a process (Linux only; `None` elsewhere or once it is gone).
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSample {
     /// Peak resident set size (VmHWM), KiB.
     pub peak_rss_kib: u64,
-    /// Current resident set size (VmRSS), KiB.
+    /// Current resident set size, KiB.
     pub rss_kib: u64,
-    /// utime + stime, seconds.
+    /// User plus system CPU time, seconds.
     pub cpu_s: f64,
 }
 
 impl ProcSample {
     pub fn read(pid: u32) -> Option<ProcSample> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let field = |name: &str| -> Option<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        };
+        // The same reader as the agent's own `process_*` metrics, so the bench's figures
+        // and a scrape of /metrics agree.
+        let p = SystemProbe::of(pid).process()?;
+        let rss_kib = p.resident_memory_bytes / 1024;
         Some(ProcSample {
-            peak_rss_kib: field("VmHWM:")?,
-            rss_kib: field("VmRSS:")?,
-            cpu_s: cpu_seconds(&stat)?,
+            // A sample can only come after the peak, so the peak is at least the current.
+            peak_rss_kib: peak_rss_kib(pid)?.max(rss_kib),
+            rss_kib,
+            cpu_s: p.cpu_seconds,
         })
     }
 }
 
-/// utime + stime from a `/proc/<pid>/stat` line. The command name (field 2) may contain
-/// spaces and parentheses, so fields are counted after its last `)`.
-fn cpu_seconds(stat: &str) -> Option<f64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / clock_ticks())
+/// The kernel's high-water mark of the process's resident set. sysinfo does not report it
+/// and sampling would miss short peaks, so this one figure is still read from
+/// `/proc/<pid>/status` (its `VmHWM:` line); everything else comes from sysinfo.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    vm_hwm_kib(&status)
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`); 100 on every common Linux.
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|t| *t > 0.0)
-            .unwrap_or(100.0)
-    })
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A kubeconfig file for the child, removed when dropped.
@@ -196,16 +184,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_stat_with_odd_command_names() {
-        let stat = "1234 (bind let) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 1 1 1";
-        let s = cpu_seconds(stat).expect("parsed");
-        assert!((s - 300.0 / clock_ticks()).abs() < 1e-9);
+    fn reads_the_high_water_mark_line() {
+        let status = "Name:\tbindlet\nVmPeak:\t  900 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(12345));
+        assert_eq!(vm_hwm_kib("Name:\tx\n"), None);
     }
 
     #[cfg(target_os = "linux")]
     #[test]
     fn reads_own_process() {
         let s = ProcSample::read(std::process::id()).expect("linux /proc");
-        assert!(s.peak_rss_kib >= s.rss_kib / 2 && s.rss_kib > 0);
+        assert!(s.peak_rss_kib >= s.rss_kib && s.rss_kib > 0);
+        assert!(s.cpu_s >= 0.0);
     }
 }

@@ -4,6 +4,8 @@
 
 use std::fmt::Write;
 
+use crate::volume::quantity::format_bytes;
+
 use super::facts::{GpuFacts, VolumeFacts};
 use super::recorder::DebugState;
 
@@ -50,7 +52,7 @@ pub fn render(s: &DebugState) -> String {
         "<table><tr><th>readiness</th><td class=\"{cls}\">{word}</td></tr>\
          <tr><th>BindRequest watch synced</th><td>{}</td></tr>\
          <tr><th>Lease</th><td>{} in {} &mdash; held by this agent: {}; holder: {}; identity: {}</td></tr>\
-         <tr><th>queue</th><td>{} waiting, {} in flight</td></tr>\
+         <tr><th>queue</th><td>{} waiting, {} in flight; oldest pending {:.0} s</td></tr>\
          <tr><th>totals</th><td>{} bound, {} already bound, {} failed attempts, {} given up</td></tr></table>",
         s.readiness.watch_synced,
         opt(&s.lease.name),
@@ -64,12 +66,51 @@ pub fn render(s: &DebugState) -> String {
         opt(&s.lease.identity),
         s.queue_depth,
         s.in_flight,
+        s.oldest_pending_seconds,
         s.totals.bound,
         s.totals.already_bound,
         s.totals.failed_attempts,
         s.totals.failed_final,
     );
-    h.push_str("<h2>GPUs</h2>");
+    h.push_str("<h2>Node and agent process</h2><table>");
+    match &s.node_resources {
+        Some(n) => {
+            let _ = write!(
+                h,
+                "<tr><th>node memory</th><td>{} available of {}</td></tr>\
+                 <tr><th>node CPUs</th><td>{}; load {:.2} / {:.2} / {:.2} <small>(1, 5, 15 min)</small></td></tr>",
+                format_bytes(n.memory_available_bytes),
+                format_bytes(n.memory_total_bytes),
+                n.cpus,
+                n.load_average_1m,
+                n.load_average_5m,
+                n.load_average_15m,
+            );
+        }
+        None => h.push_str("<tr><th>node</th><td>not readable on this platform</td></tr>"),
+    }
+    match &s.process {
+        Some(p) => {
+            let fds = match (p.open_fds, p.max_fds) {
+                (Some(o), Some(m)) => format!("{o} of {m}"),
+                (Some(o), None) => o.to_string(),
+                _ => "?".into(),
+            };
+            let started = i64::try_from(p.start_time_seconds)
+                .ok()
+                .and_then(|t| jiff::Timestamp::from_second(t).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into());
+            let _ = write!(
+                h,
+                "<tr><th>agent process</th><td>{} resident, {:.2} s CPU, {fds} open files, started {started}</td></tr>",
+                format_bytes(p.resident_memory_bytes),
+                p.cpu_seconds,
+            );
+        }
+        None => h.push_str("<tr><th>agent process</th><td>not readable</td></tr>"),
+    }
+    h.push_str("</table><h2>GPUs</h2>");
     match &s.gpus {
         GpuFacts::NotConfigured => h.push_str("<p>No GPU inventory in this agent.</p>"),
         GpuFacts::Loading => h.push_str("<p>GPU inventory loading.</p>"),

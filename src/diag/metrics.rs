@@ -1,4 +1,9 @@
 //! The Prometheus metrics (OpenMetrics text), one registry per agent: no globals.
+//! bindlet's own metrics carry the `bindlet_` prefix; the standard `process_*` metrics of
+//! the agent's process are collected at scrape time beside them, unprefixed.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -6,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use super::system::{ProcessCollector, SystemProbe};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BindLabels {
@@ -82,13 +89,20 @@ pub struct Metrics {
     pub volume_check_failures: Family<CheckLabels, Counter>,
     pub lease_held: Gauge,
     pub lease_holder: Family<HolderLabels, Gauge>,
+    pub lease_transitions: Counter,
+    pub oldest_pending: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub requests_left_alone: Family<ReasonLabels, Counter>,
+    /// This process and the node, read at scrape time (process metrics, /debug/state).
+    pub system: Arc<SystemProbe>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("bindlet");
+        let system = Arc::new(SystemProbe::own());
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector::new(system.clone())));
+        let registry = root.sub_registry_with_prefix("bindlet");
         let m = Metrics {
             binds: Family::default(),
             bind_latency: latency_histogram(),
@@ -101,8 +115,11 @@ impl Default for Metrics {
             volume_check_failures: Family::default(),
             lease_held: Gauge::default(),
             lease_holder: Family::default(),
+            lease_transitions: Counter::default(),
+            oldest_pending: Gauge::default(),
             ready: Gauge::default(),
             requests_left_alone: Family::default(),
+            system,
             registry: Registry::default(),
         };
         registry.register(
@@ -156,13 +173,26 @@ impl Default for Metrics {
             "The node Lease's holder as last observed (value 1)",
             m.lease_holder.clone(),
         );
+        registry.register(
+            "lease_transitions",
+            "Changes of the node Lease's holder seen by this agent (a release counts as a change to nobody)",
+            m.lease_transitions.clone(),
+        );
+        registry.register(
+            "oldest_pending_seconds",
+            "Age (since creation) of the oldest BindRequest this agent has attempted and not yet settled; 0 when none or when not holding the Lease",
+            m.oldest_pending.clone(),
+        );
         registry.register("ready", "1 when /readyz answers ready", m.ready.clone());
         registry.register(
             "requests_left_alone",
             "BindRequest versions this agent stopped working on without writing a status (not this node's, or the status write was refused), by reason",
             m.requests_left_alone.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod html;
 pub mod metrics;
 mod recorder;
 mod server;
+pub mod system;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use recorder::{
     RequestRecord, StageRecord, Totals, VerdictRecord,
 };
 pub use server::{DiagServer, start};
+pub use system::{NodeResources, ProcessFacts, SystemProbe};
 
 /// Default listen address of `bindlet run`.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:9464";

@@ -13,13 +13,14 @@ use crate::agent::effects::ApiError;
 use crate::agent::queue::WorkQueue;
 use crate::agent::{AgentConfig, Stats};
 use crate::api::{BindRequest, BindRequestStatus, NodeVerification, VerdictOutcome};
-use crate::binding::{AttemptError, Outcome};
+use crate::binding::{AttemptError, Failure, Outcome};
 
 use super::facts::{GpuFacts, NodeFacts, VolumeFacts};
 use super::metrics::{
     ApiLabels, BindLabels, CheckLabels, GpuLabels, HolderLabels, Metrics, ReasonLabels,
     ResultLabels, StageLabels,
 };
+use super::system::{NodeResources, ProcessFacts};
 
 /// Requests kept in the timeline unless configured otherwise.
 pub const DEFAULT_HISTORY: usize = 256;
@@ -75,6 +76,26 @@ pub struct RequestRecord {
     pub attempts_total: u32,
     /// The last few attempts, oldest first.
     pub attempts: VecDeque<AttemptRecord>,
+    /// The BindRequest was deleted (this agent stopped working on it).
+    pub deleted: bool,
+    /// For the oldest-pending age: creation time, and when an attempt last started.
+    #[serde(skip)]
+    created: Option<jiff::Timestamp>,
+    #[serde(skip)]
+    last_attempt: Option<Instant>,
+}
+
+impl RequestRecord {
+    /// Still being worked on: not settled, not deleted, and an attempt running or one
+    /// started within `window` (a retrying request is attempted at least every retry-max).
+    fn pending_at(&self, now: Instant, window: Duration) -> bool {
+        let settled = matches!(self.phase.as_deref(), Some("Succeeded") | Some("Failed"));
+        let running = self.attempts.back().is_some_and(|a| a.result == "running");
+        let recent = self
+            .last_attempt
+            .is_some_and(|t| now.saturating_duration_since(t) <= window);
+        !settled && !self.deleted && (running || recent)
+    }
 }
 
 /// Returned by [`Recorder::attempt_started`]; hand it back to [`Recorder::attempt_finished`].
@@ -134,6 +155,12 @@ pub struct DebugState {
     pub totals: Totals,
     pub gpus: GpuFacts,
     pub volumes: VolumeFacts,
+    /// The node's memory, CPUs and load; None where they cannot be read.
+    pub node_resources: Option<NodeResources>,
+    /// This agent's own process.
+    pub process: Option<ProcessFacts>,
+    /// Age of the oldest request this agent is still working on (see `oldest_pending_seconds`).
+    pub oldest_pending_seconds: f64,
     /// Most recent first.
     pub requests: Vec<RequestRecord>,
     /// Requests this agent left alone (bounded, most recent first).
@@ -169,6 +196,31 @@ struct Inner {
     queue: Option<Arc<WorkQueue>>,
     lease_holder: Option<String>,
     facts: Option<Arc<dyn NodeFacts>>,
+    /// The agent's longest retry delay; None until the agent starts.
+    retry_max: Option<Duration>,
+}
+
+/// How long after its last attempt an unsettled request still counts as pending: two
+/// retry delays plus slack for a busy queue. Past that the agent no longer works on it
+/// (deleted while the watch was down, or settled by another agent while this one waited
+/// for the Lease).
+fn pending_window(retry_max: Option<Duration>) -> Duration {
+    retry_max.unwrap_or(Duration::from_secs(60)) * 2 + Duration::from_secs(30)
+}
+
+/// Age of the oldest pending request, in seconds (0 when none).
+fn oldest_pending(
+    requests: &VecDeque<RequestRecord>,
+    now: Instant,
+    wall: jiff::Timestamp,
+    window: Duration,
+) -> f64 {
+    requests
+        .iter()
+        .filter(|r| r.pending_at(now, window))
+        .filter_map(|r| r.created)
+        .map(|c| wall.duration_since(c).as_secs_f64().max(0.0))
+        .fold(0.0, f64::max)
 }
 
 /// Metrics and timelines of one agent. Cheap to call from the hot path: a counter bump
@@ -240,6 +292,7 @@ impl Recorder {
             cfg.lease_namespace.clone(),
         ));
         i.queue = Some(queue);
+        i.retry_max = Some(cfg.backoff.max);
     }
 
     /// The agent stopped working on a request without writing its status (called once per
@@ -270,7 +323,23 @@ impl Recorder {
     pub fn lease_observed(&self, holder: &str) {
         let mut i = self.lock();
         if i.lease_holder.as_deref() != Some(holder) {
+            // The first observation is not a change: nothing was known before.
+            if i.lease_holder.is_some() {
+                self.metrics.lease_transitions.inc();
+            }
             i.lease_holder = Some(holder.to_string());
+        }
+    }
+
+    /// The BindRequest is gone (deleted): it no longer counts as pending.
+    pub fn request_gone(&self, namespace: &str, name: &str) {
+        let mut i = self.lock();
+        for r in i
+            .requests
+            .iter_mut()
+            .filter(|r| r.namespace == namespace && r.name == name)
+        {
+            r.deleted = true;
         }
     }
 
@@ -333,7 +402,14 @@ impl Recorder {
             bind_latency_seconds: None,
             attempts_total: 0,
             attempts: VecDeque::new(),
+            deleted: false,
+            created: br.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            last_attempt: None,
         });
+        // A request recreated under the same name is a new one: its own creation time.
+        rec.deleted = false;
+        rec.created = br.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        rec.last_attempt = Some(Instant::now());
         rec.attempts_total = rec.attempts_total.saturating_add(1);
         if rec.attempts.len() >= ATTEMPTS_KEPT {
             rec.attempts.pop_front();
@@ -400,16 +476,11 @@ impl Recorder {
             })
             .inc();
         let verdicts = verification.map(|v| v.verdicts.as_slice()).unwrap_or(&[]);
-        for v in verdicts {
-            // Volume checks report through the pipeline's verdicts like every plugin.
-            if v.plugin == "volumes" && v.outcome == VerdictOutcome::Fail {
-                self.metrics
-                    .volume_check_failures
-                    .get_or_create(&CheckLabels {
-                        check: v.check.clone(),
-                    })
-                    .inc();
-            }
+        for check in volume_check_failures(result, verdicts) {
+            self.metrics
+                .volume_check_failures
+                .get_or_create(&CheckLabels { check })
+                .inc();
         }
         let seconds = timer.started.elapsed().as_secs_f64();
         self.with_current_attempt(br, |a| {
@@ -514,6 +585,11 @@ impl Recorder {
                 None => (GpuFacts::NotConfigured, VolumeFacts::NotConfigured),
             }
         };
+        let supported = sysinfo::IS_SUPPORTED_SYSTEM;
+        let system = &self.metrics.system;
+        let node_resources = supported.then(|| system.node());
+        let process = system.process();
+        let oldest = self.oldest_pending_seconds(stats);
         let i = self.lock();
         let (depth, in_flight) = i
             .queue
@@ -540,15 +616,36 @@ impl Recorder {
             },
             gpus,
             volumes,
+            node_resources,
+            process,
+            oldest_pending_seconds: oldest,
             requests: i.requests.iter().rev().cloned().collect(),
             left_alone: i.left_alone.iter().rev().cloned().collect(),
         }
+    }
+
+    /// Age of the oldest request this agent attempted and has not settled; 0 while it
+    /// does not hold the Lease (the holder reports it then).
+    fn oldest_pending_seconds(&self, stats: &Stats) -> f64 {
+        if !stats.is_leading() {
+            return 0.0;
+        }
+        let i = self.lock();
+        oldest_pending(
+            &i.requests,
+            Instant::now(),
+            jiff::Timestamp::now(),
+            pending_window(i.retry_max),
+        )
     }
 
     /// OpenMetrics text, with the gauges refreshed from the current state.
     pub fn encode_metrics(&self, stats: &Stats) -> String {
         let readiness = self.readiness(stats);
         let gpus = self.gpus();
+        self.metrics
+            .oldest_pending
+            .set(self.oldest_pending_seconds(stats));
         {
             let i = self.lock();
             let (depth, in_flight) = i
@@ -585,6 +682,31 @@ impl Recorder {
     }
 }
 
+/// The failed volume checks of one attempt, by check name. A failed check under `warn` is
+/// a `Warn` verdict; under `enforce` the volumes plugin refuses from `pre_bind` without a
+/// verdict, so that refusal counts as `refused` (its check name is not kept).
+fn volume_check_failures(
+    result: &Result<Outcome, AttemptError>,
+    verdicts: &[crate::api::Verdict],
+) -> Vec<String> {
+    let mut out: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.plugin == "volumes")
+        .filter(|v| matches!(v.outcome, VerdictOutcome::Fail | VerdictOutcome::Warn))
+        .map(|v| v.check.clone())
+        .collect();
+    let refused = match result {
+        Ok(Outcome::Failed(f)) | Err(AttemptError::Failed(f)) => {
+            matches!(f, Failure::PreBindFailed { plugin, .. } if plugin == "volumes")
+        }
+        _ => false,
+    };
+    if refused {
+        out.push("refused".to_string());
+    }
+    out
+}
+
 fn error_code(e: &ApiError) -> String {
     match e {
         ApiError::Status { code, .. } => code.to_string(),
@@ -606,7 +728,6 @@ fn gpu_state(g: &GpuFacts) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::binding::Failure;
 
     fn br(name: &str) -> BindRequest {
         serde_json::from_value(serde_json::json!({
@@ -653,6 +774,107 @@ mod tests {
         r.attempt_started(&d); // evicts b, the idlest
         let names: Vec<String> = r.lock().requests.iter().map(|x| x.name.clone()).collect();
         assert_eq!(names, ["c", "a", "d"]);
+    }
+
+    #[test]
+    fn oldest_pending_counts_only_requests_still_worked_on() {
+        let now = Instant::now();
+        let wall = jiff::Timestamp::now();
+        let window = Duration::from_secs(150);
+        let rec = |age_s: i64, phase: Option<&str>, since_attempt_s: u64, result, deleted| {
+            let created = wall
+                .checked_sub(jiff::SignedDuration::from_secs(age_s))
+                .ok();
+            RequestRecord {
+                namespace: "ns".into(),
+                name: format!("r{age_s}"),
+                pod: None,
+                created_at: None,
+                phase: phase.map(str::to_string),
+                reason: None,
+                bind_latency_seconds: None,
+                attempts_total: 1,
+                attempts: VecDeque::from([AttemptRecord {
+                    started_at: String::new(),
+                    seconds: None,
+                    result,
+                    reason: None,
+                    stages: Vec::new(),
+                    verdicts: Vec::new(),
+                }]),
+                deleted,
+                created,
+                last_attempt: now.checked_sub(Duration::from_secs(since_attempt_s)),
+            }
+        };
+        // (records, expected age of the oldest pending)
+        let cases: Vec<(Vec<RequestRecord>, f64)> = vec![
+            (vec![], 0.0),
+            // Retrying (Pending) and attempted recently: counts.
+            (vec![rec(900, Some("Pending"), 10, "failed", false)], 900.0),
+            // Settled either way: does not count.
+            (vec![rec(900, Some("Succeeded"), 10, "bound", false)], 0.0),
+            (vec![rec(900, Some("Failed"), 10, "failed", false)], 0.0),
+            // Deleted while retrying: does not count.
+            (vec![rec(900, Some("Pending"), 10, "failed", true)], 0.0),
+            // No attempt for longer than the window: no longer worked on here.
+            (vec![rec(900, Some("Pending"), 600, "failed", false)], 0.0),
+            // ... unless an attempt is still running (e.g. waiting for a volume).
+            (vec![rec(900, None, 600, "running", false)], 900.0),
+            // The oldest of several.
+            (
+                vec![
+                    rec(30, None, 1, "running", false),
+                    rec(400, Some("Pending"), 5, "transient", false),
+                    rec(2000, Some("Succeeded"), 5, "bound", false),
+                ],
+                400.0,
+            ),
+        ];
+        for (i, (records, want)) in cases.into_iter().enumerate() {
+            let got = oldest_pending(&VecDeque::from(records), now, wall, window);
+            assert!((got - want).abs() < 1.0, "case {i}: {got} != {want}");
+        }
+    }
+
+    #[test]
+    fn volume_check_failures_are_counted_in_both_modes() {
+        use crate::api::Verdict;
+        let v = |plugin: &str, check: &str, outcome| Verdict {
+            plugin: plugin.into(),
+            check: check.into(),
+            outcome,
+            message: String::new(),
+        };
+        let warned = [
+            v("volumes", "space", VerdictOutcome::Warn),
+            v("volumes", "host-path", VerdictOutcome::Pass),
+            v("node", "taints", VerdictOutcome::Fail),
+        ];
+        assert_eq!(
+            volume_check_failures(&Ok(Outcome::Bound), &warned),
+            ["space"]
+        );
+        let refused = Err(AttemptError::Failed(Failure::PreBindFailed {
+            plugin: "volumes".into(),
+            message: "volume data: hostPath /x does not exist".into(),
+        }));
+        assert_eq!(volume_check_failures(&refused, &[]), ["refused"]);
+        let other = Err(AttemptError::Failed(Failure::PreBindFailed {
+            plugin: "dra".into(),
+            message: String::new(),
+        }));
+        assert!(volume_check_failures(&other, &[]).is_empty());
+    }
+
+    #[test]
+    fn lease_transitions_count_holder_changes_after_the_first_observation() {
+        let r = Recorder::default();
+        for h in ["a", "a", "", "b", "b", "a"] {
+            r.lease_observed(h);
+        }
+        let text = r.metrics.encode();
+        assert!(text.contains("bindlet_lease_transitions_total 3"), "{text}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum CheckMode {
 #[derive(Debug, Clone, Default)]
 pub struct PluginSettings {
     pub node_checks: CheckMode,
+    /// The optional memory check of the `node` plugin (off by default).
+    pub memory: node::MemoryArgs,
     pub gpu: gpu::GpuSettings,
     pub volumes: volumes::VolumeSettings,
     pub dra: dra::DraSettings,
@@ -33,7 +35,7 @@ pub struct PluginSettings {
 /// The standard pipeline, in order.
 pub fn standard(settings: &PluginSettings) -> Registry {
     Registry::new()
-        .with(node::NodePlugin::new(settings.node_checks))
+        .with(node::NodePlugin::new(settings.node_checks).with_memory(&settings.memory))
         .with(gpu::GpuPlugin::new(&settings.gpu))
         .with(gpu_sharing::GpuSharingPlugin::new(
             &settings.sharing,

@@ -1,22 +1,86 @@
 //! `node`: the node accepts the pod — not cordoned, and every NoSchedule/NoExecute taint
 //! tolerated (the same rules as kube-scheduler's TaintToleration and NodeUnschedulable).
+//! Optionally (`--memory-check`), the node has the memory the pod requests plus a reserve
+//! available right now: the scheduler counts requests against allocatable, not what is
+//! actually free, so a node squeezed by unaccounted use passes its check.
 
-use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use std::sync::Arc;
+
+use clap::Args;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 
 use crate::api::{Verdict, VerdictOutcome};
-use crate::binding::{BindContext, Plugin, verdict};
+use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::diag::SystemProbe;
+use crate::volume::quantity::{format_bytes, parse_bytes};
 
 use super::CheckMode;
 
 const NAME: &str = "node";
+/// Default of `--memory-reserve`: headroom kept for the node's own daemons.
+pub const DEFAULT_MEMORY_RESERVE: u64 = 1 << 30;
+
+/// Flags of the optional memory check.
+#[derive(Args, Debug, Clone)]
+pub struct MemoryArgs {
+    /// Node memory check (available memory >= the pod's memory requests + reserve): enforce, warn or off.
+    #[arg(long, env = "BINDLET_MEMORY_CHECK", value_enum, default_value_t = CheckMode::Off)]
+    pub memory_check: CheckMode,
+    /// Memory kept free beyond the pod's requests by `--memory-check`, e.g. 1Gi or 512Mi.
+    #[arg(long, env = "BINDLET_MEMORY_RESERVE", default_value = "1Gi", value_parser = parse_reserve)]
+    pub memory_reserve: u64,
+}
+
+fn parse_reserve(s: &str) -> Result<u64, String> {
+    parse_bytes(s).ok_or_else(|| format!("invalid quantity \"{s}\": expected e.g. 1Gi or 512Mi"))
+}
+
+impl Default for MemoryArgs {
+    fn default() -> Self {
+        MemoryArgs {
+            memory_check: CheckMode::Off,
+            memory_reserve: DEFAULT_MEMORY_RESERVE,
+        }
+    }
+}
+
+/// Where the node's available memory comes from; faked in tests.
+pub trait MemoryProbe: Send + Sync {
+    /// Bytes available now; None when it cannot be read.
+    fn available_bytes(&self) -> Option<u64>;
+}
+
+impl MemoryProbe for SystemProbe {
+    fn available_bytes(&self) -> Option<u64> {
+        sysinfo::IS_SUPPORTED_SYSTEM.then(|| self.memory_available())
+    }
+}
 
 pub struct NodePlugin {
     mode: CheckMode,
+    memory: MemoryArgs,
+    probe: Arc<dyn MemoryProbe>,
 }
 
 impl NodePlugin {
     pub fn new(mode: CheckMode) -> Self {
-        NodePlugin { mode }
+        NodePlugin {
+            mode,
+            memory: MemoryArgs::default(),
+            probe: Arc::new(SystemProbe::own()),
+        }
+    }
+
+    /// Turns on the memory check (off by default).
+    pub fn with_memory(mut self, args: &MemoryArgs) -> Self {
+        self.memory = args.clone();
+        self
+    }
+
+    /// Reads available memory from `probe` instead of the node.
+    pub fn with_memory_probe(mut self, probe: Arc<dyn MemoryProbe>) -> Self {
+        self.probe = probe;
+        self
     }
 }
 
@@ -34,6 +98,95 @@ impl Plugin for NodePlugin {
             .and_then(|s| s.tolerations.as_deref())
             .unwrap_or(&[]);
         node_verdicts(ctx.node, tolerations, self.mode)
+    }
+
+    /// The memory check reads the node's memory now (an effect), so it runs here, before
+    /// any other plugin writes anything.
+    async fn pre_bind(
+        &self,
+        ctx: &BindContext<'_>,
+        _state: &mut BindState,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        if self.memory.memory_check == CheckMode::Off {
+            return Ok(Vec::new());
+        }
+        let requested = pod_memory_request(ctx.pod);
+        let probe = self.probe.clone();
+        // /proc/meminfo is a file read: keep it off the agent's only runtime thread.
+        let available = tokio::task::spawn_blocking(move || probe.available_bytes())
+            .await
+            .ok()
+            .flatten();
+        Ok(memory_verdict(
+            requested,
+            available,
+            self.memory.memory_reserve,
+            self.memory.memory_check,
+        )
+        .into_iter()
+        .collect())
+    }
+}
+
+/// The pod's memory request in bytes as the scheduler counts it (containers, init
+/// containers, sidecars, pod-level resources, overhead); an error names a bad quantity.
+pub fn pod_memory_request(pod: &Pod) -> Result<u64, String> {
+    let reqs = crate::manual::checks::pod_requests(pod).map_err(|e| e.to_string())?;
+    let nanos = reqs.get("memory").copied().unwrap_or(0).max(0);
+    // Nano-bytes to bytes, a partial byte counting as one.
+    Ok(u64::try_from((nanos + 999_999_999) / 1_000_000_000).unwrap_or(u64::MAX))
+}
+
+/// The memory check: `Fail` (enforce) or `Warn` (warn) when the node's available memory is
+/// below the pod's requests plus `reserve`; no verdict when off. A figure that cannot be
+/// read only warns: an unreadable counter is no reason to refuse a pod.
+pub fn memory_verdict(
+    requested: Result<u64, String>,
+    available: Option<u64>,
+    reserve: u64,
+    mode: CheckMode,
+) -> Option<Verdict> {
+    let problem = match mode {
+        CheckMode::Off => return None,
+        CheckMode::Warn => VerdictOutcome::Warn,
+        CheckMode::Enforce => VerdictOutcome::Fail,
+    };
+    let v = |outcome, message| Some(verdict(NAME, "memory", outcome, message));
+    let requested = match requested {
+        Ok(r) => r,
+        Err(e) => {
+            return v(
+                VerdictOutcome::Warn,
+                format!("memory check skipped: cannot read the pod's memory requests: {e}"),
+            );
+        }
+    };
+    let Some(available) = available else {
+        return v(
+            VerdictOutcome::Warn,
+            "memory check skipped: the node's available memory cannot be read".into(),
+        );
+    };
+    let needed = requested.saturating_add(reserve);
+    let figures = format!(
+        "available {}, pod requests {}, reserve {}",
+        format_bytes(available),
+        format_bytes(requested),
+        format_bytes(reserve)
+    );
+    if available < needed {
+        v(
+            problem,
+            format!(
+                "node memory too low: {figures} (short by {})",
+                format_bytes(needed - available)
+            ),
+        )
+    } else {
+        v(
+            VerdictOutcome::Pass,
+            format!("node memory suffices: {figures}"),
+        )
     }
 }
 
@@ -231,6 +384,159 @@ mod tests {
 
     fn outcomes(v: &[Verdict]) -> Vec<(&str, VerdictOutcome)> {
         v.iter().map(|v| (v.check.as_str(), v.outcome)).collect()
+    }
+
+    #[test]
+    fn memory_verdict_table() {
+        use VerdictOutcome::*;
+        const GI: u64 = 1 << 30;
+        let ok = |n: u64| -> Result<u64, String> { Ok(n) };
+        // (requested, available, reserve, mode, expected outcome, words in the message)
+        type Case = (
+            Result<u64, String>,
+            Option<u64>,
+            u64,
+            CheckMode,
+            Option<VerdictOutcome>,
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                ok(4 * GI),
+                Some(16 * GI),
+                GI,
+                CheckMode::Enforce,
+                Some(Pass),
+                &["available 16 GiB", "pod requests 4 GiB", "reserve 1 GiB"],
+            ),
+            // Exactly enough is enough.
+            (
+                ok(15 * GI),
+                Some(16 * GI),
+                GI,
+                CheckMode::Enforce,
+                Some(Pass),
+                &[],
+            ),
+            (
+                ok(15 * GI + 1),
+                Some(16 * GI),
+                GI,
+                CheckMode::Enforce,
+                Some(Fail),
+                &[
+                    "too low",
+                    "available 16 GiB",
+                    "reserve 1 GiB",
+                    "short by 1 B",
+                ],
+            ),
+            (
+                ok(15 * GI + 1),
+                Some(16 * GI),
+                GI,
+                CheckMode::Warn,
+                Some(Warn),
+                &["too low"],
+            ),
+            (
+                ok(1000 << 40),
+                Some(16 * GI),
+                GI,
+                CheckMode::Enforce,
+                Some(Fail),
+                &["pod requests 1000 TiB"],
+            ),
+            // No request: the reserve alone must be free.
+            (
+                ok(0),
+                Some(GI / 2),
+                GI,
+                CheckMode::Enforce,
+                Some(Fail),
+                &["pod requests 0 B", "available 512 MiB"],
+            ),
+            (ok(0), Some(2 * GI), 0, CheckMode::Enforce, Some(Pass), &[]),
+            // Saturating: an absurd request plus reserve does not wrap around.
+            (
+                ok(u64::MAX),
+                Some(16 * GI),
+                GI,
+                CheckMode::Enforce,
+                Some(Fail),
+                &[],
+            ),
+            // Unreadable figures warn, even under enforce.
+            (
+                ok(GI),
+                None,
+                GI,
+                CheckMode::Enforce,
+                Some(Warn),
+                &["cannot be read"],
+            ),
+            (
+                Err("invalid quantity \"lots\"".into()),
+                Some(16 * GI),
+                GI,
+                CheckMode::Enforce,
+                Some(Warn),
+                &["lots"],
+            ),
+            // Off: no verdict at all.
+            (ok(1000 << 40), Some(GI), GI, CheckMode::Off, None, &[]),
+        ];
+        for (i, (req, avail, reserve, mode, want, words)) in cases.into_iter().enumerate() {
+            let v = memory_verdict(req, avail, reserve, mode);
+            assert_eq!(v.as_ref().map(|v| v.outcome), want, "case {i}: {v:?}");
+            if let Some(v) = &v {
+                assert_eq!((v.plugin.as_str(), v.check.as_str()), ("node", "memory"));
+                for w in words {
+                    assert!(
+                        v.message.contains(w),
+                        "case {i}: {w:?} not in {:?}",
+                        v.message
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pod_memory_request_counts_like_the_scheduler() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "containers": [
+                    { "name": "a", "resources": { "requests": { "memory": "1Gi" } } },
+                    { "name": "b", "resources": { "limits": { "memory": "512Mi" } } },
+                    { "name": "c" }
+                ],
+                "initContainers": [
+                    { "name": "i", "resources": { "requests": { "memory": "4Gi" } } }
+                ],
+                "overhead": { "memory": "1Mi" }
+            }
+        }))
+        .expect("pod");
+        // max(1Gi + 512Mi, 4Gi) + 1Mi
+        assert_eq!(pod_memory_request(&pod), Ok((4 << 30) + (1 << 20)));
+        assert_eq!(pod_memory_request(&Pod::default()), Ok(0));
+        let bad: Pod = serde_json::from_value(serde_json::json!({
+            "spec": { "containers": [ { "name": "a", "resources": { "requests": { "memory": "lots" } } } ] }
+        }))
+        .expect("pod");
+        assert!(pod_memory_request(&bad).is_err());
+    }
+
+    #[test]
+    fn memory_flags_parse() {
+        assert_eq!(parse_reserve("512Mi"), Ok(512 << 20));
+        assert!(parse_reserve("plenty").is_err());
+        let d = MemoryArgs::default();
+        assert_eq!(
+            (d.memory_check, d.memory_reserve),
+            (CheckMode::Off, 1 << 30)
+        );
     }
 
     #[test]
