@@ -151,6 +151,20 @@ impl ApiError {
         )
         .with_details(details(name, group, resource))
     }
+    /// An admission plugin's refusal (`admission.NewForbidden`): `pods "x" is forbidden: why`.
+    pub fn forbidden(resource: &str, group: &str, name: &str, why: &str) -> Self {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{}\" is forbidden: {}",
+                qualified(resource, group),
+                name,
+                why
+            ),
+        )
+        .with_details(details(name, group, resource))
+    }
     /// The optimistic-lock conflict (`OptimisticLockErrorMsg`).
     pub fn stale(resource: &str, group: &str, name: &str) -> Self {
         Self::conflict(
