@@ -926,6 +926,20 @@ async fn pods_are_admitted_with_their_service_account() {
         "pods \"nosa\" is forbidden: error looking up service account default/nosuch: serviceaccount \"nosuch\" not found"
     );
     assert_eq!(st["details"], json!({"name": "nosa", "kind": "pods"}));
+    // Admission runs before the name is generated.
+    let mut generated = plain_pod("", json!({"serviceAccountName": "nosuch"}));
+    generated["metadata"] = json!({"generateName": "gen-"});
+    let (code, st) = raw(&c, "POST", pods, "application/json", generated).await;
+    assert_eq!(
+        (code, st["message"].as_str(), &st["details"]),
+        (
+            403,
+            Some(
+                "pods is forbidden: error looking up service account default/nosuch: serviceaccount \"nosuch\" not found"
+            ),
+            &json!({"kind": "pods"})
+        )
+    );
 
     // A plain pod (recording 33, upstream sources only).
     let (code, p) = raw(

@@ -438,6 +438,8 @@ impl State {
             ));
         }
         let generate_name = meta_str(&obj, "generateName").to_string();
+        // Admission sees the name as sent: empty when the server generates it.
+        let requested_name = meta_str(&obj, "name").to_string();
         let now = objects::now_rfc3339();
         if let Some(o) = obj.as_object_mut() {
             o.insert("apiVersion".into(), Value::String(def.api_version()));
@@ -497,7 +499,7 @@ impl State {
                 // a 403 even for an invalid pod. In a missing namespace NamespaceLifecycle
                 // answers instead (below).
                 if self.namespace_exists(ns) {
-                    self.admit_service_account(ns, &name, &mut obj)?;
+                    self.admit_service_account(ns, &requested_name, &mut obj)?;
                 }
                 objects::default_tolerations(&mut obj);
                 objects::init_pod_status(&mut obj);
