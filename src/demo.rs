@@ -193,6 +193,9 @@ struct Item {
 pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let sim = Simulator::start(SimOptions {
         crds: vec![crate::api::crd()],
+        // No garbage collector: it would remove the BindRequests of deleted and recreated
+        // pods (their owners) within a second, before the demo reads how the agent failed them.
+        controller_period: None,
         ..Default::default()
     })
     .await?;
@@ -229,6 +232,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     let reservation_ns = cfg.plugins.sharing.args.reservation_namespace.clone();
     setup_cluster(&client, &node, &[&cfg.lease_namespace, &reservation_ns]).await?;
+    // KAI installs its reservation pods' service account; without it the API server's
+    // ServiceAccount admission refuses those pods.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(
+        json!({ "metadata": { "name": cfg.plugins.sharing.args.reservation_service_account } }),
+    )?;
+    Api::namespaced(client.clone(), &reservation_ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
     create_shared_groups(&client, &node, &cfg.plugins.sharing.args).await?;
     // The node's kubelet: admits pods, hands out the GPUs the device plugin would report
     // healthy and free (not the faulty GPU 5, not GPU 7 held by the existing group).
@@ -471,6 +482,16 @@ async fn setup_cluster(client: &Client, node: &str, extra_ns: &[&str]) -> anyhow
             }
         }))?;
         nodes.create(&PostParams::default(), &obj).await?;
+        // The node reports Ready: play the node-lifecycle controller, which then removes the
+        // not-ready taint the API server put on the new Node.
+        let taints = json!({ "spec": { "taints": [ { "key": GPU_TAINT, "value": "present", "effect": "NoSchedule" } ] } });
+        nodes
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(taints),
+            )
+            .await?;
     }
     Ok(())
 }

@@ -253,6 +253,47 @@ async fn pods_get_gpus_until_the_node_is_full_and_free_them_when_done() {
     env.cleanup().await;
 }
 
+/// The API server keeps a deleted pod that is bound to a node (grace period 30 s here) until
+/// that node's kubelet deletes it with grace period 0; the simulated kubelet does, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_finishes_the_graceful_deletion_of_its_pods() {
+    let env = TestEnv::new("kubelet-graceful").await;
+    let node = env.node_name("n1");
+    env.create_node(&node, json!({})).await;
+    let k = kubelet::spawn(
+        env.client.clone(),
+        KubeletConfig {
+            node: node.clone(),
+            gpus: gpus(&["GPU-a"]),
+            ..Default::default()
+        },
+    )
+    .expect("spawn kubelet");
+    bound_pod(&env, "a", &node, 1).await;
+    wait_phase(&env, "a", "Running").await;
+    // A bound pod on a node without a kubelet stays, marked for deletion.
+    let elsewhere = env.node_name("n2");
+    pod_on(&env, "stuck", &elsewhere, 0).await;
+    for name in ["a", "stuck"] {
+        env.pods()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    wait_until(T, "a is gone", || async {
+        env.pods().get_opt("a").await.expect("get").is_none()
+    })
+    .await;
+    assert!(k.assignments().is_empty());
+    let stuck = env.pods().get("stuck").await.expect("still there");
+    assert_eq!(stuck.metadata.deletion_grace_period_seconds, Some(30));
+    env.pods()
+        .delete("stuck", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("force delete");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservation_pods_are_annotated_with_their_gpu_after_the_admit_delay() {
     let env = TestEnv::new("kubelet-reserve").await;

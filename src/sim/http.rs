@@ -22,7 +22,7 @@ use super::objects::PatchType;
 use super::registry::{MAIN_VERBS, ResourceDef, Special};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{ObjKey, Sub, WatchStart};
+use super::store::{DeleteOptions, Deletion, ObjKey, Sub, WatchStart};
 use super::watch::{self, Filter, WatchRequest, parse_rv};
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
@@ -458,18 +458,30 @@ fn execute(
             ))
         }
         Op::Delete => {
-            let opts = if bytes.iter().all(u8::is_ascii_whitespace) {
+            let body = if bytes.iter().all(u8::is_ascii_whitespace) {
                 None
             } else {
                 Some(parse_json(bytes)?)
             };
-            let gone = sh.lock_state().delete(def, &ns, &name, opts.as_ref())?;
-            if def.return_deleted_object {
-                Ok(json_resp(200, &gone, &[]))
-            } else {
-                let uid = super::objects::meta_str(&gone, "uid");
-                let d = status::details_value(&name, &def.group, &def.plural, uid);
-                Ok(json_resp(200, &status::success(200, Some(d)), &[]))
+            let opts = DeleteOptions::from_request(body.as_ref(), q)?;
+            let outcome = sh.lock_state().delete(def, &ns, &name, &opts)?;
+            match outcome {
+                Deletion::Gone(gone) if !def.return_deleted_object => {
+                    let uid = super::objects::meta_str(&gone, "uid");
+                    let d = status::details_value(&name, &def.group, &def.plural, uid);
+                    Ok(json_resp(200, &status::success(200, Some(d)), &[]))
+                }
+                Deletion::Gone(gone) => Ok(json_resp(200, &gone, &[])),
+                // Not deleted yet: the object as it is now; 202 only for the deprecated
+                // `orphanDependents: false`, as the real handler does.
+                Deletion::Pending(cur) => {
+                    let code = if opts.orphan_dependents == Some(false) {
+                        202
+                    } else {
+                        200
+                    };
+                    Ok(json_resp(code, &cur, &[]))
+                }
             }
         }
     }

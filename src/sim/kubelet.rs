@@ -31,7 +31,8 @@
 //!   by anyone). A pod being deleted gracefully (`deletionTimestamp` set) has its containers
 //!   "stopped" at once: its devices are released and the kubelet's final delete follows
 //!   (grace period 0, UID precondition), as the real status manager does once a pod has
-//!   terminated.
+//!   terminated. The API server (and the simulator) keeps a deleted pod bound to a node
+//!   until that final delete, so without a kubelet such a pod never goes away.
 //! - The pod-resources endpoint answers `/v1.PodResourcesLister/List` with every admitted,
 //!   unfinished pod and all its containers; a container holding GPUs has one
 //!   `ContainerDevices` entry for `nvidia.com/gpu`. Other methods answer gRPC status 12
@@ -449,10 +450,10 @@ impl State {
         let Some(uid) = pod.metadata.uid.as_deref() else {
             return Next::Nothing;
         };
-        if is_finished(pod) {
-            self.forget(uid);
-            return Next::Nothing;
-        }
+        // A pod being deleted gets the final delete even when it finished: the API server
+        // keeps a bound pod until its kubelet deletes it with grace period 0 (only an
+        // already finished pod is deleted at once; one finishing during its grace period
+        // still waits for the kubelet).
         if pod.metadata.deletion_timestamp.is_some() {
             self.table.release(uid);
             self.pending.remove(uid);
@@ -462,6 +463,10 @@ impl State {
             } else {
                 Next::Nothing
             };
+        }
+        if is_finished(pod) {
+            self.forget(uid);
+            return Next::Nothing;
         }
         if self.table.contains(uid) || self.pending.contains(uid) || self.refused.contains(uid) {
             return Next::Nothing;
@@ -1026,6 +1031,16 @@ mod tests {
         assert_eq!(s.table.free(), ["g0"]);
         s.forget("ua");
         assert!(s.terminating.is_empty());
+
+        // A pod that finished during its grace period still gets its final delete.
+        let b = gpu_pod("ub", "b", "1");
+        s.observe(&b);
+        s.admit(&b).unwrap().unwrap();
+        let mut finished = deleting.clone();
+        finished.metadata.uid = Some("ub".into());
+        finished.status = Some(serde_json::from_value(json!({ "phase": "Succeeded" })).unwrap());
+        assert_eq!(s.observe(&finished), Next::Finish);
+        assert_eq!(s.table.free(), ["g0"]);
     }
 
     #[test]

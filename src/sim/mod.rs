@@ -22,6 +22,42 @@
 //! - Namespaced creates in a missing namespace answer `404 namespaces "x" not found`
 //!   (NamespaceLifecycle admission). `default`, `kube-system`, `kube-node-lease` exist at start.
 //!
+//! Admission and defaulting (recordings 31–33, 38, 39, 49)
+//! - TaintNodesByCondition: a new Node gets `node.kubernetes.io/not-ready:NoSchedule` appended
+//!   to `spec.taints`; nothing removes it but a client (no node-lifecycle controller). Nodes
+//!   carry the Go zero-value status fields (`daemonEndpoints`, `nodeInfo`).
+//! - ServiceAccount (pod create): `serviceAccountName` defaults to `default` (the deprecated
+//!   `serviceAccount` mirrors it); a missing account is `403 pods "x" is forbidden: error
+//!   looking up service account ns/sa: serviceaccount "sa" not found`; unless the pod, else
+//!   the account, sets `automountServiceAccountToken: false`, every (init) container without a
+//!   mount at `/var/run/secrets/kubernetes.io/serviceaccount` mounts a projected
+//!   `kube-api-access-<5 random>` volume (token 3607 s, `kube-root-ca.crt`, namespace); a pod
+//!   without `imagePullSecrets` gets the account's. Mirror pods are left alone.
+//! - DefaultTolerationSeconds (pod create and update): NoExecute tolerations of 300 s for
+//!   not-ready and unreachable unless a toleration with that key (or none) and effect
+//!   NoExecute (or none) is there.
+//! - Pod defaulting: a container's limits fill its missing requests (any resource); the QoS
+//!   class counts cpu and memory only.
+//! - ResourceSlices and DeviceClasses start at `generation: 1`; device taints get `timeAdded`;
+//!   a ResourceClaim's `status` is `{}` when empty. DRA fields are otherwise stored as sent.
+//!
+//! Deletion (recordings 45–48; see `store::delete`)
+//! - Pods bound to a node are deleted gracefully: `deletionTimestamp` = now + grace period
+//!   (request, else `terminationGracePeriodSeconds`), `deletionGracePeriodSeconds`,
+//!   `generation` + 1, and the pod stays until a delete with grace period 0 (the kubelet's;
+//!   see [`kubelet`]). Unbound or finished pods go at once, after the same MODIFIED event.
+//! - An object with finalizers is only marked (`deletionTimestamp`, grace 0) and answered
+//!   200 with the object; an update that removes the last finalizer deletes it and answers
+//!   the object at its old resourceVersion; no finalizer may be added meanwhile (422).
+//! - `propagationPolicy` `Orphan`/`Foreground` (or `orphanDependents`) put the
+//!   `orphan`/`foregroundDeletion` finalizer on the object for the garbage collector.
+//!
+//! Controllers (every `SimOptions::controller_period`; see `store::gc`)
+//! - serviceaccount controller: every namespace has a `default` ServiceAccount.
+//! - garbage collector: dependents whose owners are all gone (not found, or another uid) are
+//!   deleted; references to gone owners are dropped when another owner exists; orphan and
+//!   foreground deletions are completed (recordings 34, 35).
+//!
 //! Writes
 //! - PUT with a stale `metadata.resourceVersion` → `409 Conflict` "the object has been
 //!   modified; please apply your changes to the latest version and try again" (recordings
@@ -108,9 +144,14 @@
 //!   by `type`, `containers`/`volumes`/`env`/... by `name`, `ownerReferences` by `uid`, ...,
 //!   wherever they appear), `finalizers` as a set; other lists are replaced. Only
 //!   `$patch: replace|delete` directives are understood.
-//! - Deletion is immediate: no graceful pod deletion (no kubelet), no finalizers, no
-//!   `deletionTimestamp` phase; deleting a namespace removes its objects at once instead of
-//!   going through `Terminating`. `deletecollection` is not served (405). `dryRun` → 400.
+//! - Deleting a namespace or a CRD removes its objects at once (finalizers and grace periods
+//!   ignored) instead of going through `Terminating`. `deletecollection` is not served (405).
+//!   `dryRun` → 400.
+//! - Of kube-controller-manager only the garbage collector and the serviceaccount controller
+//!   run: no node-lifecycle, TTL (`node.alpha.kubernetes.io/ttl`), root-CA publisher
+//!   (`kube-root-ca.crt`), resourceclaim or PV controllers. The garbage collector does not
+//!   honour `blockOwnerDeletion` for anything but foreground deletion, and works from the
+//!   store directly (its requests are not counted and faults do not touch them).
 //! - Core `v1` Events and `events.k8s.io/v1` Events are stored separately (the real server
 //!   converts between them over one storage).
 //! - Lists after the first page reflect the current state (not a snapshot at the first
@@ -130,15 +171,18 @@
 //!   validation or defaults: no PV controller runs (no `status.phase` is written; see
 //!   [`provisioner`] for a simulated provisioner), and a claim's `volumeName` may change
 //!   after it was set.
-//! - ResourceClaims, ResourceClaimTemplates, ResourceSlices and DeviceClasses are stored
-//!   without spec validation or defaults, and no resourceclaim controller generates claims
+//! - ResourceClaims, ResourceClaimTemplates, ResourceSlices, DeviceClasses and
+//!   ServiceAccounts are stored without spec validation and with only the defaults listed
+//!   above, and no resourceclaim controller generates claims
 //!   from templates. Claim status writes check only: `allocation` cannot change once set
 //!   (it may be cleared), `reservedFor` holds at most 256 entries, and a caller declared with
 //!   `AuthHandle::deny_claim_binding` (by bearer token) gets 422 when it changes
 //!   `allocation` or `reservedFor` (Kubernetes 1.36's `resourceclaims/binding` rule).
-//! - Only a few pod defaults are filled (no service account, tolerations, priority classes,
-//!   enableServiceLinks variations); pod `status` updates are not validated. No kubelet runs:
-//!   pods stay `Pending` unless a client plays one (see [`kubelet`] for a simulated one).
+//! - Only a few pod defaults are filled (no priority classes, enableServiceLinks variations,
+//!   pod-level resources); pod `status` updates are not validated (e.g. that an
+//!   `extendedResourceClaimStatus` names existing containers and requests). No kubelet runs:
+//!   pods stay `Pending` unless a client plays one (see [`kubelet`] for a simulated one), and
+//!   a deleted pod bound to a node stays until someone deletes it with grace period 0.
 //! - Aggregated discovery (`application/json;g=apidiscovery.k8s.io;v=v2`) is not served; the
 //!   legacy documents are returned instead.
 //! - Request counts include every request for a resource (faulted ones too); non-resource
@@ -205,6 +249,10 @@ pub struct SimOptions {
     pub bookmark_interval: Duration,
     /// Fixed address to listen on; None = 127.0.0.1:0 (ephemeral port).
     pub listen: Option<SocketAddr>,
+    /// How often the simulated kube-controller-manager runs (garbage collector,
+    /// serviceaccount controller); None = not at all. Default 250 ms: the real garbage
+    /// collector removed an orphaned object within 0.1–1 s (recording 35).
+    pub controller_period: Option<Duration>,
 }
 
 impl Default for SimOptions {
@@ -214,6 +262,7 @@ impl Default for SimOptions {
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(1),
             listen: None,
+            controller_period: Some(Duration::from_millis(250)),
         }
     }
 }
@@ -363,6 +412,23 @@ impl Shared {
     }
 }
 
+/// The simulated kube-controller-manager: one pass every `period` until the simulator stops.
+async fn run_controllers(shared: std::sync::Weak<Shared>, period: Duration) {
+    let Some(root) = shared.upgrade().map(|s| s.root.clone()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = root.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(sh) = shared.upgrade() else { return };
+        sh.lock_state().run_controllers();
+    }
+}
+
 /// Handle to inject faults; cheap to clone.
 #[derive(Clone)]
 pub struct FaultHandle {
@@ -464,6 +530,9 @@ impl Simulator {
         config.default_namespace = "default".to_string();
         let client = kube::Client::try_from(config)?;
         let accept = tokio::spawn(http::serve(shared.clone(), listener));
+        if let Some(period) = opts.controller_period {
+            tokio::spawn(run_controllers(Arc::downgrade(&shared), period));
+        }
         Ok(Simulator {
             shared,
             client,

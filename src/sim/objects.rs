@@ -161,15 +161,32 @@ fn set_default(m: &mut Map<String, Value>, k: &str, v: Value) {
     }
 }
 
-/// The defaults kube-apiserver fills into a pod spec (the cheap, visible ones).
+/// The defaults kube-apiserver fills into a pod spec (the cheap, visible ones), on every
+/// decode (create and update).
 pub(crate) fn default_pod(obj: &mut Value) {
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
+    // v1 conversion: the deprecated `serviceAccount` stands in for a missing
+    // `serviceAccountName`; on the way out it mirrors the name (see `sync_service_account`).
+    let name_missing = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
+    if name_missing
+        && let Some(dep) = spec
+            .get("serviceAccount")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    {
+        spec.insert("serviceAccountName".into(), Value::String(dep));
+    }
     for list in ["containers", "initContainers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs.iter_mut().filter_map(Value::as_object_mut) {
                 set_default(c, "resources", json!({}));
+                default_requests_from_limits(c);
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
                 let image = c.get("image").and_then(Value::as_str).unwrap_or("");
@@ -192,9 +209,208 @@ pub(crate) fn default_pod(obj: &mut Value) {
     set_default(spec, "enableServiceLinks", json!(true));
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, "priority", json!(0));
+    sync_service_account(obj);
 }
 
-/// The DefaultTolerationSeconds admission: tolerate not-ready/unreachable for 300 s.
+/// `SetDefaults_Pod`: a limit without a request sets the request, for every resource
+/// (recording 49: an extended-resource limit gets the same request).
+fn default_requests_from_limits(c: &mut Map<String, Value>) {
+    let Some(limits) = c
+        .get("resources")
+        .and_then(|r| r.get("limits"))
+        .and_then(Value::as_object)
+        .filter(|l| !l.is_empty())
+        .cloned()
+    else {
+        return;
+    };
+    let Some(res) = c.get_mut("resources").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let req = res
+        .entry("requests")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !req.is_object() {
+        *req = Value::Object(Map::new());
+    }
+    if let Some(req) = req.as_object_mut() {
+        for (k, v) in limits {
+            req.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// v1 conversion of a pod: the deprecated `spec.serviceAccount` always mirrors
+/// `spec.serviceAccountName` (recording 33).
+pub(crate) fn sync_service_account(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    match spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+    {
+        Some(n) => {
+            spec.insert("serviceAccount".into(), Value::String(n));
+        }
+        None => {
+            spec.remove("serviceAccount");
+        }
+    }
+}
+
+/// The service account every namespace gets from kube-controller-manager's serviceaccount
+/// controller, and the one a pod without `serviceAccountName` runs as.
+pub(crate) const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// Static pods mirrored by a kubelet carry this; the ServiceAccount plugin leaves them alone.
+const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Where the ServiceAccount plugin mounts the token volume (`DefaultAPITokenMountPath`).
+const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Prefix of the token volume's generated name (`ServiceAccountVolumeName` + "-").
+const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
+
+pub(crate) fn is_mirror_pod(obj: &Value) -> bool {
+    meta(obj)
+        .and_then(|m| m.get("annotations"))
+        .and_then(Value::as_object)
+        .is_some_and(|a| a.contains_key(MIRROR_POD_ANNOTATION))
+}
+
+/// The ServiceAccount admission plugin's first step: an unset `serviceAccountName` becomes
+/// `default`. Returns the name to look up.
+pub(crate) fn default_service_account_name(obj: &mut Value) -> String {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return DEFAULT_SERVICE_ACCOUNT.to_string();
+    };
+    let name = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
+        .to_string();
+    spec.insert("serviceAccountName".into(), Value::String(name.clone()));
+    name
+}
+
+/// The ServiceAccount admission plugin's mutations once the account exists (upstream
+/// `plugin/pkg/admission/serviceaccount`): unless the pod, else the account, sets
+/// `automountServiceAccountToken: false`, every (init) container without a mount at the
+/// token path mounts the projected `kube-api-access-<5 random>` volume read-only, and the
+/// volume is added (an existing `kube-api-access-*` volume is reused); a pod without
+/// `imagePullSecrets` gets the account's.
+pub(crate) fn admit_service_account(obj: &mut Value, sa: &Value) {
+    let pod_pref = obj
+        .get("spec")
+        .and_then(|s| s.get("automountServiceAccountToken"))
+        .and_then(Value::as_bool);
+    let sa_pref = sa
+        .get("automountServiceAccountToken")
+        .and_then(Value::as_bool);
+    let pull: Vec<Value> = sa
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.get("name").cloned())
+                .map(|n| json!({"name": n}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if pod_pref.or(sa_pref).unwrap_or(true) {
+        mount_token(spec);
+    }
+    let has_pull = spec
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if !has_pull && !pull.is_empty() {
+        spec.insert("imagePullSecrets".into(), Value::Array(pull));
+    }
+}
+
+fn mount_token(spec: &mut Map<String, Value>) {
+    let existing = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .and_then(|vs| {
+            vs.iter()
+                .filter_map(|v| v.get("name").and_then(Value::as_str))
+                .find(|n| n.starts_with(TOKEN_VOLUME_PREFIX))
+                .map(str::to_string)
+        });
+    let volume_name = existing
+        .clone()
+        .unwrap_or_else(|| format!("{TOKEN_VOLUME_PREFIX}{}", name_suffix()));
+    let mount = json!({"name": volume_name, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH});
+    let mut needs_volume = false;
+    // Init containers first, as upstream does; the order only matters for the volume name.
+    for list in ["initContainers", "containers"] {
+        let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+            let mounts = c
+                .entry("volumeMounts")
+                .or_insert_with(|| Value::Array(vec![]));
+            if !mounts.is_array() {
+                *mounts = Value::Array(vec![]);
+            }
+            let Some(mounts) = mounts.as_array_mut() else {
+                continue;
+            };
+            // An existing mount at the token path keeps the token out of that container.
+            if mounts
+                .iter()
+                .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKEN_MOUNT_PATH))
+            {
+                continue;
+            }
+            mounts.push(mount.clone());
+            needs_volume = true;
+        }
+    }
+    if existing.is_none() && needs_volume {
+        let vols = spec
+            .entry("volumes")
+            .or_insert_with(|| Value::Array(vec![]));
+        if !vols.is_array() {
+            *vols = Value::Array(vec![]);
+        }
+        if let Some(vols) = vols.as_array_mut() {
+            vols.push(token_volume(&volume_name));
+        }
+    }
+}
+
+/// `TokenVolumeSource()` of upstream kube-apiserver: token (expiration 3607 s, the
+/// warn-only bound-token lifetime), the `kube-root-ca.crt` ConfigMap and the namespace.
+/// (Recording 33 also shows `openshift-service-ca.crt`: the OpenShift fork adds it.)
+fn token_volume(name: &str) -> Value {
+    json!({
+        "name": name,
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+            ],
+            "defaultMode": 420
+        }
+    })
+}
+
+/// The DefaultTolerationSeconds admission (create and update): tolerate not-ready and
+/// unreachable for 300 s unless a toleration already covers that taint, i.e. has the taint's
+/// key or no key, and effect NoExecute or no effect (upstream
+/// `plugin/pkg/admission/defaulttolerationseconds`).
 pub(crate) fn default_tolerations(obj: &mut Value) {
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
@@ -210,9 +426,9 @@ pub(crate) fn default_tolerations(obj: &mut Value) {
         "node.kubernetes.io/unreachable",
     ] {
         let present = list.iter().any(|t| {
-            t.get("key").and_then(Value::as_str) == Some(key)
-                || (t.get("operator").and_then(Value::as_str) == Some("Exists")
-                    && t.get("key").is_none_or(|k| k.as_str() == Some("")))
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let e = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            (k == key || k.is_empty()) && (e == "NoExecute" || e.is_empty())
         });
         if !present {
             list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
@@ -231,38 +447,55 @@ pub(crate) fn init_pod_status(obj: &mut Value) {
     }
 }
 
+/// `ComputePodQOS`: only cpu and memory count (an extended resource alone leaves a pod
+/// BestEffort, recording 49), summed over containers and init containers, zero quantities
+/// ignored; Guaranteed needs cpu and memory limits in every container and requests equal to
+/// limits.
 fn qos_class(obj: &Value) -> &'static str {
-    let cs = obj
-        .get("spec")
-        .and_then(|s| s.get("containers"))
-        .and_then(Value::as_array);
-    let Some(cs) = cs else { return "BestEffort" };
-    let mut any = false;
+    use crate::manual::quantity;
+    const QOS: [&str; 2] = ["cpu", "memory"];
+    let spec = obj.get("spec");
+    let mut requests: std::collections::BTreeMap<&str, quantity::Nanos> = Default::default();
+    let mut limits: std::collections::BTreeMap<&str, quantity::Nanos> = Default::default();
     let mut guaranteed = true;
-    for c in cs {
-        let req = c
-            .get("resources")
-            .and_then(|r| r.get("requests"))
-            .and_then(Value::as_object);
-        let lim = c
-            .get("resources")
-            .and_then(|r| r.get("limits"))
-            .and_then(Value::as_object);
-        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
-            any = true;
-        }
-        let full = lim.is_some_and(|l| l.contains_key("cpu") && l.contains_key("memory"));
-        let equal = match (req, lim) {
-            (Some(r), Some(l)) => r.iter().all(|(k, v)| l.get(k) == Some(v)),
-            _ => true,
+    let containers = ["containers", "initContainers"].into_iter().flat_map(|l| {
+        spec.and_then(|s| s.get(l))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    });
+    for c in containers {
+        let res = c.get("resources");
+        let positive = |list: &str| -> Vec<(&'static str, quantity::Nanos)> {
+            QOS.iter()
+                .filter_map(|name| {
+                    let q = res
+                        .and_then(|r| r.get(list))
+                        .and_then(|l| l.get(*name))
+                        .and_then(Value::as_str)?;
+                    let n = quantity::parse(q).ok()?;
+                    (n > 0).then_some((*name, n))
+                })
+                .collect()
         };
-        if !(full && equal) {
+        for (k, n) in positive("requests") {
+            *requests.entry(k).or_insert(0) += n;
+        }
+        let lim = positive("limits");
+        if lim.len() < QOS.len() {
             guaranteed = false;
         }
+        for (k, n) in lim {
+            *limits.entry(k).or_insert(0) += n;
+        }
     }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
+    if requests.is_empty() && limits.is_empty() {
+        return "BestEffort";
+    }
+    if guaranteed
+        && requests.iter().all(|(k, r)| limits.get(k) == Some(r))
+        && requests.len() == limits.len()
+    {
         "Guaranteed"
     } else {
         "Burstable"
@@ -336,6 +569,157 @@ pub(crate) fn validate_pod_update(old: &Value, new: &Value) -> Vec<Cause> {
     } else {
         vec![]
     }
+}
+
+/// The taint the TaintNodesByCondition admission plugin puts on every new Node (recording
+/// 31); only the node-lifecycle controller removes it, and nothing in the simulator does
+/// (recordings 36, 37, 50).
+pub(crate) const NOT_READY_TAINT_KEY: &str = "node.kubernetes.io/not-ready";
+
+/// TaintNodesByCondition on create: appends `not-ready:NoSchedule` unless a taint with that
+/// key and effect is there already.
+pub(crate) fn taint_new_node(obj: &mut Value) {
+    let Some(o) = obj.as_object_mut() else { return };
+    let spec = o.entry("spec").or_insert_with(|| Value::Object(Map::new()));
+    if !spec.is_object() {
+        *spec = Value::Object(Map::new());
+    }
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    let taints = spec.entry("taints").or_insert_with(|| Value::Array(vec![]));
+    if !taints.is_array() {
+        *taints = Value::Array(vec![]);
+    }
+    let Some(list) = taints.as_array_mut() else {
+        return;
+    };
+    let present = list.iter().any(|t| {
+        t.get("key").and_then(Value::as_str) == Some(NOT_READY_TAINT_KEY)
+            && t.get("effect").and_then(Value::as_str) == Some("NoSchedule")
+    });
+    if !present {
+        list.push(json!({"key": NOT_READY_TAINT_KEY, "effect": "NoSchedule"}));
+    }
+}
+
+/// A Node as the real server serializes it: `spec` and `status` always, and the status
+/// structs that are not pointers in Go with their zero values (recording 31).
+pub(crate) fn node_zero_values(obj: &mut Value) {
+    let Some(o) = obj.as_object_mut() else { return };
+    for k in ["spec", "status"] {
+        let v = o.entry(k).or_insert_with(|| Value::Object(Map::new()));
+        if !v.is_object() {
+            *v = Value::Object(Map::new());
+        }
+    }
+    let Some(status) = o.get_mut("status").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let de = status.entry("daemonEndpoints").or_insert_with(|| json!({}));
+    if let Some(de) = de.as_object_mut() {
+        let ke = de.entry("kubeletEndpoint").or_insert_with(|| json!({}));
+        if let Some(ke) = ke.as_object_mut() {
+            ke.entry("Port").or_insert(json!(0));
+        }
+    }
+    let info = status.entry("nodeInfo").or_insert_with(|| json!({}));
+    if let Some(info) = info.as_object_mut() {
+        for k in [
+            "machineID",
+            "systemUUID",
+            "bootID",
+            "kernelVersion",
+            "osImage",
+            "containerRuntimeVersion",
+            "kubeletVersion",
+            "kubeProxyVersion",
+            "operatingSystem",
+            "architecture",
+        ] {
+            info.entry(k).or_insert(json!(""));
+        }
+    }
+}
+
+/// resource.k8s.io defaulting of a ResourceSlice: a device taint without `timeAdded` gets
+/// the current time (recording 38); a given one is kept.
+pub(crate) fn default_device_taints(obj: &mut Value) {
+    let Some(devices) = obj
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("devices"))
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    let now = now_rfc3339();
+    for d in devices {
+        let Some(taints) = d.get_mut("taints").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for t in taints.iter_mut().filter_map(Value::as_object_mut) {
+            if t.get("timeAdded").is_none_or(Value::is_null) {
+                t.insert("timeAdded".into(), Value::String(now.clone()));
+            }
+        }
+    }
+}
+
+/// A ResourceClaim's `status` is a struct, not a pointer, in Go: the server always
+/// serializes it, `{}` when empty (recording 39).
+pub(crate) fn claim_zero_status(obj: &mut Value) {
+    if let Some(o) = obj.as_object_mut()
+        && o.get("status").is_none_or(|s| !s.is_object())
+    {
+        o.insert("status".into(), Value::Object(Map::new()));
+    }
+}
+
+/// `metadata.finalizers` as strings.
+pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
+    meta(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sets `metadata.finalizers` (removed when empty, as the server omits an empty list).
+pub(crate) fn set_finalizers(obj: &mut Value, list: &[String]) {
+    if let Some(m) = meta_mut(obj) {
+        if list.is_empty() {
+            m.remove("finalizers");
+        } else {
+            m.insert("finalizers".into(), json!(list));
+        }
+    }
+}
+
+/// Whether a delete was requested (`metadata.deletionTimestamp` is set).
+pub(crate) fn is_deleting(obj: &Value) -> bool {
+    meta(obj)
+        .and_then(|m| m.get("deletionTimestamp"))
+        .is_some_and(|v| !v.is_null())
+}
+
+/// `metadata.deletionGracePeriodSeconds`, when set.
+pub(crate) fn deletion_grace(obj: &Value) -> Option<i64> {
+    meta(obj)
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+}
+
+/// `now` shifted by `secs` seconds, as a Kubernetes `Time` (second precision).
+pub(crate) fn rfc3339_after(base: jiff::Timestamp, secs: i64) -> String {
+    let t = base
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or(base);
+    t.round(jiff::Unit::Second).unwrap_or(t).to_string()
 }
 
 /// Defaults of a new namespace.

@@ -37,6 +37,10 @@ pub(crate) enum Special {
     /// `resourceclaims`: status writes are validated (allocation immutable, reservedFor
     /// limit) and may need `resourceclaims/binding` (see `AuthHandle::deny_claim_binding`).
     ResourceClaim,
+    /// `nodes`: TaintNodesByCondition admission on create, Go zero-value status fields.
+    Node,
+    /// `resourceslices`: device taints get a server-set `timeAdded`.
+    ResourceSlice,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +68,9 @@ pub(crate) struct ResourceDef {
     pub create_on_update: bool,
     /// DELETE answers the deleted object (else a Success Status).
     pub return_deleted_object: bool,
+    /// DELETE is graceful (pods: `deletionTimestamp` now + grace period, the kubelet
+    /// finishes the deletion).
+    pub graceful_delete: bool,
     pub name_rule: NameRule,
     pub special: Special,
     /// CRD `openAPIV3Schema`.
@@ -122,6 +129,7 @@ impl ResourceDef {
             unconditional_update: true,
             create_on_update: false,
             return_deleted_object: false,
+            graceful_delete: false,
             name_rule: NameRule::Subdomain,
             special: Special::None,
             schema: None,
@@ -157,6 +165,7 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     node.field_labels = fl(&["metadata.name"]);
     node.field_labels
         .push(FieldLabel::new("spec.unschedulable", "false"));
+    node.special = Special::Node;
     out.push(node);
 
     let mut pod = ResourceDef::base("", "v1", "pods", "Pod", true);
@@ -165,6 +174,7 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     pod.generation = true;
     pod.special = Special::Pod;
     pod.return_deleted_object = true;
+    pod.graceful_delete = true;
     pod.short_names = vec!["po".into()];
     pod.field_labels = fl(&[
         "metadata.name",
@@ -226,6 +236,12 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     ];
     out.push(ev2);
 
+    // ServiceAccounts: what the ServiceAccount admission plugin looks up on pod create; the
+    // simulated serviceaccount controller keeps a `default` one in every namespace.
+    let mut sa = ResourceDef::base("", "v1", "serviceaccounts", "ServiceAccount", true);
+    sa.short_names = vec!["sa".into()];
+    out.push(sa);
+
     // Storage: what the volumes plugin reads and writes (binding is done by clients: the
     // simulator runs no PV controller; see `sim::provisioner`).
     let mut pvc = ResourceDef::base(
@@ -284,14 +300,19 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
         false,
     );
     slice.field_labels = fl(&["metadata.name", "spec.nodeName", "spec.driver"]);
+    slice.special = Special::ResourceSlice;
+    // Both strategies start generation at 1 (recording 38 for slices).
+    slice.generation = true;
     out.push(slice);
-    out.push(ResourceDef::base(
+    let mut class = ResourceDef::base(
         "resource.k8s.io",
         "v1",
         "deviceclasses",
         "DeviceClass",
         false,
-    ));
+    );
+    class.generation = true;
+    out.push(class);
 
     let mut lease = ResourceDef::base("coordination.k8s.io", "v1", "leases", "Lease", true);
     lease.create_on_update = true;
@@ -411,6 +432,37 @@ impl Registry {
             .collect();
         v.sort_by(|a, b| a.plural.cmp(&b.plural));
         v
+    }
+
+    /// The resource serving `kind` in `apiVersion` (how the garbage collector resolves an
+    /// ownerReference; like its REST mapper, an unserved group/version/kind resolves to None).
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<Arc<ResourceDef>> {
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", api_version),
+        };
+        // Reviews are never stored, so nothing can be owned by one.
+        self.by_gvr
+            .values()
+            .find(|d| {
+                d.group == group
+                    && d.version == version
+                    && d.kind == kind
+                    && !matches!(d.special, Special::TokenReview | Special::AccessReview)
+            })
+            .cloned()
+    }
+
+    /// One served version of the resource stored under `skey` (all versions share storage).
+    pub fn by_storage_key(&self, skey: &str) -> Option<Arc<ResourceDef>> {
+        let mut defs: Vec<&Arc<ResourceDef>> = self
+            .by_gvr
+            .values()
+            .filter(|d| d.storage_key() == skey)
+            .collect();
+        // Deterministic choice among versions.
+        defs.sort_by(|a, b| a.version.cmp(&b.version));
+        defs.first().map(|d| (*d).clone())
     }
 
     /// Every storage key of a namespaced resource (for namespace deletion).

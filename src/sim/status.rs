@@ -151,6 +151,17 @@ impl ApiError {
         )
         .with_details(details(name, group, resource))
     }
+    /// An admission plugin's refusal (`admission.NewForbidden`): `pods "x" is forbidden: why`,
+    /// or `pods is forbidden: why` for an object whose name the server generates.
+    pub fn forbidden(resource: &str, group: &str, name: &str, why: &str) -> Self {
+        let what = if name.is_empty() {
+            qualified(resource, group)
+        } else {
+            format!("{} \"{}\"", qualified(resource, group), name)
+        };
+        ApiError::new(403, "Forbidden", format!("{what} is forbidden: {why}"))
+            .with_details(details(name, group, resource))
+    }
     /// The optimistic-lock conflict (`OptimisticLockErrorMsg`).
     pub fn stale(resource: &str, group: &str, name: &str) -> Self {
         Self::conflict(

@@ -2,7 +2,10 @@
 //! (namespace, name), a bounded event history for watch resumption, and the registry of
 //! open watches (fed with `try_send`, so writers never wait for a watcher).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod delete;
+mod gc;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,6 +17,8 @@ use super::objects::{self, PatchType, meta, meta_mut, meta_str};
 use super::registry::{self, Registry, ResourceDef, Special};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Cause};
+
+pub(crate) use delete::{DeleteOptions, Deletion};
 
 /// (namespace, name); namespace is "" for cluster-scoped objects.
 pub(crate) type ObjKey = (String, String);
@@ -124,6 +129,13 @@ pub(crate) struct State {
     /// Set by the HTTP layer for the duration of one write: the caller lacks
     /// `resourceclaims/binding` (design §2).
     pub lacks_claim_binding: bool,
+    /// Objects with ownerReferences (what the garbage collector looks at).
+    owned: HashSet<(Arc<str>, ObjKey)>,
+    /// Objects being deleted that carry the garbage collector's `orphan` or
+    /// `foregroundDeletion` finalizer.
+    gc_finalizing: HashSet<(Arc<str>, ObjKey)>,
+    /// The resourceVersion the controllers last found nothing to do at.
+    controllers_idle_at: Option<u64>,
 }
 
 fn skey_of(def: &ResourceDef) -> String {
@@ -169,6 +181,32 @@ fn spec_part(obj: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// ValidateObjectMetaUpdate: no finalizer may be added to an object being deleted.
+fn no_new_finalizers(old: &Value, new: &Value) -> Vec<Cause> {
+    if !objects::is_deleting(old) {
+        return vec![];
+    }
+    let before = objects::finalizers(old);
+    let mut extra: Vec<String> = objects::finalizers(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    if extra.is_empty() {
+        return vec![];
+    }
+    extra.sort();
+    extra.dedup();
+    // Go's %#v of the sorted []string.
+    let quoted: Vec<String> = extra.iter().map(|f| format!("{f:?}")).collect();
+    vec![Cause::forbidden(
+        "metadata.finalizers",
+        &format!(
+            "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+            quoted.join(", ")
+        ),
+    )]
+}
+
 impl State {
     pub fn new(history_cap: usize, current_rv: Arc<AtomicU64>) -> Self {
         State {
@@ -182,6 +220,9 @@ impl State {
             next_watcher: 1,
             current_rv,
             lacks_claim_binding: false,
+            owned: HashSet::new(),
+            gc_finalizing: HashSet::new(),
+            controllers_idle_at: None,
         }
     }
 
@@ -241,6 +282,7 @@ impl State {
             .entry(skey.clone())
             .or_default()
             .insert(key.clone(), arc.clone());
+        self.index(&skey, &key, Some(&arc));
         let etype = if prev.is_some() {
             EventType::Modified
         } else {
@@ -258,8 +300,37 @@ impl State {
         arc
     }
 
+    /// Keeps the garbage collector's indexes in step with one stored object (None: removed).
+    fn index(&mut self, skey: &Arc<str>, key: &ObjKey, obj: Option<&Arc<Value>>) {
+        let entry = (skey.clone(), key.clone());
+        let has_owners = obj.is_some_and(|o| {
+            meta(o)
+                .and_then(|m| m.get("ownerReferences"))
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        });
+        if has_owners {
+            self.owned.insert(entry.clone());
+        } else {
+            self.owned.remove(&entry);
+        }
+        let finalizing = obj.is_some_and(|o| {
+            objects::is_deleting(o)
+                && objects::finalizers(o)
+                    .iter()
+                    .any(|f| f == gc::ORPHAN_FINALIZER || f == gc::FOREGROUND_FINALIZER)
+        });
+        if finalizing {
+            self.gc_finalizing.insert(entry);
+        } else {
+            self.gc_finalizing.remove(&entry);
+        }
+    }
+
     fn remove(&mut self, skey: &str, key: &ObjKey) -> Option<Arc<Value>> {
         let old = self.objects.get_mut(skey)?.remove(key)?;
+        let skey_arc: Arc<str> = Arc::from(skey);
+        self.index(&skey_arc, key, None);
         self.rv += 1;
         let rv = self.rv;
         let mut o = (*old).clone();
@@ -367,6 +438,8 @@ impl State {
             ));
         }
         let generate_name = meta_str(&obj, "generateName").to_string();
+        // Admission sees the name as sent: empty when the server generates it.
+        let requested_name = meta_str(&obj, "name").to_string();
         let now = objects::now_rfc3339();
         if let Some(o) = obj.as_object_mut() {
             o.insert("apiVersion".into(), Value::String(def.api_version()));
@@ -413,16 +486,30 @@ impl State {
         {
             o.remove("status");
         }
+        if def.special == Special::ResourceClaim {
+            objects::claim_zero_status(&mut obj);
+        }
         let mut warnings = Vec::new();
         let mut causes = objects::validate_meta(def, &obj, &generate_name);
         let mut new_defs = Vec::new();
         match def.special {
             Special::Pod => {
                 objects::default_pod(&mut obj);
+                // Mutating admission runs before validation: a missing service account is
+                // a 403 even for an invalid pod. In a missing namespace NamespaceLifecycle
+                // answers instead (below).
+                if self.namespace_exists(ns) {
+                    self.admit_service_account(ns, &requested_name, &mut obj)?;
+                }
                 objects::default_tolerations(&mut obj);
                 objects::init_pod_status(&mut obj);
                 causes.extend(objects::validate_pod(&obj));
             }
+            Special::Node => {
+                objects::taint_new_node(&mut obj);
+                objects::node_zero_values(&mut obj);
+            }
+            Special::ResourceSlice => objects::default_device_taints(&mut obj),
             Special::Namespace => objects::default_namespace(&mut obj),
             Special::Crd => match registry::defs_from_crd(&obj) {
                 Ok(d) => {
@@ -459,13 +546,24 @@ impl State {
         if def.namespaced && !self.namespace_exists(ns) {
             return Err(ApiError::not_found("namespaces", "", ns));
         }
-        if self.lookup(def, ns, &name).is_some() {
-            return Err(ApiError::already_exists(&def.plural, &def.group, &name));
+        if let Some(existing) = self.lookup(def, ns, &name) {
+            let mut e = ApiError::already_exists(&def.plural, &def.group, &name);
+            // The generic store says why a name is still taken.
+            if objects::is_deleting(&existing) {
+                e.message = format!("object is being deleted: {}", e.message);
+            }
+            return Err(e);
         }
         let key = key_for(def, ns, &name);
         let object = self.commit(def, key, obj, None);
         for d in new_defs {
             self.registry.insert(d);
+        }
+        if def.special == Special::Namespace {
+            // kube-controller-manager's serviceaccount controller; done at once so a pod
+            // created right after its namespace is admitted (the real admission plugin
+            // retries `default` for about a second, recording 32).
+            self.ensure_default_service_account(&name);
         }
         Ok(WriteResult {
             object: for_version(def, &object),
@@ -508,6 +606,12 @@ impl State {
             }
             new = merged;
             if def.special == Special::ResourceClaim {
+                objects::claim_zero_status(&mut new);
+            }
+            if def.special == Special::Node {
+                objects::node_zero_values(&mut new);
+            }
+            if def.special == Special::ResourceClaim {
                 causes.extend(objects::validate_claim_status(
                     &old,
                     &new,
@@ -538,11 +642,13 @@ impl State {
             }
             let old_meta = meta(&old).cloned().unwrap_or_default();
             if let Some(m) = meta_mut(&mut new) {
+                // An update never sets, changes or clears the deletion fields (rest.BeforeUpdate).
                 for k in [
                     "uid",
                     "creationTimestamp",
                     "generation",
                     "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
                     "namespace",
                     "name",
                     "resourceVersion",
@@ -560,12 +666,17 @@ impl State {
                 m.remove("selfLink");
             }
             causes.extend(objects::validate_meta(def, &new, ""));
+            causes.extend(no_new_finalizers(&old, &new));
             match def.special {
                 Special::Pod => {
                     objects::default_pod(&mut new);
+                    // DefaultTolerationSeconds admits updates too.
+                    objects::default_tolerations(&mut new);
                     causes.extend(objects::validate_pod(&new));
                     causes.extend(objects::validate_pod_update(&old, &new));
                 }
+                Special::Node => objects::node_zero_values(&mut new),
+                Special::ResourceSlice => objects::default_device_taints(&mut new),
                 Special::Custom => {
                     if let Some(schema) = &def.schema {
                         let out = super::schema::validate(schema, &mut new);
@@ -597,6 +708,27 @@ impl State {
                 name,
                 causes,
             ));
+        }
+        // The generic store's ShouldDeleteDuringUpdate: an update that leaves no finalizers
+        // on an object deleted with no grace period left deletes it; the answer is the
+        // object as written, at its old resourceVersion (recordings 47, 48).
+        if objects::finalizers(&new).is_empty()
+            && objects::is_deleting(&old)
+            && objects::deletion_grace(&old).unwrap_or(0) == 0
+        {
+            let key = key_for(def, ns, name);
+            self.remove(&skey_of(def), &key);
+            if let Some(m) = meta_mut(&mut new) {
+                m.insert(
+                    "resourceVersion".into(),
+                    Value::String(rv_of(&old).to_string()),
+                );
+            }
+            return Ok(WriteResult {
+                object: for_version(def, &Arc::new(new)),
+                warnings,
+                created: false,
+            });
         }
         // A write that changes nothing is not persisted (same resourceVersion, no event).
         if new == *old {
@@ -757,95 +889,45 @@ impl State {
         self.finish_update(def, ns, name, old, new, sub)
     }
 
-    /// DELETE (immediate: no graceful deletion, no finalizers).
-    pub fn delete(
-        &mut self,
-        def: &ResourceDef,
-        ns: &str,
-        name: &str,
-        opts: Option<&Value>,
-    ) -> Result<Arc<Value>, ApiError> {
-        let Some(old) = self.lookup(def, ns, name) else {
-            return Err(ApiError::not_found(&def.plural, &def.group, name));
+    /// The ServiceAccount admission plugin on pod create (recordings 32, 33): the pod's
+    /// account (default `default`) must exist in its namespace, else 403; then the token
+    /// volume and pull secrets are added. Mirror pods are left alone but may not name an
+    /// account.
+    fn admit_service_account(&self, ns: &str, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+        if objects::is_mirror_pod(obj) {
+            let named = obj
+                .get("spec")
+                .and_then(|s| s.get("serviceAccountName"))
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty());
+            if named {
+                return Err(ApiError::forbidden(
+                    "pods",
+                    "",
+                    name,
+                    "a mirror pod may not reference service accounts",
+                ));
+            }
+            return Ok(());
+        }
+        let sa_name = objects::default_service_account_name(obj);
+        let sa = self
+            .registry
+            .get("", "v1", "serviceaccounts")
+            .and_then(|d| self.lookup(&d, ns, &sa_name));
+        let Some(sa) = sa else {
+            return Err(ApiError::forbidden(
+                "pods",
+                "",
+                name,
+                &format!(
+                    "error looking up service account {ns}/{sa_name}: serviceaccount \"{sa_name}\" not found"
+                ),
+            ));
         };
-        if let Some(pre) = opts.and_then(|o| o.get("preconditions")) {
-            if let Some(uid) = pre.get("uid").and_then(Value::as_str)
-                && uid != meta_str(&old, "uid")
-            {
-                return Err(ApiError::precondition(
-                    &def.plural,
-                    &def.group,
-                    name,
-                    &def.etcd_key(ns, name),
-                    "UID",
-                    uid,
-                    meta_str(&old, "uid"),
-                ));
-            }
-            if let Some(rv) = pre.get("resourceVersion").and_then(Value::as_str)
-                && rv != rv_of(&old)
-            {
-                return Err(ApiError::precondition(
-                    &def.plural,
-                    &def.group,
-                    name,
-                    &def.etcd_key(ns, name),
-                    "ResourceVersion",
-                    rv,
-                    rv_of(&old),
-                ));
-            }
-        }
-        match def.special {
-            Special::Namespace => {
-                for skey in self.registry.namespaced_storage_keys() {
-                    let keys: Vec<ObjKey> = self
-                        .objects
-                        .get(skey.as_str())
-                        .map(|m| {
-                            m.range((name.to_string(), String::new())..)
-                                .take_while(|(k, _)| k.0 == name)
-                                .map(|(k, _)| k.clone())
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    for k in keys {
-                        self.remove(&skey, &k);
-                    }
-                }
-            }
-            Special::Crd => {
-                let group = old
-                    .get("spec")
-                    .and_then(|s| s.get("group"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let plural = old
-                    .get("spec")
-                    .and_then(|s| s.get("names"))
-                    .and_then(|n| n.get("plural"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let skey = format!("{group}/{plural}");
-                let keys: Vec<ObjKey> = self
-                    .objects
-                    .get(skey.as_str())
-                    .map(|m| m.keys().cloned().collect())
-                    .unwrap_or_default();
-                for k in keys {
-                    self.remove(&skey, &k);
-                }
-                self.registry.remove_resource(&group, &plural);
-            }
-            _ => {}
-        }
-        let key = key_for(def, ns, name);
-        let gone = self
-            .remove(&skey_of(def), &key)
-            .ok_or_else(|| ApiError::not_found(&def.plural, &def.group, name))?;
-        Ok(for_version(def, &gone))
+        objects::admit_service_account(obj, &sa);
+        objects::sync_service_account(obj);
+        Ok(())
     }
 
     /// `POST pods/{name}/binding`.
