@@ -533,7 +533,10 @@ fn daemonset_is_a_well_behaved_node_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_makes_no_call_outside_api_calls() {
     let env = TestEnv::new("api-calls").await;
-    let Some(sim) = env.sim_or_skip("api_calls") else {
+    let Some(sim) = env.sim_or_skip_because(
+        "api_calls",
+        "counts requests with the simulator's request counter",
+    ) else {
         return env.cleanup().await;
     };
     let node = env.node_name("n1");

@@ -296,7 +296,10 @@ fn gpu(index: u32, uuid: &str, healthy: bool) -> GpuDevice {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_control_with_token_and_subject_access_reviews() {
     let env = TestEnv::new("diag-auth").await;
-    let Some(sim) = env.sim_or_skip("access_control") else {
+    let Some(sim) = env.sim_or_skip_because(
+        "access_control",
+        "needs the simulator's TokenReview and SubjectAccessReview answers",
+    ) else {
         return env.cleanup().await;
     };
     let auth = sim.auth();

@@ -463,7 +463,10 @@ async fn a_restart_between_claim_write_and_bind_completes_without_rewriting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_pods_cost_no_dra_requests() {
     let (env, node) = setup("dra-plain").await;
-    let Some(sim) = env.sim_or_skip("plain_pods_cost_no_dra_requests") else {
+    let Some(sim) = env.sim_or_skip_because(
+        "plain_pods_cost_no_dra_requests",
+        "counts requests with the simulator's request counter",
+    ) else {
         return env.cleanup().await;
     };
     let agent = env.start_agent(env.agent_config(&node)).await;
@@ -488,7 +491,10 @@ async fn plain_pods_cost_no_dra_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_bind_costs_three_plus_two_requests() {
     let (env, node) = setup("dra-cost").await;
-    let Some(sim) = env.sim_or_skip("a_claim_bind_costs_three_plus_two_requests") else {
+    let Some(sim) = env.sim_or_skip_because(
+        "a_claim_bind_costs_three_plus_two_requests",
+        "counts requests with the simulator's request counter",
+    ) else {
         return env.cleanup().await;
     };
     let dra = Dra::new(&env);
@@ -528,7 +534,10 @@ async fn a_claim_bind_costs_three_plus_two_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_enforces_claim_status_rules() {
     let (env, node) = setup("dra-sim-rules").await;
-    let Some(sim) = env.sim_or_skip("simulator_enforces_claim_status_rules") else {
+    let Some(sim) = env.sim_or_skip_because(
+        "simulator_enforces_claim_status_rules",
+        "tests the simulator itself",
+    ) else {
         return env.cleanup().await;
     };
     let dra = Dra::new(&env);

@@ -366,7 +366,19 @@ async fn existing_requests_are_not_clobbered() {
     assert_eq!(outcome, BindOutcome::Refused, "{out}");
     assert!(out.contains("is not settled"), "{out}");
     assert_eq!(env.pod_node("elsewhere").await, None);
+    env.cleanup().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_made_for_an_earlier_pod_is_followed_and_its_failure_reported() {
+    let test = "a_request_made_for_an_earlier_pod_is_followed_and_its_failure_reported";
+    let env = TestEnv::without_garbage_collector("manual-stale").await;
+    let why = "a cluster's garbage collector deletes a request whose owner pod is gone within \
+               a second, before bind can follow it";
+    if env.sim_or_skip_because(test, why).is_none() {
+        return env.cleanup().await;
+    }
+    let node = ready_node(&env, "n1", json!({}), json!({})).await;
     // A request for the same node, made for an earlier pod of that name: the agent refuses it
     // (terminal) and bind, following that request, reports the failure.
     env.create_pod("stale", json!({})).await;

@@ -283,8 +283,23 @@ async fn scrape_after_binds() -> String {
         .await;
     env.create_request("no-dir", &node, pod.metadata.uid.as_deref(), json!({}))
         .await;
+    // Labelled here, selecting another node: left alone (counted, no status written).
+    let pod = env.create_pod("not-mine", json!({})).await;
+    env.create_request(
+        "not-mine",
+        &node,
+        pod.metadata.uid.as_deref(),
+        json!({ "selectedNode": "some-other-node" }),
+    )
+    .await;
     env.wait_phase("fine", Phase::Succeeded).await;
     env.wait_phase("no-dir", Phase::Failed).await;
+    wait_until(
+        Duration::from_secs(10),
+        "not-mine is left alone",
+        || async { !stats.diag.debug_state(&stats).left_alone.is_empty() },
+    )
+    .await;
     let (code, body) = http_get(server.addr(), "/metrics").await;
     assert_eq!(code, 200, "{body}");
     agent.stop().await.expect("stop");

@@ -261,7 +261,10 @@ async fn static_local_pv_is_reserved_checked_and_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_pods_cost_no_storage_requests() {
     let env = TestEnv::new("vol-plain").await;
-    let Some(sim) = env.sim_or_skip("plain_pods_cost_no_storage_requests") else {
+    let Some(sim) = env.sim_or_skip_because(
+        "plain_pods_cost_no_storage_requests",
+        "counts requests with the simulator's request counter",
+    ) else {
         env.cleanup().await;
         return;
     };
@@ -439,7 +442,10 @@ async fn later_failures_release_reserved_pvs() {
     let env = TestEnv::new("vol-rollback").await;
     // On a real cluster the PV controller completes a reservation at once, after which a
     // claim's volumeName cannot be unset: rollback is only observable on the simulator.
-    let Some(sim) = env.sim_or_skip("later_failures_release_reserved_pvs") else {
+    let Some(sim) = env.sim_or_skip_because(
+        "later_failures_release_reserved_pvs",
+        "the PV controller completes a reservation at once; rollback is observable only without it",
+    ) else {
         env.cleanup().await;
         return;
     };

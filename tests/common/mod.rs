@@ -86,7 +86,18 @@ impl TestEnv {
         TestEnv::with_crd(test, Crd::Bindlet).await
     }
 
+    /// On the simulator, one whose garbage collector does not run: for tests of what the
+    /// agent does with a request whose owner pod is gone, which a cluster's collector deletes
+    /// within a second. Such tests skip on a real cluster ([`TestEnv::sim_or_skip_because`]).
+    pub async fn without_garbage_collector(test: &str) -> TestEnv {
+        TestEnv::start(test, Crd::Bindlet, false).await
+    }
+
     pub async fn with_crd(test: &str, crd: Crd) -> TestEnv {
+        TestEnv::start(test, crd, true).await
+    }
+
+    async fn start(test: &str, crd: Crd, collector: bool) -> TestEnv {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("BINDLET_TEST_LOG").unwrap_or_else(|_| "off".into()))
             .with_test_writer()
@@ -105,9 +116,11 @@ impl TestEnv {
                     Crd::Kai => kai_crd(),
                 };
                 let keeps = crd_keeps_verification(&crd);
+                let defaults = SimOptions::default();
                 let sim = Simulator::start(SimOptions {
                     crds: vec![crd],
-                    ..Default::default()
+                    controller_period: defaults.controller_period.filter(|_| collector),
+                    ..defaults
                 })
                 .await
                 .expect("start simulator");
@@ -205,8 +218,14 @@ impl TestEnv {
 
     /// Fault injection needs the simulator; on a real cluster such tests are skipped.
     pub fn sim_or_skip(&self, test: &str) -> Option<&Simulator> {
+        self.sim_or_skip_because(test, "needs the simulator's fault injection")
+    }
+
+    /// The simulator, or `None` on a real cluster after printing why the test is skipped
+    /// there (`hack/test-cluster.sh` counts these lines).
+    pub fn sim_or_skip_because(&self, test: &str, why: &str) -> Option<&Simulator> {
         if self.sim.is_none() {
-            eprintln!("{test}: skipped on a real cluster (needs the simulator's fault injection)");
+            eprintln!("{test}: skipped on a real cluster ({why})");
         }
         self.sim.as_ref()
     }
