@@ -183,9 +183,9 @@ async fn direct_and_template_claims_are_reserved_then_bound() {
     assert!(allocated(&c));
     assert_eq!(reserved_uids(&c), [uid]);
     assert!(
-        verdict_text(&br).contains("allocated and reserved for the pod"),
+        verdict_text(&env, &agent, &br).contains("allocated and reserved for the pod"),
         "{}",
-        verdict_text(&br)
+        verdict_text(&env, &agent, &br)
     );
 
     // A template claim: the claim is not generated yet, so the agent retries with a reason.
@@ -224,8 +224,10 @@ async fn direct_and_template_claims_are_reserved_then_bound() {
     env.cleanup().await;
 }
 
-fn verdict_text(br: &BindRequest) -> String {
-    serde_json::to_string(&br.status).unwrap_or_default()
+/// The status (phase, reason) and what the agent verified, as one text to search.
+fn verdict_text(env: &TestEnv, agent: &bindlet::agent::AgentHandle, br: &BindRequest) -> String {
+    let verification = env.verification(agent, br);
+    serde_json::to_string(&(&br.status, verification)).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,13 +23,17 @@ async fn pod_requesting(env: &TestEnv, name: &str, node: &str, memory: &str) {
         .await;
 }
 
-fn memory_verdict(br: &bindlet::api::BindRequest) -> (VerdictOutcome, String) {
-    let v = br
-        .status
-        .as_ref()
-        .and_then(|s| s.node_verification.as_ref())
-        .and_then(|v| v.verdicts.iter().find(|v| v.check == "memory"))
-        .unwrap_or_else(|| panic!("no memory verdict in {:?}", br.status));
+fn memory_verdict(
+    env: &TestEnv,
+    agent: &bindlet::agent::AgentHandle,
+    br: &bindlet::api::BindRequest,
+) -> (VerdictOutcome, String) {
+    let v = env.verification(agent, br);
+    let v = v
+        .verdicts
+        .iter()
+        .find(|v| v.check == "memory")
+        .unwrap_or_else(|| panic!("no memory verdict in {v:?}"));
     (v.outcome, v.message.clone())
 }
 
@@ -64,7 +68,7 @@ async fn enforce_refuses_a_pod_the_node_cannot_hold() {
     let agent2 = env.start_agent(cfg).await;
     pod_requesting(&env, "small", &other, "1Mi").await;
     let br = env.wait_phase("small", Phase::Succeeded).await;
-    let (outcome, message) = memory_verdict(&br);
+    let (outcome, message) = memory_verdict(&env, &agent2, &br);
     assert_eq!(outcome, VerdictOutcome::Pass, "{message}");
     assert!(message.contains("pod requests 1 MiB"), "{message}");
     agent.stop().await.expect("stop");
@@ -84,7 +88,7 @@ async fn warn_binds_and_records_the_shortfall() {
     pod_requesting(&env, "huge", &node, "1000Ti").await;
     let br = env.wait_phase("huge", Phase::Succeeded).await;
     assert_eq!(env.pod_node("huge").await.as_deref(), Some(node.as_str()));
-    let (outcome, message) = memory_verdict(&br);
+    let (outcome, message) = memory_verdict(&env, &agent, &br);
     assert_eq!(outcome, VerdictOutcome::Warn);
     assert!(
         message.contains("pod requests 1000 TiB") && message.contains("available"),

@@ -212,6 +212,11 @@ impl TestEnv {
         }
     }
 
+    /// Whether the installed BindRequest CRD keeps `status.nodeVerification`.
+    pub fn keeps_verification(&self) -> bool {
+        self.keeps_verification
+    }
+
     pub fn is_sim(&self) -> bool {
         self.sim.is_some()
     }
