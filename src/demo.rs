@@ -482,16 +482,12 @@ async fn setup_cluster(client: &Client, node: &str, extra_ns: &[&str]) -> anyhow
             }
         }))?;
         nodes.create(&PostParams::default(), &obj).await?;
-        // The node reports Ready: play the node-lifecycle controller, which then removes the
-        // not-ready taint the API server put on the new Node.
-        let taints = json!({ "spec": { "taints": [ { "key": GPU_TAINT, "value": "present", "effect": "NoSchedule" } ] } });
-        nodes
-            .patch(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(taints),
-            )
-            .await?;
+        // The node reports Ready, and the not-ready taint the API server put on the new Node
+        // goes: what its kubelet and the node lifecycle controller would do.
+        let own: Vec<k8s_openapi::api::core::v1::Taint> = serde_json::from_value(
+            json!([ { "key": GPU_TAINT, "value": "present", "effect": "NoSchedule" } ]),
+        )?;
+        crate::sim::kubelet::report_node_ready(client, name, &own).await?;
     }
     Ok(())
 }

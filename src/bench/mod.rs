@@ -21,7 +21,7 @@ use clap::Args;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use thiserror::Error;
@@ -269,33 +269,15 @@ async fn setup(client: &Client, ns: &str, node: &str, dra: bool) -> Result<(), B
         }
     }))?;
     let created = nodes.create(&PostParams::default(), &obj).await?;
-    make_ready(&nodes, node).await?;
+    // Ready, without the not-ready taint admission added: otherwise a real cluster's agent
+    // refuses every bind. Only the bench's own GPU taint stays.
+    let gpu_taint: k8s_openapi::api::core::v1::Taint = serde_json::from_value(
+        json!({ "key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule" }),
+    )?;
+    crate::sim::kubelet::report_node_ready(client, node, &[gpu_taint]).await?;
     if dra {
         workload::publish_slice(client, &created).await?;
     }
-    Ok(())
-}
-
-/// What a kubelet and the node lifecycle controller do for a healthy node: report Ready
-/// (a status written on create is not kept everywhere), then lift the
-/// `node.kubernetes.io/not-ready` taint that admission puts on every new Node. Only the
-/// bench's own GPU taint stays. Without this a real cluster's agent refuses every bind.
-async fn make_ready(nodes: &Api<Node>, node: &str) -> Result<(), BenchError> {
-    let now = jiff::Timestamp::now().to_string();
-    let ready = json!({ "status": { "conditions": [{
-        "type": "Ready", "status": "True", "reason": "KubeletReady",
-        "message": "kubelet is posting ready status",
-        "lastHeartbeatTime": now, "lastTransitionTime": now
-    }] } });
-    nodes
-        .patch_status(node, &PatchParams::default(), &Patch::Merge(&ready))
-        .await?;
-    let taints = json!({ "spec": { "taints": [
-        { "key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule" }
-    ] } });
-    nodes
-        .patch(node, &PatchParams::default(), &Patch::Merge(&taints))
-        .await?;
     Ok(())
 }
 

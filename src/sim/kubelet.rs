@@ -79,7 +79,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -836,6 +836,39 @@ async fn final_delete(client: Client, pod: Pod) {
             Err(_) => return,
         }
     }
+}
+
+/// What a kubelet and the node lifecycle controller do for a healthy node, for a Node a
+/// client created with no kubelet behind it (tests, the bench): report `Ready`, then lift
+/// the `node.kubernetes.io/not-ready` taint admission puts on every new Node, keeping
+/// `taints` (the node's own).
+pub async fn report_node_ready(
+    client: &Client,
+    node: &str,
+    taints: &[k8s_openapi::api::core::v1::Taint],
+) -> Result<Node, kube::Error> {
+    let nodes = Api::<Node>::all(client.clone());
+    let now = jiff::Timestamp::now().to_string();
+    let ready = serde_json::json!({ "status": { "conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": now, "lastTransitionTime": now
+    }] } });
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(&ready))
+        .await?;
+    let own = if taints.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::to_value(taints).map_err(kube::Error::SerdeError)?
+    };
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "spec": { "taints": own } })),
+        )
+        .await
 }
 
 #[cfg(test)]

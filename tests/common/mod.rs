@@ -14,7 +14,7 @@ use bindlet::agent::{self, AgentConfig, AgentHandle};
 use bindlet::api::{BindRequest, NodeVerification, Phase, Verdict};
 use bindlet::binding::Backoff;
 use bindlet::sim::{SimOptions, Simulator};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount, Taint};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -248,33 +248,19 @@ impl TestEnv {
         }))
         .expect("node");
         self.nodes.lock().expect("lock").push(name.to_string());
-        let nodes = Api::<Node>::all(self.client.clone());
-        nodes
+        Api::<Node>::all(self.client.clone())
             .create(&PostParams::default(), &node)
             .await
             .expect("create node");
-        // What a kubelet and the node lifecycle controller do for a healthy node: report
-        // Ready, then lift the not-ready taint that admission added. Taints the test asked
-        // for stay.
-        let now = jiff::Timestamp::now().to_string();
-        let ready = json!({ "status": { "conditions": [{
-            "type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": "kubelet is posting ready status",
-            "lastHeartbeatTime": now, "lastTransitionTime": now
-        }] } });
-        nodes
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&ready))
+        // What a kubelet and the node lifecycle controller do for a healthy node; taints
+        // the test asked for stay.
+        let own: Vec<Taint> = spec
+            .get("taints")
+            .map(|t| serde_json::from_value(t.clone()).expect("taints"))
+            .unwrap_or_default();
+        bindlet::sim::kubelet::report_node_ready(&self.client, name, &own)
             .await
-            .expect("report node Ready");
-        let wanted = spec.get("taints").cloned().unwrap_or(Value::Null);
-        nodes
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({ "spec": { "taints": wanted } })),
-            )
-            .await
-            .expect("lift the not-ready taint")
+            .expect("report the node Ready")
     }
 
     /// Creates a Node as a client does, with no kubelet behind it: it keeps the not-ready
