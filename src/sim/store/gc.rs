@@ -22,7 +22,6 @@
 //! gracefully and waits for its kubelet, and the usual watch events are sent. The real
 //! collector reacts within a second or so (recordings 34, 35).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -193,15 +192,7 @@ impl State {
     }
 
     fn collect_garbage(&mut self) {
-        let mut items: Vec<(Arc<str>, ObjKey)> = self.owned.iter().cloned().collect();
-        items.sort();
-        // UIDs that some object names as its owner (dependents that are owners themselves).
-        let owners: HashSet<String> = items
-            .iter()
-            .filter_map(|(s, k)| self.stored(s, k))
-            .flat_map(|o| owner_refs(&o).into_iter().map(|r| r.uid))
-            .collect();
-        for (skey, key) in items {
+        for (skey, key) in self.take_gc_dirty() {
             let Some(obj) = self.stored(&skey, &key) else {
                 continue;
             };
@@ -235,7 +226,7 @@ impl State {
             }
             let uid = meta_str(&obj, "uid").to_string();
             let fins = objects::finalizers(&obj);
-            let policy = if waiting && owners.contains(&uid) {
+            let policy = if waiting && self.is_owner(&uid) {
                 Propagation::Foreground
             } else if fins.iter().any(|f| f == ORPHAN_FINALIZER) {
                 Propagation::Orphan
