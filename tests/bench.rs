@@ -72,6 +72,16 @@ async fn bench_report_is_consistent() {
     let json = serde_json::to_value(&report).expect("json");
     assert!(json["agent"]["latency_ms"]["p99"].is_number());
     assert!(report.table().contains("throughput (binds/s)"));
+    // The CPU model is named wherever the OS reports one (figures differ between models).
+    let model = &report.machine.cpu_model;
+    assert!(json["machine"]["cpu_model"].is_string());
+    if !model.is_empty() {
+        assert!(
+            report.table().contains(model.as_str()),
+            "{}",
+            report.table()
+        );
+    }
 }
 
 /// `--dra-claims 1`: every bind also reads and reserves its claim, and the per-bind

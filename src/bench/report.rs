@@ -41,14 +41,25 @@ pub struct ReasonCount {
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cpus: usize,
+    /// The CPU's brand string (e.g. "AMD EPYC 7B13"); figures do not carry over between
+    /// CPU models, so every report names it. Empty when unknown.
+    pub cpu_model: String,
     pub os: String,
     pub arch: String,
 }
 
 impl Machine {
     pub fn this() -> Machine {
+        let cpus = sysinfo::System::new_with_specifics(
+            sysinfo::RefreshKind::nothing().with_cpu(sysinfo::CpuRefreshKind::nothing()),
+        );
         Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model: cpus
+                .cpus()
+                .first()
+                .map(|c| c.brand().trim().to_string())
+                .unwrap_or_default(),
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
         }
@@ -289,12 +300,17 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "bindlet bench: {} requests, concurrency {}, DRA claims per pod {}, {} ({} CPUs, {}/{})",
+            "bindlet bench: {} requests, concurrency {}, DRA claims per pod {}, {} ({} CPUs{}, {}/{})",
             self.requests,
             self.concurrency,
             self.dra_claims,
             self.target,
             self.machine.cpus,
+            if self.machine.cpu_model.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", self.machine.cpu_model)
+            },
             self.machine.os,
             self.machine.arch
         );
