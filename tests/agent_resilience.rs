@@ -268,29 +268,9 @@ async fn requests_created_while_the_watch_is_down_are_all_bound_after_the_relist
     env.cleanup().await;
 }
 
-/// The agent's API requests so far, from its own metrics: (verb, resource) → count.
-fn agent_api_calls(agent: &bindlet::agent::AgentHandle) -> Vec<(String, String, u64)> {
-    let text = agent.stats.diag.encode_metrics(&agent.stats);
-    text.lines()
-        .filter(|l| l.starts_with("bindlet_api_requests_total{"))
-        .filter_map(|l| {
-            let (labels, value) = l.rsplit_once(' ')?;
-            let label = |k: &str| {
-                let start = labels.find(&format!("{k}=\""))? + k.len() + 2;
-                let end = labels[start..].find('"')? + start;
-                Some(labels[start..end].to_string())
-            };
-            Some((label("verb")?, label("resource")?, value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn status_writes(agent: &bindlet::agent::AgentHandle) -> u64 {
-    agent_api_calls(agent)
-        .iter()
-        .filter(|(verb, resource, _)| verb == "patch" && resource == "bindrequests/status")
-        .map(|(_, _, n)| n)
-        .sum()
+/// The agent's API requests so far, from its own metrics, by (verb, resource).
+fn agent_api_calls(agent: &bindlet::agent::AgentHandle) -> bindlet::sim::RequestCounts {
+    bindlet::bench::parse_api_requests(&agent.stats.diag.encode_metrics(&agent.stats))
 }
 
 /// A status write that admission refuses (422, as bindlet's own ValidatingAdmissionPolicy
@@ -328,7 +308,7 @@ async fn a_refused_status_write_is_sent_once_in_a_minute_not_in_a_loop() {
     let calls_after_refusal = sim.request_count().total();
     // The test's backoff is 50 ms .. 400 ms: a retry loop would send ~150 writes a minute.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let writes = status_writes(&agent);
+    let writes = agent_api_calls(&agent).get("patch", "bindrequests/status");
     assert_eq!(writes, 1, "status writes in a minute: {writes}");
     let calls_in_the_minute = sim.request_count().total() - calls_after_refusal;
     // Only the Lease renewals (every 200 ms in tests) and Event writes remain.

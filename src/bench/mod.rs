@@ -728,8 +728,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, Stri
         .map_err(|_| format!("{path}: no answer within 5 s"))?
 }
 
-/// Sums `bindlet_api_requests_total{verb,resource,code}` samples by verb and resource.
-fn parse_api_requests(metrics: &str) -> RequestCounts {
+/// Sums `bindlet_api_requests_total{verb,resource,code}` samples of an agent's `/metrics`
+/// text by verb and resource.
+pub fn parse_api_requests(metrics: &str) -> RequestCounts {
     let mut counts = RequestCounts::default();
     for line in metrics.lines() {
         let Some(rest) = line.strip_prefix("bindlet_api_requests_total{") else {
