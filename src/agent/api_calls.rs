@@ -52,6 +52,11 @@ pub const GET_STORAGE_CLASS: ApiCall = c("storage.k8s.io", "storageclasses", "ge
 /// `status.allocation` / `status.reservedFor`), which Kubernetes 1.36 also authorizes as
 /// `update` on the synthetic `resourceclaims/binding` (design §2; no request of its own).
 pub const GET_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "get");
+/// Only for allocations of shared devices or partitions (capacity and counters: every
+/// claim, as claims name no node); watched only by name, for a request waiting on a claim's
+/// binding conditions.
+pub const LIST_RESOURCE_CLAIMS: ApiCall = c("resource.k8s.io", "resourceclaims", "list");
+pub const WATCH_RESOURCE_CLAIMS: ApiCall = c("resource.k8s.io", "resourceclaims", "watch");
 /// This node's slices are watched (`spec.nodeName`); all slices are listed only when a
 /// device is not among them.
 pub const LIST_RESOURCE_SLICES: ApiCall = c("resource.k8s.io", "resourceslices", "list");
@@ -75,6 +80,9 @@ pub const CREATE_TOKEN_REVIEW: ApiCall = c("authentication.k8s.io", "tokenreview
 /// Only with `--diag-auth=kubernetes`.
 pub const CREATE_SUBJECT_ACCESS_REVIEW: ApiCall =
     c("authorization.k8s.io", "subjectaccessreviews", "create");
+/// The permission self-check at start (`super::permissions`): one review per entry here.
+pub const CREATE_SELF_SUBJECT_ACCESS_REVIEW: ApiCall =
+    c("authorization.k8s.io", "selfsubjectaccessreviews", "create");
 
 /// What the code calls today.
 pub const API_CALLS: &[ApiCall] = &[
@@ -87,6 +95,8 @@ pub const API_CALLS: &[ApiCall] = &[
     PATCH_PV,
     GET_STORAGE_CLASS,
     GET_RESOURCE_CLAIM,
+    LIST_RESOURCE_CLAIMS,
+    WATCH_RESOURCE_CLAIMS,
     LIST_RESOURCE_SLICES,
     WATCH_RESOURCE_SLICES,
     UPDATE_RESOURCE_CLAIM_STATUS,
@@ -111,6 +121,7 @@ pub const API_CALLS: &[ApiCall] = &[
     CREATE_EVENT,
     CREATE_TOKEN_REVIEW,
     CREATE_SUBJECT_ACCESS_REVIEW,
+    CREATE_SELF_SUBJECT_ACCESS_REVIEW,
 ];
 
 /// Calls granted ahead of the code that makes them (none today); the RBAC test allows

@@ -5,6 +5,8 @@ pub mod api_calls;
 pub mod effects;
 pub mod events;
 pub mod lease;
+mod parking;
+pub mod permissions;
 pub mod queue;
 mod worker;
 
@@ -255,6 +257,17 @@ pub async fn run(
         background.clone(),
     ));
 
+    let parking = Arc::new(parking::ParkingLot::new(
+        client.clone(),
+        queue.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(permissions::check_at_start(
+        client.clone(),
+        cfg.lease_namespace.clone(),
+        cfg.api_timeout,
+        stats.diag.clone(),
+    ));
     let (requests, requests_writer) = reflector::store::<Lenient<BindRequest>>();
     let (node_store, node_writer) = reflector::store::<Node>();
     tasks.spawn(watch_requests(
@@ -263,6 +276,7 @@ pub async fn run(
         requests_writer,
         queue.clone(),
         stats.clone(),
+        parking.clone(),
         background.clone(),
     ));
     tasks.spawn(watch_node(
@@ -350,6 +364,7 @@ pub async fn run(
         node: node_store,
         stats: stats.clone(),
         cfg: cfg.clone(),
+        parking,
     });
 
     // Workers start once both caches hold a full list: a request must not fail with
@@ -467,6 +482,7 @@ async fn watch_requests(
     mut writer: Writer<Lenient<BindRequest>>,
     queue: Arc<WorkQueue>,
     stats: Arc<Stats>,
+    parking: Arc<parking::ParkingLot>,
     stop: CancellationToken,
 ) {
     let store = writer.as_reader();
@@ -522,6 +538,7 @@ async fn watch_requests(
                     Event::Delete(o) => {
                         if let Some(k) = key_of(o) {
                             queue.remove(&k);
+                            parking.unpark(&k);
                             stats.forget(&k);
                         }
                     }

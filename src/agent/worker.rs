@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub node: Store<Node>,
     pub stats: Arc<super::Stats>,
     pub diag: Arc<crate::diag::Recorder>,
+    /// Requests waiting on DRA binding conditions.
+    pub parking: Arc<super::parking::ParkingLot>,
 }
 
 const STATUS_WRITE_TRIES: usize = 5;
@@ -66,6 +68,21 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
     let (result, verification) = attempt(sh, &br, cancelled).await;
     sh.diag
         .attempt_finished(&br, timer, &result, verification.as_ref());
+    let wait_ended = match &result {
+        Err(AttemptError::Parked(park)) => {
+            return park_request(sh, key, &br, park, verification).await;
+        }
+        Ok(Outcome::Bound | Outcome::AlreadyBound) => Some("bound"),
+        Ok(Outcome::Failed(_)) | Err(AttemptError::Failed(_)) => Some("failed"),
+        Err(AttemptError::Cancelled) => Some("gone"),
+        // A transient error while waiting keeps the wait (and its watches).
+        Err(AttemptError::Transient(_)) => None,
+    };
+    if let Some(how) = wait_ended
+        && sh.parking.unpark(key)
+    {
+        sh.diag.unparked(&key.namespace, &key.name, how);
+    }
     let outcome = match result {
         Err(AttemptError::Transient(msg)) => {
             let n = retry + 1;
@@ -80,6 +97,8 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
             return Next::Forget;
         }
         Err(AttemptError::Failed(f)) => Outcome::Failed(f),
+        // Returned above.
+        Err(AttemptError::Parked(_)) => return Next::Forget,
         Ok(outcome) => outcome,
     };
     let next = settle(sh, key, br, outcome, verification).await;
@@ -87,6 +106,48 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
         sh.stats.clear_local_retries(key);
     }
     next
+}
+
+/// A plugin waits for someone else (a DRA driver's binding conditions): the request goes
+/// back to the queue, woken by a change of the claims it waits on or by the wait's timeout,
+/// so no worker is held. The status says what it waits for (phase Pending, attempts
+/// unchanged: waiting is not a failed attempt); it is written only when that changes.
+async fn park_request(
+    sh: &Shared,
+    key: &Key,
+    br: &BindRequest,
+    park: &binding::Park,
+    verification: Option<NodeVerification>,
+) -> Next {
+    sh.parking.park(key, &park.claims);
+    sh.diag.parked(&key.namespace, &key.name, park);
+    sh.stats.clear_local_retries(key);
+    let reason = format!("waiting for {}", park.waiting_for);
+    let current = br.status.as_ref();
+    let unchanged = current.is_some_and(|s| {
+        s.reason.as_deref() == Some(reason.as_str())
+            && s.phase.as_deref() == Some(Phase::Pending.as_str())
+    });
+    tracing::info!(request = %key, waiting_for = %park.waiting_for, at_most = ?park.remaining,
+        "parked until the claims change");
+    if !unchanged {
+        let status = BindRequestStatus {
+            phase: Some(Phase::Pending.as_str().to_string()),
+            reason: Some(reason),
+            failed_attempts: current.and_then(|s| s.failed_attempts),
+            node_verification: verification,
+        };
+        let rv = br.metadata.resource_version.as_deref();
+        // A lost race (409) is fine: the next wake writes it again.
+        if let Err(e) = sh
+            .effects
+            .patch_status(&key.namespace, &key.name, rv, &status)
+            .await
+        {
+            tracing::warn!(request = %key, error = %e, "could not record the wait in the status");
+        }
+    }
+    Next::After(park.remaining.max(std::time::Duration::from_millis(100)))
 }
 
 /// The attempt's result, and the verdicts when the pipeline ran.

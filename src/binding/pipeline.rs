@@ -48,6 +48,31 @@ pub struct PluginError {
     pub message: String,
     /// True when the cause is infrastructure (API server, timeouts), not the request.
     pub transient: bool,
+    /// Set when the step must wait for someone else (a DRA driver's binding condition):
+    /// the attempt ends without binding and without undoing this plugin's writes.
+    pub park: Option<Park>,
+}
+
+/// An attempt that waits: on what, and for how long at most. The agent hands the request
+/// back to the queue instead of holding a worker, and wakes it when one of `claims`
+/// changes or `remaining` has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Park {
+    /// The objects whose change may end the wait (namespace, name, resourceVersion seen).
+    pub claims: Vec<ParkedOn>,
+    /// What is awaited, for the status reason and `/debug/state`.
+    pub waiting_for: String,
+    /// The longest the wait may last from now.
+    pub remaining: Duration,
+}
+
+/// A ResourceClaim a parked attempt waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParkedOn {
+    pub namespace: String,
+    pub name: String,
+    /// The version the attempt read: a watch that lists a different one wakes the request.
+    pub resource_version: String,
 }
 
 impl PluginError {
@@ -56,6 +81,7 @@ impl PluginError {
         PluginError {
             message: message.into(),
             transient: false,
+            park: None,
         }
     }
 
@@ -64,6 +90,16 @@ impl PluginError {
         PluginError {
             message: message.into(),
             transient: true,
+            park: None,
+        }
+    }
+
+    /// The step waits on `park` (see [`Park`]).
+    pub fn parked(park: Park) -> Self {
+        PluginError {
+            message: format!("waiting for {}", park.waiting_for),
+            transient: false,
+            park: Some(park),
         }
     }
 }
@@ -138,6 +174,8 @@ pub enum AttemptError {
     Transient(String),
     /// The BindRequest disappeared before the irreversible write.
     Cancelled,
+    /// A plugin waits for someone else; the attempt is resumed later (see [`Park`]).
+    Parked(Park),
 }
 
 /// The result of running the pipeline once.
@@ -209,6 +247,17 @@ pub async fn run(
                     rollback(registry, started, ctx, &mut state, &mut report).await;
                     return report;
                 }
+            }
+            Err(PluginError {
+                park: Some(park), ..
+            }) => {
+                // The waiting plugin keeps its writes (they are what the wait is for: a
+                // driver acts on the allocation); the plugins before it are undone and redo
+                // their work when the request is resumed.
+                report.stages.push(("pre_bind", t.elapsed()));
+                report.result = Err(AttemptError::Parked(park));
+                rollback(registry, started - 1, ctx, &mut state, &mut report).await;
+                return report;
             }
             Err(e) => {
                 report.stages.push(("pre_bind", t.elapsed()));

@@ -24,7 +24,7 @@ pub struct BindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// bound | already_bound | failed | transient | cancelled
+    /// bound | already_bound | failed | transient | cancelled | parked
     pub result: String,
 }
 
@@ -59,6 +59,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaitLabels {
+    /// How the wait ended: bound | failed | gone | other
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HolderLabels {
     pub holder: String,
 }
@@ -66,6 +72,11 @@ pub struct HolderLabels {
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s: from a quick bind to one stuck behind retries.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn wait_histogram() -> Histogram {
+    // 100 ms .. ~27 min: binding conditions wait up to 600 s by default.
+    Histogram::new(exponential_buckets(0.1, 2.0, 15))
 }
 
 fn stage_histogram() -> Histogram {
@@ -93,6 +104,9 @@ pub struct Metrics {
     pub oldest_pending: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub requests_left_alone: Family<ReasonLabels, Counter>,
+    pub dra_binding_waits: Gauge,
+    pub dra_binding_wait_seconds: HistogramFamily<WaitLabels>,
+    pub permissions_missing: Gauge,
     /// This process and the node, read at scrape time (process metrics, /debug/state).
     pub system: Arc<SystemProbe>,
 }
@@ -119,6 +133,11 @@ impl Default for Metrics {
             oldest_pending: Gauge::default(),
             ready: Gauge::default(),
             requests_left_alone: Family::default(),
+            dra_binding_waits: Gauge::default(),
+            dra_binding_wait_seconds: Family::new_with_constructor(
+                wait_histogram as fn() -> Histogram,
+            ),
+            permissions_missing: Gauge::default(),
             system,
             registry: Registry::default(),
         };
@@ -188,6 +207,21 @@ impl Default for Metrics {
             "requests_left_alone",
             "BindRequest versions this agent stopped working on without writing a status (not this node's, or the status write was refused), by reason",
             m.requests_left_alone.clone(),
+        );
+        registry.register(
+            "dra_binding_waits",
+            "BindRequests parked until a DRA claim's binding conditions are met",
+            m.dra_binding_waits.clone(),
+        );
+        registry.register(
+            "dra_binding_wait_seconds",
+            "How long BindRequests waited for DRA binding conditions, by how the wait ended",
+            m.dra_binding_wait_seconds.clone(),
+        );
+        registry.register(
+            "permissions_missing",
+            "API permissions the agent needs and lacks, per the self-check at start (SelfSubjectAccessReview)",
+            m.permissions_missing.clone(),
         );
         Metrics {
             registry: root,

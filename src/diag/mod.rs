@@ -11,6 +11,7 @@ pub mod metrics;
 mod recorder;
 mod server;
 pub mod system;
+mod waits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub use recorder::{
 };
 pub use server::{DiagServer, start};
 pub use system::{NodeResources, ProcessFacts, SystemProbe};
+pub use waits::{PermissionCheck, WaitRecord};
 
 /// Default listen address of `bindlet run`.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:9464";

@@ -18,9 +18,10 @@ use crate::binding::{AttemptError, Failure, Outcome};
 use super::facts::{GpuFacts, NodeFacts, VolumeFacts};
 use super::metrics::{
     ApiLabels, BindLabels, CheckLabels, GpuLabels, HolderLabels, Metrics, ReasonLabels,
-    ResultLabels, StageLabels,
+    ResultLabels, StageLabels, WaitLabels,
 };
 use super::system::{NodeResources, ProcessFacts};
+use super::waits::{PermissionCheck, WaitRecord};
 
 /// Requests kept in the timeline unless configured otherwise.
 pub const DEFAULT_HISTORY: usize = 256;
@@ -54,7 +55,7 @@ pub struct AttemptRecord {
     pub started_at: String,
     /// None while running.
     pub seconds: Option<f64>,
-    /// running | bound | already_bound | failed | transient | cancelled
+    /// running | bound | already_bound | failed | transient | cancelled | parked
     pub result: &'static str,
     pub reason: Option<String>,
     pub stages: Vec<StageRecord>,
@@ -114,20 +115,33 @@ pub struct Readiness {
     pub lease_known: bool,
     /// not_configured | loading | unavailable | loaded
     pub gpus: &'static str,
+    /// The permission self-check: checking | ok | missing | unknown
+    pub permissions: &'static str,
+    /// The API calls the agent makes but may not (`verb group/resource`).
+    pub missing_permissions: Vec<String>,
 }
 
 impl Readiness {
     /// What is still missing, for the `/readyz` body.
-    pub fn missing(&self) -> Vec<&'static str> {
+    pub fn missing(&self) -> Vec<String> {
         let mut v = Vec::new();
         if !self.watch_synced {
-            v.push("BindRequest watch not synced");
+            v.push("BindRequest watch not synced".to_string());
         }
         if !self.lease_known {
-            v.push("node Lease state not known yet");
+            v.push("node Lease state not known yet".to_string());
         }
         if self.gpus == "loading" {
-            v.push("GPU inventory still loading");
+            v.push("GPU inventory still loading".to_string());
+        }
+        if self.permissions == "checking" {
+            v.push("permission self-check not done yet".to_string());
+        }
+        if !self.missing_permissions.is_empty() {
+            v.push(format!(
+                "missing permissions: {}",
+                self.missing_permissions.join(", ")
+            ));
         }
         v
     }
@@ -165,6 +179,10 @@ pub struct DebugState {
     pub requests: Vec<RequestRecord>,
     /// Requests this agent left alone (bounded, most recent first).
     pub left_alone: Vec<LeftAloneRecord>,
+    /// Requests parked until DRA binding conditions are met.
+    pub dra_waits: Vec<WaitRecord>,
+    /// The permission self-check made at start.
+    pub permissions: PermissionCheck,
 }
 
 /// A BindRequest the agent stopped working on without writing its status.
@@ -198,6 +216,8 @@ struct Inner {
     facts: Option<Arc<dyn NodeFacts>>,
     /// The agent's longest retry delay; None until the agent starts.
     retry_max: Option<Duration>,
+    waits: std::collections::BTreeMap<(String, String), WaitRecord>,
+    permissions: PermissionCheck,
 }
 
 /// How long after its last attempt an unsettled request still counts as pending: two
@@ -333,6 +353,7 @@ impl Recorder {
 
     /// The BindRequest is gone (deleted): it no longer counts as pending.
     pub fn request_gone(&self, namespace: &str, name: &str) {
+        self.unparked(namespace, name, "gone");
         let mut i = self.lock();
         for r in i
             .requests
@@ -341,6 +362,68 @@ impl Recorder {
         {
             r.deleted = true;
         }
+    }
+
+    /// A request was parked on `park` (again: its first park time is kept).
+    pub fn parked(&self, namespace: &str, name: &str, park: &crate::binding::Park) {
+        let mut i = self.lock();
+        let rec = i
+            .waits
+            .entry((namespace.to_string(), name.to_string()))
+            .or_insert_with(|| WaitRecord {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                claims: Vec::new(),
+                waiting_for: String::new(),
+                since: jiff::Timestamp::now().to_string(),
+                seconds: 0.0,
+                remaining_seconds: 0.0,
+                started: Some(Instant::now()),
+            });
+        rec.claims = park
+            .claims
+            .iter()
+            .map(|c| format!("{}/{}", c.namespace, c.name))
+            .collect();
+        rec.waiting_for = truncate(&park.waiting_for);
+        rec.remaining_seconds = park.remaining.as_secs_f64();
+        let n = i.waits.len();
+        self.metrics.dra_binding_waits.set(n as i64);
+    }
+
+    /// A parked request's wait ended (`outcome`: bound | failed | gone | other); nothing
+    /// when it was not parked.
+    pub fn unparked(&self, namespace: &str, name: &str, outcome: &'static str) {
+        let mut i = self.lock();
+        let Some(rec) = i.waits.remove(&(namespace.to_string(), name.to_string())) else {
+            return;
+        };
+        let n = i.waits.len();
+        drop(i);
+        self.metrics.dra_binding_waits.set(n as i64);
+        if let Some(t) = rec.started {
+            self.metrics
+                .dra_binding_wait_seconds
+                .get_or_create(&WaitLabels {
+                    outcome: outcome.to_string(),
+                })
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Whether the request is parked now.
+    pub fn is_parked(&self, namespace: &str, name: &str) -> bool {
+        self.lock()
+            .waits
+            .contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The result of the permission self-check.
+    pub fn permissions_checked(&self, check: PermissionCheck) {
+        self.metrics
+            .permissions_missing
+            .set(check.missing().len() as i64);
+        self.lock().permissions = check;
     }
 
     /// One API call and its answer.
@@ -468,6 +551,7 @@ impl Recorder {
             }
             Err(AttemptError::Transient(m)) => ("transient", Some(m.clone())),
             Err(AttemptError::Cancelled) => ("cancelled", None),
+            Err(AttemptError::Parked(p)) => ("parked", Some(p.waiting_for.clone())),
         };
         self.metrics
             .attempts
@@ -566,11 +650,14 @@ impl Recorder {
         let gpus = gpu_state(&self.gpus());
         let lease_known = self.lock().lease_holder.is_some();
         let watch_synced = stats.is_synced();
+        let permissions = self.lock().permissions.clone();
         Readiness {
-            ready: watch_synced && lease_known && gpus != "loading",
+            ready: watch_synced && lease_known && gpus != "loading" && permissions.allows_ready(),
             watch_synced,
             lease_known,
             gpus,
+            permissions: permissions.word(),
+            missing_permissions: permissions.missing().to_vec(),
         }
     }
 
@@ -621,6 +708,15 @@ impl Recorder {
             oldest_pending_seconds: oldest,
             requests: i.requests.iter().rev().cloned().collect(),
             left_alone: i.left_alone.iter().rev().cloned().collect(),
+            dra_waits: i
+                .waits
+                .values()
+                .map(|w| WaitRecord {
+                    seconds: w.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                    ..w.clone()
+                })
+                .collect(),
+            permissions: i.permissions.clone(),
         }
     }
 

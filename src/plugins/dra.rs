@@ -13,7 +13,8 @@
 //!
 //! Requests without claim allocations cost no API request.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -25,7 +26,8 @@ use kube::runtime::reflector::Store;
 use crate::agent::api_calls as calls;
 use crate::agent::effects::{ApiError, call_as, send_unread};
 use crate::api::{Verdict, VerdictOutcome};
-use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::binding::{BindContext, BindState, Park, ParkedOn, Plugin, PluginError, verdict};
+use crate::dra::conditions::BindingConditions;
 use crate::dra::{self as decide, Reservation};
 use crate::gpu::GpuSnapshot;
 use crate::plugins::gpu::GpuRuntime;
@@ -35,10 +37,22 @@ const NAME: &str = "dra";
 const CONFLICT_TRIES: usize = 8;
 
 /// Settings of the dra plugin.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DraSettings {
     /// API access; attached by the agent (see `PluginSettings::with_api`).
     pub api: Option<DraApi>,
+    /// How long to wait for binding conditions, counted from the allocation's
+    /// `allocationTimestamp` (kube-scheduler's `bindingTimeout`, 600 s by default).
+    pub binding_timeout: Duration,
+}
+
+impl Default for DraSettings {
+    fn default() -> Self {
+        DraSettings {
+            api: None,
+            binding_timeout: decide::conditions::DEFAULT_BINDING_TIMEOUT,
+        }
+    }
 }
 
 /// The API client the plugin uses, with the agent's per-call timeout.
@@ -113,6 +127,22 @@ pub struct DraWrites {
 pub struct DraPlugin {
     api: Option<DraApi>,
     gpu: Option<Arc<GpuRuntime>>,
+    binding_timeout: Duration,
+    /// Claims reserved by an attempt that then waited for binding conditions, by (claim UID,
+    /// pod UID): a resumed attempt finds the claim already reserved, yet must still know
+    /// whether this agent wrote the allocation (to clear it on failure or timeout) and since
+    /// when it waits (for allocations without `allocationTimestamp`). Kept in memory: after
+    /// a restart only the pod's `reservedFor` entry is undone on failure.
+    waits: Mutex<HashMap<(String, String), Waiting>>,
+    /// Held from the capacity/counter check of a shared device or partition to its
+    /// reservation, so that two binds on this node cannot both take the last share.
+    capacity_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    allocation_written: bool,
+    since: std::time::Instant,
 }
 
 impl DraPlugin {
@@ -120,6 +150,20 @@ impl DraPlugin {
         DraPlugin {
             api: settings.api.clone(),
             gpu,
+            binding_timeout: settings.binding_timeout,
+            waits: Mutex::default(),
+            capacity_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn waits(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Waiting>> {
+        self.waits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_waits(&self, state: &BindState, pod_uid: &str) {
+        let mut w = self.waits();
+        for r in &state.dra.reserved {
+            w.remove(&(r.claim_uid.clone(), pod_uid.to_string()));
         }
     }
 }
@@ -169,6 +213,12 @@ impl Plugin for DraPlugin {
             complete: false,
         };
         let mut out = Vec::new();
+        // Set once an allocation names a shared device or a partition: the lock, and every
+        // claim of the cluster (claims carry no node to select them by).
+        let mut capacity_guard = None;
+        let mut others: Vec<ResourceClaim> = Vec::new();
+        // Claims whose binding conditions are not all True yet.
+        let (mut waiting, mut park_on, mut shortest) = (Vec::new(), Vec::new(), None);
         for e in entries {
             let entry = e.name.as_deref().unwrap_or("");
             let Some(mirror) = e.allocation.clone() else {
@@ -210,28 +260,117 @@ impl Plugin for DraPlugin {
             for line in checked.map_err(PluginError::refused)? {
                 out.push(verdict(NAME, "allocation", VerdictOutcome::Pass, line));
             }
-            let r = reserve(api, ns, &claim, entry, &requested, pod_name, pod_uid).await?;
+            // Taints may have come after scheduling (a driver marking a device unhealthy).
+            // DeviceTaintRules are not read (see README, DRA): only the slices' taints.
+            let tainted =
+                decide::taints::check_device_taints(&label, &requested, ctx.node, &slices.items, &[])
+                    .map_err(PluginError::refused)?;
+            for line in tainted {
+                out.push(verdict(NAME, "taints", VerdictOutcome::Pass, line));
+            }
+            if capacity_guard.is_none()
+                && decide::capacity::needs_capacity_check(&requested, ctx.node, &slices.items)
+            {
+                capacity_guard = Some(self.capacity_lock.lock().await);
+                others = api.list_claims().await?;
+            }
+            if capacity_guard.is_some() {
+                let uid = others
+                    .iter()
+                    .find(|c| {
+                        c.metadata.namespace.as_deref() == Some(ns)
+                            && c.metadata.name.as_deref() == Some(claim.as_str())
+                    })
+                    .and_then(|c| c.metadata.uid.clone())
+                    .unwrap_or_default();
+                let within = decide::capacity::check_capacity(
+                    &label,
+                    &uid,
+                    &requested,
+                    ctx.node,
+                    &slices.items,
+                    &others,
+                )
+                .map_err(PluginError::refused)?;
+                for line in within {
+                    out.push(verdict(NAME, "capacity", VerdictOutcome::Pass, line));
+                }
+            }
+            let (mut r, wrote, live) =
+                reserve(api, ns, &claim, entry, &requested, pod_name, pod_uid).await?;
+            let wait_key = (r.claim_uid.clone(), pod_uid.to_string());
+            let earlier = self.waits().get(&wait_key).copied();
+            if let Some(w) = earlier {
+                r.allocation_written |= w.allocation_written;
+            }
             out.push(verdict(
                 NAME,
                 "reservation",
                 VerdictOutcome::Pass,
                 format!(
                     "claim {label} {}",
-                    match (r.1, r.0.allocation_written) {
+                    match (wrote, r.allocation_written) {
                         (false, _) => "was already reserved for the pod",
                         (true, true) => "allocated and reserved for the pod",
                         (true, false) => "reserved for the pod",
                     }
                 ),
             ));
-            state.dra.reserved.push(r.0);
+            let since = earlier.map_or_else(std::time::Instant::now, |w| w.since);
+            let conditions = binding_conditions(&label, &live, &requested, since, self.binding_timeout);
+            let written = r.allocation_written;
+            state.dra.reserved.push(r);
+            match conditions {
+                BindingConditions::NotDeclared => {}
+                BindingConditions::Met(lines) => {
+                    for line in lines {
+                        out.push(verdict(NAME, "binding conditions", VerdictOutcome::Pass, line));
+                    }
+                }
+                // The rollback that follows clears the allocation this agent wrote, so the
+                // scheduler can allocate again (kube-scheduler does the same on giving up).
+                BindingConditions::Failed(why) | BindingConditions::TimedOut(why) => {
+                    return Err(PluginError::refused(format!(
+                        "{why}; the reservation is undone{}",
+                        if written { " and the allocation this agent wrote is cleared" } else { "" }
+                    )));
+                }
+                BindingConditions::Waiting { pending, remaining } => {
+                    self.waits().insert(
+                        wait_key,
+                        Waiting {
+                            allocation_written: written,
+                            since,
+                        },
+                    );
+                    waiting.push(format!("claim {label} ({})", pending.join(", ")));
+                    park_on.push(ParkedOn {
+                        namespace: ns.to_string(),
+                        name: claim.clone(),
+                        resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
+                    });
+                    shortest = Some(shortest.map_or(remaining, |s: Duration| s.min(remaining)));
+                }
+            }
+        }
+        if let Some(remaining) = shortest {
+            return Err(PluginError::parked(Park {
+                claims: park_on,
+                waiting_for: format!("binding conditions: {}", waiting.join("; ")),
+                remaining,
+            }));
         }
         Ok(out)
+    }
+
+    async fn post_bind(&self, ctx: &BindContext<'_>, state: &BindState) {
+        self.forget_waits(state, ctx.pod.metadata.uid.as_deref().unwrap_or(""));
     }
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
         let Some(api) = &self.api else { return };
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
+        self.forget_waits(state, pod_uid);
         let w = std::mem::take(&mut state.dra);
         for r in w.reserved.iter().rev() {
             if let Err(e) = release(api, r, pod_uid).await {
@@ -260,7 +399,8 @@ impl DraPlugin {
     }
 }
 
-/// Reserves one claim; returns what was recorded and whether this call wrote.
+/// Reserves one claim; returns what was recorded, whether this call wrote, and the claim
+/// as read (with the written status when this call wrote).
 async fn reserve(
     api: &DraApi,
     ns: &str,
@@ -269,7 +409,7 @@ async fn reserve(
     requested: &AllocationResult,
     pod_name: &str,
     pod_uid: &str,
-) -> Result<(ReservedClaim, bool), PluginError> {
+) -> Result<(ReservedClaim, bool, ResourceClaim), PluginError> {
     for _ in 0..CONFLICT_TRIES {
         let Some(mut live) = api.get_claim(ns, claim).await? else {
             return Err(PluginError::refused(format!(
@@ -283,7 +423,7 @@ async fn reserve(
             allocation_written: false,
         };
         match decide::plan_reservation(&live, requested, pod_name, pod_uid) {
-            Reservation::AlreadyReserved => return Ok((rec, false)),
+            Reservation::AlreadyReserved => return Ok((rec, false, live)),
             Reservation::Refuse(why) => return Err(PluginError::refused(why)),
             Reservation::Write {
                 status,
@@ -292,7 +432,7 @@ async fn reserve(
                 live.status = Some(status);
                 if api.replace_status(ns, claim, &live).await? {
                     rec.allocation_written = sets_allocation;
-                    return Ok((rec, true));
+                    return Ok((rec, true, live));
                 }
             }
         }
@@ -326,7 +466,48 @@ async fn release(api: &DraApi, r: &ReservedClaim, pod_uid: &str) -> Result<(), P
     )))
 }
 
+/// The claim's binding conditions, with the wait counted from the allocation's timestamp
+/// (the claim's, else the BindRequest's), or from `since` when neither has one.
+fn binding_conditions(
+    label: &str,
+    live: &ResourceClaim,
+    requested: &AllocationResult,
+    since: std::time::Instant,
+    timeout: Duration,
+) -> BindingConditions {
+    let status = live.status.as_ref();
+    let alloc = status.and_then(|s| s.allocation.as_ref()).unwrap_or(requested);
+    let stamp = alloc
+        .allocation_timestamp
+        .as_ref()
+        .or(requested.allocation_timestamp.as_ref());
+    let waited = match stamp {
+        Some(t) => {
+            let secs = (jiff::Timestamp::now() - t.0).get_seconds().max(0);
+            Duration::from_secs(secs.unsigned_abs())
+        }
+        None => since.elapsed(),
+    };
+    let devices = status.and_then(|s| s.devices.as_deref()).unwrap_or(&[]);
+    decide::conditions::evaluate(label, alloc, devices, waited, timeout)
+}
+
 impl DraApi {
+    /// Every ResourceClaim (the capacity check needs the claims allocated on this node's
+    /// shared devices; a claim names no node to select it by).
+    async fn list_claims(&self) -> Result<Vec<ResourceClaim>, PluginError> {
+        let api: Api<ResourceClaim> = Api::all(self.client.clone());
+        call_as(
+            &self.diag,
+            calls::LIST_RESOURCE_CLAIMS,
+            self.timeout,
+            api.list(&ListParams::default()),
+        )
+        .await
+        .map(|l| l.items)
+        .map_err(|e| PluginError::transient(format!("listing ResourceClaims: {e}")))
+    }
+
     async fn get_claim(&self, ns: &str, name: &str) -> Result<Option<ResourceClaim>, PluginError> {
         let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
         call_as(

@@ -34,9 +34,14 @@ struct Grant {
 pub(crate) struct AuthTable {
     tokens: Mutex<HashMap<String, UserInfo>>,
     grants: Mutex<Vec<Grant>>,
-    /// Bearer tokens whose callers lack `update` on `resourceclaims/binding`.
-    no_claim_binding: Mutex<std::collections::HashSet<String>>,
+    /// Permissions denied to the caller presenting a bearer token: (group,
+    /// resource[/subresource], verb). Everything else is allowed (the simulator has no RBAC).
+    denied: Mutex<HashMap<String, Vec<(String, String, String)>>>,
 }
+
+/// `resourceclaims/binding` `update`, the permission Kubernetes 1.36 checks on claim
+/// status writes that change `allocation` or `reservedFor`.
+const CLAIM_BINDING: (&str, &str, &str) = ("resource.k8s.io", "resourceclaims/binding", "update");
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -45,7 +50,54 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl AuthTable {
     /// Whether the caller presenting `token` lacks `resourceclaims/binding`.
     pub(crate) fn lacks_claim_binding(&self, token: &str) -> bool {
-        lock(&self.no_claim_binding).contains(token)
+        let (g, r, v) = CLAIM_BINDING;
+        self.is_denied(token, g, r, v)
+    }
+
+    fn is_denied(&self, token: &str, group: &str, resource: &str, verb: &str) -> bool {
+        lock(&self.denied).get(token).is_some_and(|d| {
+            d.iter()
+                .any(|(dg, dr, dv)| dg == group && dr == resource && dv == verb)
+        })
+    }
+
+    /// SelfSubjectAccessReview: about the caller presenting `token`. Resource attributes
+    /// are allowed unless denied to that token (see [`AuthHandle::deny`]); non-resource
+    /// attributes are allowed (the simulator has no RBAC).
+    pub(crate) fn self_access_review(
+        &self,
+        token: Option<&str>,
+        mut body: Value,
+    ) -> Result<Value, ApiError> {
+        let spec = body.get("spec").cloned().unwrap_or(Value::Null);
+        let (nr, ra) = (spec.get("nonResourceAttributes"), spec.get("resourceAttributes"));
+        if nr.is_some() == ra.is_some() {
+            return Err(ApiError::invalid(
+                "SelfSubjectAccessReview",
+                "authorization.k8s.io",
+                "",
+                vec![super::status::Cause::invalid(
+                    "spec.resourceAttributes",
+                    &Value::Null,
+                    "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                )],
+            ));
+        }
+        let denied = ra.is_some_and(|ra| {
+            let field = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("");
+            let resource = match field("subresource") {
+                "" => field("resource").to_string(),
+                sub => format!("{}/{sub}", field("resource")),
+            };
+            token.is_some_and(|t| self.is_denied(t, field("group"), &resource, field("verb")))
+        });
+        body["status"] = if denied {
+            json!({ "allowed": false })
+        } else {
+            json!({ "allowed": true, "reason": "allowed by the simulator (no RBAC)" })
+        };
+        stamp(&mut body, "authorization.k8s.io/v1", "SelfSubjectAccessReview");
+        Ok(body)
     }
 
     pub(crate) fn token_review(&self, mut body: Value) -> Result<Value, ApiError> {
@@ -199,7 +251,18 @@ impl AuthHandle {
     /// `resourceclaims/binding`: its ResourceClaim status writes that change `allocation` or
     /// `reservedFor` are refused with 422, like Kubernetes 1.36 does.
     pub fn deny_claim_binding(&self, token: &str) {
-        lock(&self.shared.auth.no_claim_binding).insert(token.to_string());
+        let (g, r, v) = CLAIM_BINDING;
+        self.deny(token, g, r, v);
+    }
+
+    /// Denies the caller presenting bearer `token` one permission (`resource` with its
+    /// `/subresource`): its SelfSubjectAccessReviews answer `allowed: false` for it. Only
+    /// `resourceclaims/binding` is also enforced on writes ([`Self::deny_claim_binding`]).
+    pub fn deny(&self, token: &str, group: &str, resource: &str, verb: &str) {
+        lock(&self.shared.auth.denied)
+            .entry(token.to_string())
+            .or_default()
+            .push((group.to_string(), resource.to_string(), verb.to_string()));
     }
 
     /// Forgets every token and grant.

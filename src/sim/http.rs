@@ -250,13 +250,24 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let lacks_claim_binding = def.special == Special::ResourceClaim
-        && parts
-            .headers
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| sh.auth.lacks_claim_binding(t.trim()));
+    let bearer = parts
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if def.special == Special::AccessReview && def.plural == "selfsubjectaccessreviews" {
+        // About the caller itself, so answered here where its token is known.
+        if op != Op::Create {
+            return err_resp(&ApiError::method_not_allowed());
+        }
+        return match parse_json(&bytes).and_then(|b| sh.auth.self_access_review(bearer, b)) {
+            Ok(answer) => json_resp(201, &answer, &[]),
+            Err(e) => err_resp(&e),
+        };
+    }
+    let lacks_claim_binding =
+        def.special == Special::ResourceClaim && bearer.is_some_and(|t| sh.auth.lacks_claim_binding(t));
     match execute(
         &sh,
         &def,

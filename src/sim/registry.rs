@@ -32,7 +32,8 @@ pub(crate) enum Special {
     Custom,
     /// `tokenreviews`: create-only, answered from the auth table, not stored.
     TokenReview,
-    /// `subjectaccessreviews`: create-only, answered from the auth table, not stored.
+    /// `subjectaccessreviews` and `selfsubjectaccessreviews`: create-only, answered from
+    /// the auth table, not stored.
     AccessReview,
     /// `resourceclaims`: status writes are validated (allocation immutable, reservedFor
     /// limit) and may need `resourceclaims/binding` (see `AuthHandle::deny_claim_binding`).
@@ -352,6 +353,15 @@ pub(crate) fn builtin_resources() -> Vec<ResourceDef> {
     );
     sar.special = Special::AccessReview;
     out.push(sar);
+    let mut ssar = ResourceDef::base(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+    );
+    ssar.special = Special::AccessReview;
+    out.push(ssar);
 
     out
 }
