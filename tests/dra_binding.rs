@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bindlet::api::{BindRequest, Phase};
 use bindlet::sim::FaultRule;
@@ -35,10 +35,15 @@ impl<'a> Dra<'a> {
 
     /// A slice publishing `gpu-0..gpu-3` in pool `<node>` for `node`.
     async fn slice(&self, node: &str) {
-        let name = format!("{}-{node}", self.env.namespace);
         let devices: Vec<Value> = (0..4)
             .map(|i| json!({ "name": format!("gpu-{i}") }))
             .collect();
+        self.slice_of(node, Value::Array(devices)).await;
+    }
+
+    /// A slice publishing `devices` (ResourceSlice device objects) in pool `<node>`.
+    async fn slice_of(&self, node: &str, devices: Value) {
+        let name = format!("{}-{node}", self.env.namespace);
         let s: ResourceSlice = serde_json::from_value(json!({
             "metadata": { "name": name },
             "spec": {
@@ -481,6 +486,8 @@ async fn plain_pods_cost_no_dra_requests() {
         ("list", "resourceslices"),
         ("watch", "resourceslices"),
         ("update", "resourceclaims/status"),
+        ("list", "resourceclaims"),
+        ("watch", "resourceclaims"),
     ] {
         assert_eq!(after.get(verb, res), before.get(verb, res), "{verb} {res}");
     }
@@ -523,6 +530,9 @@ async fn a_claim_bind_costs_three_plus_two_requests() {
         ("create", "pods/binding", 1),
         ("patch", "bindrequests/status", 1),
         ("list", "resourceslices", 0),
+        // Taints, capacity and binding conditions cost nothing for a claim without them.
+        ("list", "resourceclaims", 0),
+        ("watch", "resourceclaims", 0),
     ] {
         assert_eq!(delta(verb, res), n, "{verb} {res}");
     }
@@ -615,5 +625,454 @@ async fn simulator_enforces_claim_status_rules() {
         200
     );
     dra.cleanup().await;
+    env.cleanup().await;
+}
+
+/// `allocation(node, device)` with `extra` fields in its one result (tolerations, binding
+/// conditions, consumed capacity) and the allocation's timestamp set to now.
+fn allocation_with(node: &str, device: &str, extra: Value) -> Value {
+    let mut a = allocation(node, device);
+    if let (Some(r), Some(x)) = (
+        a["devices"]["results"][0].as_object_mut(),
+        extra.as_object(),
+    ) {
+        r.extend(x.clone());
+    }
+    a["allocationTimestamp"] = json!(now());
+    a
+}
+
+fn now() -> String {
+    // Whole seconds, as the API server stores a timestamp.
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .expect("round")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_taints_are_rechecked_at_bind_time() {
+    let (env, node) = setup("dra-taints").await;
+    let dra = Dra::new(&env);
+    // gpu-0 was tainted by its driver after the scheduler allocated it; gpu-1 carries an
+    // informational taint only.
+    dra.slice_of(
+        &node,
+        json!([
+            { "name": "gpu-0", "taints": [
+                { "key": "example.com/unhealthy", "value": "true", "effect": "NoSchedule" } ] },
+            { "name": "gpu-1", "taints": [ { "key": "example.com/degraded", "effect": "None" } ] }
+        ]),
+    )
+    .await;
+    for c in ["untolerated", "tolerated", "informational"] {
+        dra.claim(c, None).await;
+    }
+    let before = updates(&env);
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    dra_pod(
+        &env,
+        "untolerated",
+        &node,
+        json!({ "resourceClaimName": "untolerated" }),
+        allocation_with(&node, "gpu-0", json!({})),
+        1,
+    )
+    .await;
+    let br = env.wait_phase("untolerated", Phase::Failed).await;
+    assert!(
+        reason(&br).contains("has taint example.com/unhealthy=true:NoSchedule (ResourceSlice)"),
+        "{}",
+        reason(&br)
+    );
+    assert_eq!(env.pod_node("untolerated").await, None);
+    assert_eq!(updates(&env), before, "a refused claim is not written");
+
+    // The request's tolerations, copied into the allocation, tolerate it.
+    let tolerations = json!({ "tolerations": [
+        { "key": "example.com/unhealthy", "operator": "Exists", "effect": "NoSchedule" } ] });
+    dra_pod(
+        &env,
+        "tolerated",
+        &node,
+        json!({ "resourceClaimName": "tolerated" }),
+        allocation_with(&node, "gpu-0", tolerations),
+        1,
+    )
+    .await;
+    let br = env.wait_phase("tolerated", Phase::Succeeded).await;
+    let text = verdict_text(&env, &agent, &br);
+    if env.keeps_verification() {
+        assert!(
+            text.contains("example.com/unhealthy=true:NoSchedule (ResourceSlice) tolerated"),
+            "{text}"
+        );
+    }
+    dra_pod(
+        &env,
+        "informational",
+        &node,
+        json!({ "resourceClaimName": "informational" }),
+        allocation_with(&node, "gpu-1", json!({})),
+        1,
+    )
+    .await;
+    env.wait_phase("informational", Phase::Succeeded).await;
+    assert_eq!(
+        env.pod_node("informational").await.as_deref(),
+        Some(node.as_str())
+    );
+
+    agent.stop().await.expect("stop");
+    dra.cleanup().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_device_beyond_its_capacity_is_refused_with_figures() {
+    let (env, node) = setup("dra-capacity").await;
+    let dra = Dra::new(&env);
+    dra.slice_of(
+        &node,
+        json!([ { "name": "gpu-0", "allowMultipleAllocations": true,
+                  "capacity": { "memory": { "value": "64Gi" } } } ]),
+    )
+    .await;
+    // Another pod's claim already holds 40Gi of the device.
+    let mut held = dra.claim("held", None).await;
+    held.status = Some(
+        serde_json::from_value(json!({
+            "allocation": allocation_with(&node, "gpu-0", json!({
+                "consumedCapacity": { "memory": "40Gi" },
+                "shareID": "4a1e3c9e-0d8b-4f6c-9a51-2f3d1c7b6a10" }))
+        }))
+        .expect("status"),
+    );
+    dra.claims()
+        .replace_status("held", &PostParams::default(), &held)
+        .await
+        .expect("allocate held");
+    dra.claim("too-big", None).await;
+    dra.claim("fits", None).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    dra_pod(
+        &env,
+        "too-big",
+        &node,
+        json!({ "resourceClaimName": "too-big" }),
+        allocation_with(
+            &node,
+            "gpu-0",
+            json!({
+            "consumedCapacity": { "memory": "30Gi" },
+            "shareID": "9b2f6d41-7c3e-4e8a-b0d2-5a6c7e8f9a01" }),
+        ),
+        1,
+    )
+    .await;
+    let br = env.wait_phase("too-big", Phase::Failed).await;
+    assert!(
+        reason(&br).contains(
+            "capacity memory exceeded: 40Gi used by 1 other claim(s) + 30Gi for this claim = 70Gi of 64Gi"
+        ),
+        "{}",
+        reason(&br)
+    );
+    assert!(!allocated(&dra.get("too-big").await));
+    dra_pod(
+        &env,
+        "fits",
+        &node,
+        json!({ "resourceClaimName": "fits" }),
+        allocation_with(
+            &node,
+            "gpu-0",
+            json!({
+            "consumedCapacity": { "memory": "24Gi" },
+            "shareID": "0c8d2e53-1f4a-4b6c-8d7e-9f0a1b2c3d4e" }),
+        ),
+        1,
+    )
+    .await;
+    let br = env.wait_phase("fits", Phase::Succeeded).await;
+    if env.keeps_verification() {
+        let text = verdict_text(&env, &agent, &br);
+        assert!(text.contains("= 64Gi of 64Gi"), "{text}");
+    }
+    agent.stop().await.expect("stop");
+    dra.cleanup().await;
+    env.cleanup().await;
+}
+
+/// The device of the binding-condition tests: the driver must report it ready.
+fn conditioned_device() -> Value {
+    json!([ { "name": "gpu-0", "bindsToNode": true,
+              "bindingConditions": ["example.com/ready"],
+              "bindingFailureConditions": ["example.com/failed"] } ])
+}
+
+fn conditioned_allocation(node: &str) -> Value {
+    allocation_with(
+        node,
+        "gpu-0",
+        json!({ "bindingConditions": ["example.com/ready"],
+                "bindingFailureConditions": ["example.com/failed"] }),
+    )
+}
+
+/// What the driver does: report a condition of the device on the claim (recording 41).
+async fn report_condition(dra: &Dra<'_>, claim: &str, node: &str, condition: &str) {
+    dra.claims()
+        .patch_status(
+            claim,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "devices": [ {
+                "driver": DRIVER, "pool": node, "device": "gpu-0",
+                "conditions": [ { "type": condition, "status": "True", "reason": "Reported",
+                                  "message": "set by the test's driver", "lastTransitionTime": now() } ]
+            } ] } })),
+        )
+        .await
+        .expect("device condition");
+}
+
+async fn wait_for_the_wait(env: &TestEnv, name: &str) {
+    common::wait_until(Duration::from_secs(20), "the request waits", || async {
+        env.get_request(name).await.is_some_and(|br| {
+            br.phase() == Some(Phase::Pending)
+                && reason(&br).contains("waiting for binding conditions")
+                && attempts(&br) == 0
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waits_for_its_binding_conditions_without_holding_a_worker() {
+    let (env, node) = setup("dra-wait").await;
+    let dra = Dra::new(&env);
+    dra.slice_of(&node, conditioned_device()).await;
+    dra.claim("waits", None).await;
+    let mut cfg = env.agent_config(&node);
+    cfg.workers = 1;
+    let agent = env.start_agent(cfg).await;
+    dra_pod(
+        &env,
+        "p-wait",
+        &node,
+        json!({ "resourceClaimName": "waits" }),
+        conditioned_allocation(&node),
+        3,
+    )
+    .await;
+    wait_for_the_wait(&env, "p-wait").await;
+    let br = env.get_request("p-wait").await.expect("request");
+    assert!(
+        reason(&br).contains(&format!("{DRIVER}/{node}/gpu-0: example.com/ready")),
+        "{}",
+        reason(&br)
+    );
+    let c = dra.get("waits").await;
+    assert!(
+        allocated(&c),
+        "the allocation is written for the driver to act on"
+    );
+    assert_eq!(env.pod_node("p-wait").await, None, "not bound yet");
+
+    // The only worker is free: another request binds meanwhile.
+    env.pod_and_request("plain", &node).await;
+    env.wait_phase("plain", Phase::Succeeded).await;
+    let state = agent.stats.diag.debug_state(&agent.stats);
+    assert_eq!(state.in_flight, 0, "no worker holds the waiting request");
+    assert_eq!(state.dra_waits.len(), 1, "{:?}", state.dra_waits);
+    assert_eq!(
+        state.dra_waits[0].claims,
+        [format!("{}/waits", env.namespace)]
+    );
+
+    // The driver reports the device ready: bound within a second.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    report_condition(&dra, "waits", &node, "example.com/ready").await;
+    common::wait_until(Duration::from_secs(10), "the pod is bound", || async {
+        env.pod_node("p-wait").await.is_some()
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "bound {took:?} after the condition"
+    );
+    let br = env.wait_phase("p-wait", Phase::Succeeded).await;
+    if env.keeps_verification() {
+        let text = verdict_text(&env, &agent, &br);
+        assert!(
+            text.contains("binding conditions met: example.com/ready"),
+            "{text}"
+        );
+    }
+    let metrics = agent.stats.diag.encode_metrics(&agent.stats);
+    assert!(
+        metrics.contains("bindlet_dra_binding_wait_seconds_count{outcome=\"bound\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bindlet_dra_binding_waits 0"), "{metrics}");
+    assert!(
+        agent
+            .stats
+            .diag
+            .debug_state(&agent.stats)
+            .dra_waits
+            .is_empty()
+    );
+
+    agent.stop().await.expect("stop");
+    dra.cleanup().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_failure_condition_clears_the_allocation_and_fails_the_request() {
+    let (env, node) = setup("dra-wait-fail").await;
+    let dra = Dra::new(&env);
+    dra.slice_of(&node, conditioned_device()).await;
+    dra.claim("fails", None).await;
+    let agent = env.start_agent(env.agent_config(&node)).await;
+    dra_pod(
+        &env,
+        "p-fail",
+        &node,
+        json!({ "resourceClaimName": "fails" }),
+        conditioned_allocation(&node),
+        1,
+    )
+    .await;
+    wait_for_the_wait(&env, "p-fail").await;
+    report_condition(&dra, "fails", &node, "example.com/failed").await;
+    let br = env.wait_phase("p-fail", Phase::Failed).await;
+    assert!(
+        reason(&br).contains("reports binding failure condition example.com/failed")
+            && reason(&br).contains("the allocation this agent wrote is cleared"),
+        "{}",
+        reason(&br)
+    );
+    assert_eq!(env.pod_node("p-fail").await, None, "nothing bound");
+    let c = dra.get("fails").await;
+    assert!(!allocated(&c), "the allocation this agent wrote is cleared");
+    assert!(reserved_uids(&c).is_empty());
+    agent.stop().await.expect("stop");
+    dra.cleanup().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_conditions_not_met_in_time_clear_the_allocation() {
+    let (env, node) = setup("dra-wait-timeout").await;
+    let dra = Dra::new(&env);
+    dra.slice_of(&node, conditioned_device()).await;
+    dra.claim("slow", None).await;
+    let mut cfg = env.agent_config(&node);
+    cfg.plugins.dra.binding_timeout = Duration::from_secs(3);
+    let agent = env.start_agent(cfg).await;
+    let t0 = Instant::now();
+    dra_pod(
+        &env,
+        "p-slow",
+        &node,
+        json!({ "resourceClaimName": "slow" }),
+        conditioned_allocation(&node),
+        1,
+    )
+    .await;
+    wait_for_the_wait(&env, "p-slow").await;
+    let br = env.wait_phase("p-slow", Phase::Failed).await;
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(
+        reason(&br).contains("binding conditions not met within 3s of the allocation"),
+        "{}",
+        reason(&br)
+    );
+    assert_eq!(env.pod_node("p-slow").await, None);
+    assert!(!allocated(&dra.get("slow").await));
+    let metrics = agent.stats.diag.encode_metrics(&agent.stats);
+    assert!(
+        metrics.contains("bindlet_dra_binding_wait_seconds_count{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    agent.stop().await.expect("stop");
+    dra.cleanup().await;
+    env.cleanup().await;
+}
+
+/// A minimal HTTP GET: status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: diag\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    (code, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_claim_binding_permission_is_reported_by_readyz_before_any_bind() {
+    let (env, node) = setup("dra-permissions").await;
+    let Some(sim) = env.sim_or_skip_because(
+        "a_missing_claim_binding_permission_is_reported_by_readyz_before_any_bind",
+        "needs an agent identity without resourceclaims/binding; the simulator's deny list models it",
+    ) else {
+        return env.cleanup().await;
+    };
+    sim.auth().deny_claim_binding("limited-agent");
+    let mut kc = kube::Config::new(sim.url().parse().expect("url"));
+    kc.auth_info.token = Some("limited-agent".to_string().into());
+    let client = kube::Client::try_from(kc).expect("client");
+    let stats = std::sync::Arc::new(bindlet::agent::Stats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = bindlet::diag::start(
+        bindlet::diag::DiagConfig::plain(([127, 0, 0, 1], 0).into()),
+        stats.clone(),
+        None,
+        stop.clone(),
+    )
+    .await
+    .expect("diag server");
+    let before = updates(&env);
+    let agent = bindlet::agent::spawn_with_stats(client, env.agent_config(&node), stats.clone());
+    let start = Instant::now();
+    let last = loop {
+        let answer = http_get(server.addr(), "/readyz").await;
+        let reported = answer.0 == 503
+            && answer
+                .1
+                .contains("missing permissions: update resource.k8s.io/resourceclaims/binding");
+        if reported || start.elapsed() > Duration::from_secs(20) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert!(
+        last.1
+            .contains("missing permissions: update resource.k8s.io/resourceclaims/binding"),
+        "{}",
+        last.1
+    );
+    let metrics = stats.diag.encode_metrics(&stats);
+    assert!(
+        metrics.contains("bindlet_permissions_missing 1"),
+        "{metrics}"
+    );
+    assert_eq!(updates(&env), before, "no claim write was tried");
+    agent.stop().await.expect("stop");
+    stop.cancel();
+    server.stopped().await;
     env.cleanup().await;
 }

@@ -132,7 +132,13 @@ mod tests {
         let cases = [
             (
                 api_calls::UPDATE_RESOURCE_CLAIM_BINDING,
-                ("resource.k8s.io", "resourceclaims", Some("binding"), "update", None),
+                (
+                    "resource.k8s.io",
+                    "resourceclaims",
+                    Some("binding"),
+                    "update",
+                    None,
+                ),
                 "update resource.k8s.io/resourceclaims/binding",
             ),
             (
@@ -142,7 +148,13 @@ mod tests {
             ),
             (
                 api_calls::UPDATE_LEASE,
-                ("coordination.k8s.io", "leases", None, "update", Some("bindlet-system")),
+                (
+                    "coordination.k8s.io",
+                    "leases",
+                    None,
+                    "update",
+                    Some("bindlet-system"),
+                ),
                 "update coordination.k8s.io/leases",
             ),
             (

@@ -369,10 +369,18 @@ mod tests {
                 .unwrap()
                 .push(format!("pre_bind {}", self.name));
             match self.pre_bind_fails {
-                Some(transient) => Err(PluginError {
-                    message: "boom".into(),
-                    transient,
-                }),
+                Some(true) => Err(PluginError::transient("boom")),
+                Some(false) => Err(PluginError::refused("boom")),
+                // The plugin named "waits" waits on a claim.
+                None if self.name == "waits" => Err(PluginError::parked(Park {
+                    claims: vec![ParkedOn {
+                        namespace: "ns".into(),
+                        name: "c".into(),
+                        resource_version: "7".into(),
+                    }],
+                    waiting_for: "binding conditions: claim ns/c".into(),
+                    remaining: Duration::from_secs(600),
+                })),
                 None => Ok(vec![]),
             }
         }
@@ -511,6 +519,27 @@ mod tests {
             ["pre_bind a", "pre_bind b", "rollback b", "rollback a"]
         );
         assert_eq!(r.rolled_back, ["b", "a"]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_plugin_keeps_its_writes_and_nothing_is_bound() {
+        let log = Log::default();
+        let plugins = vec![
+            step("a", Pass, None, &log),
+            step("waits", Pass, None, &log),
+            step("c", Pass, None, &log),
+        ];
+        let r = run_case(plugins, Ok(()), true, &log).await;
+        match r.result {
+            Err(AttemptError::Parked(p)) => {
+                assert_eq!(p.claims[0].name, "c");
+                assert_eq!(p.remaining, Duration::from_secs(600));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The plugins before it are undone (they redo their work when the request is
+        // resumed); the waiting one keeps what it wrote; later ones never ran.
+        assert_eq!(take(&log), ["pre_bind a", "pre_bind waits", "rollback a"]);
     }
 
     #[tokio::test]

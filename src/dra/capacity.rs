@@ -136,7 +136,9 @@ pub fn check_capacity<S: Borrow<ResourceSlice>, C: Borrow<ResourceClaim>>(
                     "claim {claim}: device {label} capacity {cap_name} exceeded: {figures}"
                 ));
             }
-            lines.push(format!("claim {claim}: device {label} capacity {cap_name}: {figures}"));
+            lines.push(format!(
+                "claim {claim}: device {label} capacity {cap_name}: {figures}"
+            ));
         }
     }
     for (driver, pool) in pools {
@@ -183,7 +185,10 @@ fn check_counters<S: Borrow<ResourceSlice>>(
         for set in spec.shared_counters.iter().flatten() {
             for (counter, v) in &set.counters {
                 let what = format!("counter set {} counter {counter}", set.name);
-                limits.insert((set.name.clone(), counter.clone()), parse(&what, &v.value.0)?);
+                limits.insert(
+                    (set.name.clone(), counter.clone()),
+                    parse(&what, &v.value.0)?,
+                );
             }
         }
     }
@@ -196,8 +201,8 @@ fn check_counters<S: Borrow<ResourceSlice>>(
             for c in d.consumes_counters.iter().flatten() {
                 for (counter, v) in &c.counters {
                     let what = format!("device {dev} counter {counter}");
-                    *out.entry((c.counter_set.clone(), counter.clone())).or_insert(0) +=
-                        parse(&what, &v.value.0)?;
+                    *out.entry((c.counter_set.clone(), counter.clone()))
+                        .or_insert(0) += parse(&what, &v.value.0)?;
                 }
             }
         }
@@ -227,7 +232,9 @@ fn check_counters<S: Borrow<ResourceSlice>>(
                 "claim {claim}: pool {driver}/{pool} counter {set}/{counter} exceeded: {figures}"
             ));
         }
-        lines.push(format!("claim {claim}: pool {driver}/{pool} counter {set}/{counter}: {figures}"));
+        lines.push(format!(
+            "claim {claim}: pool {driver}/{pool} counter {set}/{counter}: {figures}"
+        ));
     }
     Ok(lines)
 }
@@ -247,13 +254,19 @@ mod tests {
             spec["driver"] = json!("d");
             spec["nodeName"] = json!("n1");
             spec["pool"] = json!({ "name": "n1", "generation": 1, "resourceSliceCount": 2 });
-            serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec })).expect("slice")
+            serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec }))
+                .expect("slice")
         };
         vec![
-            s("counters", json!({ "sharedCounters": [
+            s(
+                "counters",
+                json!({ "sharedCounters": [
                 { "name": "gpu-0-mem", "counters": { "memory": { "value": "80Gi" } } }
-            ] })),
-            s("devices", json!({ "devices": [
+            ] }),
+            ),
+            s(
+                "devices",
+                json!({ "devices": [
                 { "name": "shared", "allowMultipleAllocations": true,
                   "capacity": { "memory": { "value": "64Gi" } } },
                 { "name": "part-a", "consumesCounters": [
@@ -263,7 +276,8 @@ mod tests {
                 { "name": "part-c", "consumesCounters": [
                     { "counterSet": "gpu-0-mem", "counters": { "memory": { "value": "20Gi" } } } ] },
                 { "name": "plain" }
-            ] })),
+            ] }),
+            ),
         ]
     }
 
@@ -292,42 +306,102 @@ mod tests {
     #[test]
     fn only_shared_devices_and_partitions_need_the_check() {
         let (n, s) = (node(), slices());
-        assert!(!needs_capacity_check(&alloc(vec![result("plain", None)]), &n, &s));
-        assert!(needs_capacity_check(&alloc(vec![result("shared", Some("1Gi"))]), &n, &s));
-        assert!(needs_capacity_check(&alloc(vec![result("part-a", None)]), &n, &s));
+        assert!(!needs_capacity_check(
+            &alloc(vec![result("plain", None)]),
+            &n,
+            &s
+        ));
+        assert!(needs_capacity_check(
+            &alloc(vec![result("shared", Some("1Gi"))]),
+            &n,
+            &s
+        ));
+        assert!(needs_capacity_check(
+            &alloc(vec![result("part-a", None)]),
+            &n,
+            &s
+        ));
     }
 
     #[test]
     fn capacity_and_counter_table() {
         let (n, s) = (node(), slices());
-        type Case<'a> = (&'a str, Vec<Value>, Vec<ResourceClaim>, Result<&'a str, &'a str>);
+        type Case<'a> = (
+            &'a str,
+            Vec<Value>,
+            Vec<ResourceClaim>,
+            Result<&'a str, &'a str>,
+        );
         let cases: Vec<Case> = vec![
-            ("fits beside another share", vec![result("shared", Some("30Gi"))],
+            (
+                "fits beside another share",
+                vec![result("shared", Some("30Gi"))],
                 vec![claim("a", vec![result("shared", Some("30Gi"))])],
-                Ok("capacity memory: 30Gi used by 1 other claim(s) + 30Gi for this claim = 60Gi of 64Gi")),
-            ("exceeds with the figures", vec![result("shared", Some("40Gi"))],
-                vec![claim("a", vec![result("shared", Some("20Gi"))]), claim("b", vec![result("shared", Some("10Gi"))])],
-                Err("device d/n1/shared capacity memory exceeded: 30Gi used by 2 other claim(s) + 40Gi for this claim = 70Gi of 64Gi")),
-            ("the claim itself is not counted twice", vec![result("shared", Some("40Gi"))],
+                Ok(
+                    "capacity memory: 30Gi used by 1 other claim(s) + 30Gi for this claim = 60Gi of 64Gi",
+                ),
+            ),
+            (
+                "exceeds with the figures",
+                vec![result("shared", Some("40Gi"))],
+                vec![
+                    claim("a", vec![result("shared", Some("20Gi"))]),
+                    claim("b", vec![result("shared", Some("10Gi"))]),
+                ],
+                Err(
+                    "device d/n1/shared capacity memory exceeded: 30Gi used by 2 other claim(s) + 40Gi for this claim = 70Gi of 64Gi",
+                ),
+            ),
+            (
+                "the claim itself is not counted twice",
+                vec![result("shared", Some("40Gi"))],
                 vec![claim("self", vec![result("shared", Some("40Gi"))])],
-                Ok("0 used by 0 other claim(s) + 40Gi for this claim = 40Gi of 64Gi")),
-            ("partitions within the counter", vec![result("part-a", None)],
+                Ok("0 used by 0 other claim(s) + 40Gi for this claim = 40Gi of 64Gi"),
+            ),
+            (
+                "partitions within the counter",
+                vec![result("part-a", None)],
                 vec![claim("a", vec![result("part-b", None)])],
-                Ok("counter gpu-0-mem/memory: 40Gi drawn by 1 other allocated device(s) + 40Gi for this claim = 80Gi of 80Gi")),
-            ("partitions over the counter", vec![result("part-c", None)],
-                vec![claim("a", vec![result("part-a", None)]), claim("b", vec![result("part-b", None)])],
-                Err("counter gpu-0-mem/memory exceeded: 80Gi drawn by 2 other allocated device(s) + 20Gi for this claim = 100Gi of 80Gi")),
-            ("a device held by two claims draws once", vec![result("part-c", None)],
-                vec![claim("a", vec![result("part-a", None)]), claim("b", vec![result("part-a", None)])],
-                Ok("40Gi drawn by 1 other allocated device(s) + 20Gi for this claim = 60Gi of 80Gi")),
-            ("plain devices: nothing to check", vec![result("plain", None)],
-                vec![claim("a", vec![result("plain", None)])], Ok("")),
+                Ok(
+                    "counter gpu-0-mem/memory: 40Gi drawn by 1 other allocated device(s) + 40Gi for this claim = 80Gi of 80Gi",
+                ),
+            ),
+            (
+                "partitions over the counter",
+                vec![result("part-c", None)],
+                vec![
+                    claim("a", vec![result("part-a", None)]),
+                    claim("b", vec![result("part-b", None)]),
+                ],
+                Err(
+                    "counter gpu-0-mem/memory exceeded: 80Gi drawn by 2 other allocated device(s) + 20Gi for this claim = 100Gi of 80Gi",
+                ),
+            ),
+            (
+                "a device held by two claims draws once",
+                vec![result("part-c", None)],
+                vec![
+                    claim("a", vec![result("part-a", None)]),
+                    claim("b", vec![result("part-a", None)]),
+                ],
+                Ok(
+                    "40Gi drawn by 1 other allocated device(s) + 20Gi for this claim = 60Gi of 80Gi",
+                ),
+            ),
+            (
+                "plain devices: nothing to check",
+                vec![result("plain", None)],
+                vec![claim("a", vec![result("plain", None)])],
+                Ok(""),
+            ),
         ];
         for (why, mine, others, want) in cases {
             let got = check_capacity("ns/self", "uid-self", &alloc(mine), &n, &s, &others);
             match (want, got) {
                 (Ok(""), Ok(lines)) => assert!(lines.is_empty(), "{why}: {lines:?}"),
-                (Ok(part), Ok(lines)) => assert!(lines.iter().any(|l| l.contains(part)), "{why}: {lines:?}"),
+                (Ok(part), Ok(lines)) => {
+                    assert!(lines.iter().any(|l| l.contains(part)), "{why}: {lines:?}")
+                }
                 (Err(part), Err(e)) => assert!(e.contains(part), "{why}: {e}"),
                 (w, g) => panic!("{why}: want {w:?}, got {g:?}"),
             }

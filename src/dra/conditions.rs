@@ -162,23 +162,62 @@ mod tests {
         let s = Duration::from_secs;
         let cases: Vec<(&str, Value, Duration, &str)> = vec![
             ("no status yet: waiting", json!(null), s(5), "waiting 595"),
-            ("False: waiting", json!([cond("example.com/ready", "False")]), s(5), "waiting 595"),
-            ("True: met", json!([cond("example.com/ready", "True")]), s(5), "met"),
-            ("failure wins over ready", json!([cond("example.com/ready", "True"), cond("example.com/failed", "True")]), s(5), "failed"),
-            ("failure False is ignored", json!([cond("example.com/failed", "False")]), s(5), "waiting 595"),
-            ("timed out", json!([cond("example.com/ready", "False")]), s(600), "timed out"),
-            ("met after the timeout still binds", json!([cond("example.com/ready", "True")]), s(900), "met"),
+            (
+                "False: waiting",
+                json!([cond("example.com/ready", "False")]),
+                s(5),
+                "waiting 595",
+            ),
+            (
+                "True: met",
+                json!([cond("example.com/ready", "True")]),
+                s(5),
+                "met",
+            ),
+            (
+                "failure wins over ready",
+                json!([
+                    cond("example.com/ready", "True"),
+                    cond("example.com/failed", "True")
+                ]),
+                s(5),
+                "failed",
+            ),
+            (
+                "failure False is ignored",
+                json!([cond("example.com/failed", "False")]),
+                s(5),
+                "waiting 595",
+            ),
+            (
+                "timed out",
+                json!([cond("example.com/ready", "False")]),
+                s(600),
+                "timed out",
+            ),
+            (
+                "met after the timeout still binds",
+                json!([cond("example.com/ready", "True")]),
+                s(900),
+                "met",
+            ),
         ];
         for (why, conds, waited, want) in cases {
             let got = evaluate("ns/c", &alloc(), &status(conds), waited, t);
             let ok = match (&got, want) {
-                (BindingConditions::Waiting { pending, remaining }, w) if w.starts_with("waiting") => {
+                (BindingConditions::Waiting { pending, remaining }, w)
+                    if w.starts_with("waiting") =>
+                {
                     pending == &["d/p/gpu-0: example.com/ready".to_string()]
                         && remaining.as_secs().to_string() == w["waiting ".len()..]
                 }
                 (BindingConditions::Met(lines), "met") => lines[0].contains("example.com/ready"),
-                (BindingConditions::Failed(m), "failed") => m.contains("binding failure condition example.com/failed"),
-                (BindingConditions::TimedOut(m), "timed out") => m.contains("not met within 600s") && m.contains("example.com/ready"),
+                (BindingConditions::Failed(m), "failed") => {
+                    m.contains("binding failure condition example.com/failed")
+                }
+                (BindingConditions::TimedOut(m), "timed out") => {
+                    m.contains("not met within 600s") && m.contains("example.com/ready")
+                }
                 _ => false,
             };
             assert!(ok, "{why}: {got:?}");

@@ -50,7 +50,8 @@ pub fn tolerates(tol: &DeviceToleration, taint: &DeviceTaint) -> bool {
     match tol.operator.as_deref().unwrap_or("Equal") {
         "Exists" => key.is_empty() || key == taint.key,
         "Equal" => {
-            key == taint.key && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+            key == taint.key
+                && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
         }
         _ => false,
     }
@@ -139,7 +140,12 @@ mod tests {
         }
     }
 
-    fn tol(key: Option<&str>, op: Option<&str>, value: Option<&str>, effect: Option<&str>) -> DeviceToleration {
+    fn tol(
+        key: Option<&str>,
+        op: Option<&str>,
+        value: Option<&str>,
+        effect: Option<&str>,
+    ) -> DeviceToleration {
         DeviceToleration {
             key: key.map(str::to_string),
             operator: op.map(str::to_string),
@@ -153,15 +159,66 @@ mod tests {
     fn toleration_matching_table() {
         let t = taint("example.com/unhealthy", Some("true"), "NoSchedule");
         let cases = [
-            (tol(Some("example.com/unhealthy"), None, Some("true"), None), true, "Equal by default, any effect"),
-            (tol(Some("example.com/unhealthy"), Some("Equal"), Some("false"), None), false, "value differs"),
-            (tol(Some("example.com/unhealthy"), Some("Exists"), None, None), true, "Exists ignores the value"),
-            (tol(None, Some("Exists"), None, None), true, "empty key with Exists matches all"),
-            (tol(None, Some("Exists"), None, Some("NoExecute")), false, "effect differs"),
-            (tol(Some("example.com/unhealthy"), Some("Exists"), None, Some("NoSchedule")), true, "same effect"),
-            (tol(Some("other"), Some("Exists"), None, None), false, "key differs"),
-            (tol(None, None, None, None), false, "empty key with Equal matches only an empty key"),
-            (tol(Some("example.com/unhealthy"), Some("Gt"), Some("true"), None), false, "unknown operator"),
+            (
+                tol(Some("example.com/unhealthy"), None, Some("true"), None),
+                true,
+                "Equal by default, any effect",
+            ),
+            (
+                tol(
+                    Some("example.com/unhealthy"),
+                    Some("Equal"),
+                    Some("false"),
+                    None,
+                ),
+                false,
+                "value differs",
+            ),
+            (
+                tol(Some("example.com/unhealthy"), Some("Exists"), None, None),
+                true,
+                "Exists ignores the value",
+            ),
+            (
+                tol(None, Some("Exists"), None, None),
+                true,
+                "empty key with Exists matches all",
+            ),
+            (
+                tol(None, Some("Exists"), None, Some("NoExecute")),
+                false,
+                "effect differs",
+            ),
+            (
+                tol(
+                    Some("example.com/unhealthy"),
+                    Some("Exists"),
+                    None,
+                    Some("NoSchedule"),
+                ),
+                true,
+                "same effect",
+            ),
+            (
+                tol(Some("other"), Some("Exists"), None, None),
+                false,
+                "key differs",
+            ),
+            (
+                tol(None, None, None, None),
+                false,
+                "empty key with Equal matches only an empty key",
+            ),
+            (
+                tol(
+                    Some("example.com/unhealthy"),
+                    Some("Gt"),
+                    Some("true"),
+                    None,
+                ),
+                false,
+                "unknown operator",
+            ),
         ];
         for (tol, want, why) in cases {
             assert_eq!(tolerates(&tol, &t), want, "{why}");
@@ -194,7 +251,8 @@ mod tests {
     #[test]
     fn bind_time_verdicts() {
         let n = node("n1");
-        let unhealthy = json!([{ "key": "example.com/unhealthy", "value": "true", "effect": "NoSchedule" }]);
+        let unhealthy =
+            json!([{ "key": "example.com/unhealthy", "value": "true", "effect": "NoSchedule" }]);
         let evict = json!([{ "key": "example.com/broken", "effect": "NoExecute" }]);
         let info = json!([{ "key": "example.com/degraded", "effect": "None" }]);
         let tolerate_unhealthy = json!([{ "key": "example.com/unhealthy", "operator": "Exists" }]);
@@ -205,25 +263,83 @@ mod tests {
             device: Some("gpu-1".into()),
             taint: taint("example.com/maintenance", None, "NoExecute"),
         };
-        type Case<'a> = (&'a str, serde_json::Value, &'a str, serde_json::Value, Vec<RuleTaint>, Result<&'a str, &'a str>);
+        type Case<'a> = (
+            &'a str,
+            serde_json::Value,
+            &'a str,
+            serde_json::Value,
+            Vec<RuleTaint>,
+            Result<&'a str, &'a str>,
+        );
         let cases: Vec<Case> = vec![
-            ("untainted device: no line", json!(null), "gpu-0", json!(null), vec![], Ok("")),
-            ("untolerated NoSchedule refuses, naming the taint", unhealthy.clone(), "gpu-0", json!(null), vec![],
-                Err("device d/n1/gpu-0 has taint example.com/unhealthy=true:NoSchedule (ResourceSlice) that the allocation does not tolerate")),
-            ("tolerated NoSchedule passes", unhealthy.clone(), "gpu-0", tolerate_unhealthy.clone(), vec![],
-                Ok("example.com/unhealthy=true:NoSchedule (ResourceSlice) tolerated")),
-            ("untolerated NoExecute refuses", evict, "gpu-0", tolerate_unhealthy.clone(), vec![],
-                Err("example.com/broken:NoExecute")),
-            ("None is informational", info, "gpu-0", json!(null), vec![], Ok("example.com/degraded:None (ResourceSlice) is informational")),
-            ("a rule's taint refuses the device it selects", json!(null), "gpu-1", tolerate_unhealthy.clone(), vec![rule.clone()],
-                Err("example.com/maintenance:NoExecute (DeviceTaintRule maintenance)")),
-            ("a rule for another device does not", json!(null), "gpu-0", json!(null), vec![rule], Ok("")),
+            (
+                "untainted device: no line",
+                json!(null),
+                "gpu-0",
+                json!(null),
+                vec![],
+                Ok(""),
+            ),
+            (
+                "untolerated NoSchedule refuses, naming the taint",
+                unhealthy.clone(),
+                "gpu-0",
+                json!(null),
+                vec![],
+                Err(
+                    "device d/n1/gpu-0 has taint example.com/unhealthy=true:NoSchedule (ResourceSlice) that the allocation does not tolerate",
+                ),
+            ),
+            (
+                "tolerated NoSchedule passes",
+                unhealthy.clone(),
+                "gpu-0",
+                tolerate_unhealthy.clone(),
+                vec![],
+                Ok("example.com/unhealthy=true:NoSchedule (ResourceSlice) tolerated"),
+            ),
+            (
+                "untolerated NoExecute refuses",
+                evict,
+                "gpu-0",
+                tolerate_unhealthy.clone(),
+                vec![],
+                Err("example.com/broken:NoExecute"),
+            ),
+            (
+                "None is informational",
+                info,
+                "gpu-0",
+                json!(null),
+                vec![],
+                Ok("example.com/degraded:None (ResourceSlice) is informational"),
+            ),
+            (
+                "a rule's taint refuses the device it selects",
+                json!(null),
+                "gpu-1",
+                tolerate_unhealthy.clone(),
+                vec![rule.clone()],
+                Err("example.com/maintenance:NoExecute (DeviceTaintRule maintenance)"),
+            ),
+            (
+                "a rule for another device does not",
+                json!(null),
+                "gpu-0",
+                json!(null),
+                vec![rule],
+                Ok(""),
+            ),
         ];
         for (why, taints, device, tols, rules, want) in cases {
-            let got = check_device_taints("ns/c", &alloc(device, tols), &n, &[slice(taints)], &rules);
+            let got =
+                check_device_taints("ns/c", &alloc(device, tols), &n, &[slice(taints)], &rules);
             match (want, got) {
                 (Ok(""), Ok(lines)) => assert!(lines.is_empty(), "{why}: {lines:?}"),
-                (Ok(part), Ok(lines)) => assert!(lines.len() == 1 && lines[0].contains(part), "{why}: {lines:?}"),
+                (Ok(part), Ok(lines)) => assert!(
+                    lines.len() == 1 && lines[0].contains(part),
+                    "{why}: {lines:?}"
+                ),
                 (Err(part), Err(e)) => assert!(e.contains(part), "{why}: {e}"),
                 (w, g) => panic!("{why}: want {w:?}, got {g:?}"),
             }

@@ -262,9 +262,14 @@ impl Plugin for DraPlugin {
             }
             // Taints may have come after scheduling (a driver marking a device unhealthy).
             // DeviceTaintRules are not read (see README, DRA): only the slices' taints.
-            let tainted =
-                decide::taints::check_device_taints(&label, &requested, ctx.node, &slices.items, &[])
-                    .map_err(PluginError::refused)?;
+            let tainted = decide::taints::check_device_taints(
+                &label,
+                &requested,
+                ctx.node,
+                &slices.items,
+                &[],
+            )
+            .map_err(PluginError::refused)?;
             for line in tainted {
                 out.push(verdict(NAME, "taints", VerdictOutcome::Pass, line));
             }
@@ -317,14 +322,20 @@ impl Plugin for DraPlugin {
                 ),
             ));
             let since = earlier.map_or_else(std::time::Instant::now, |w| w.since);
-            let conditions = binding_conditions(&label, &live, &requested, since, self.binding_timeout);
+            let conditions =
+                binding_conditions(&label, &live, &requested, since, self.binding_timeout);
             let written = r.allocation_written;
             state.dra.reserved.push(r);
             match conditions {
                 BindingConditions::NotDeclared => {}
                 BindingConditions::Met(lines) => {
                     for line in lines {
-                        out.push(verdict(NAME, "binding conditions", VerdictOutcome::Pass, line));
+                        out.push(verdict(
+                            NAME,
+                            "binding conditions",
+                            VerdictOutcome::Pass,
+                            line,
+                        ));
                     }
                 }
                 // The rollback that follows clears the allocation this agent wrote, so the
@@ -332,7 +343,11 @@ impl Plugin for DraPlugin {
                 BindingConditions::Failed(why) | BindingConditions::TimedOut(why) => {
                     return Err(PluginError::refused(format!(
                         "{why}; the reservation is undone{}",
-                        if written { " and the allocation this agent wrote is cleared" } else { "" }
+                        if written {
+                            " and the allocation this agent wrote is cleared"
+                        } else {
+                            ""
+                        }
                     )));
                 }
                 BindingConditions::Waiting { pending, remaining } => {
@@ -347,7 +362,11 @@ impl Plugin for DraPlugin {
                     park_on.push(ParkedOn {
                         namespace: ns.to_string(),
                         name: claim.clone(),
-                        resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
+                        resource_version: live
+                            .metadata
+                            .resource_version
+                            .clone()
+                            .unwrap_or_default(),
                     });
                     shortest = Some(shortest.map_or(remaining, |s: Duration| s.min(remaining)));
                 }
@@ -476,15 +495,17 @@ fn binding_conditions(
     timeout: Duration,
 ) -> BindingConditions {
     let status = live.status.as_ref();
-    let alloc = status.and_then(|s| s.allocation.as_ref()).unwrap_or(requested);
+    let alloc = status
+        .and_then(|s| s.allocation.as_ref())
+        .unwrap_or(requested);
     let stamp = alloc
         .allocation_timestamp
         .as_ref()
         .or(requested.allocation_timestamp.as_ref());
     let waited = match stamp {
+        // A timestamp ahead of this node's clock counts as no wait yet.
         Some(t) => {
-            let secs = (jiff::Timestamp::now() - t.0).get_seconds().max(0);
-            Duration::from_secs(secs.unsigned_abs())
+            Duration::try_from(jiff::Timestamp::now().duration_since(t.0)).unwrap_or(Duration::ZERO)
         }
         None => since.elapsed(),
     };

@@ -36,8 +36,11 @@ pub(crate) struct AuthTable {
     grants: Mutex<Vec<Grant>>,
     /// Permissions denied to the caller presenting a bearer token: (group,
     /// resource[/subresource], verb). Everything else is allowed (the simulator has no RBAC).
-    denied: Mutex<HashMap<String, Vec<(String, String, String)>>>,
+    denied: Mutex<HashMap<String, Vec<Permission>>>,
 }
+
+/// (group, resource[/subresource], verb).
+type Permission = (String, String, String);
 
 /// `resourceclaims/binding` `update`, the permission Kubernetes 1.36 checks on claim
 /// status writes that change `allocation` or `reservedFor`.
@@ -70,7 +73,10 @@ impl AuthTable {
         mut body: Value,
     ) -> Result<Value, ApiError> {
         let spec = body.get("spec").cloned().unwrap_or(Value::Null);
-        let (nr, ra) = (spec.get("nonResourceAttributes"), spec.get("resourceAttributes"));
+        let (nr, ra) = (
+            spec.get("nonResourceAttributes"),
+            spec.get("resourceAttributes"),
+        );
         if nr.is_some() == ra.is_some() {
             return Err(ApiError::invalid(
                 "SelfSubjectAccessReview",
@@ -96,7 +102,11 @@ impl AuthTable {
         } else {
             json!({ "allowed": true, "reason": "allowed by the simulator (no RBAC)" })
         };
-        stamp(&mut body, "authorization.k8s.io/v1", "SelfSubjectAccessReview");
+        stamp(
+            &mut body,
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+        );
         Ok(body)
     }
 

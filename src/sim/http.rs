@@ -266,8 +266,8 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             Err(e) => err_resp(&e),
         };
     }
-    let lacks_claim_binding =
-        def.special == Special::ResourceClaim && bearer.is_some_and(|t| sh.auth.lacks_claim_binding(t));
+    let lacks_claim_binding = def.special == Special::ResourceClaim
+        && bearer.is_some_and(|t| sh.auth.lacks_claim_binding(t));
     match execute(
         &sh,
         &def,
