@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -89,6 +89,8 @@ enum Case {
     DraClaim,
     DraUnhealthyGpu,
     DraOtherNode,
+    DraTaintedDevice,
+    DraWaitsForDriver,
 }
 
 impl Case {
@@ -114,15 +116,20 @@ impl Case {
             Case::DraClaim => "DRA claim shared by two pods",
             Case::DraUnhealthyGpu => "DRA claim on the GPU with XID 79",
             Case::DraOtherNode => "DRA claim allocated on another node",
+            Case::DraTaintedDevice => "DRA claim on a device its driver tainted",
+            Case::DraWaitsForDriver => "DRA claim waiting for the driver's go-ahead",
         }
     }
 
     /// Expected phase (None: this agent must not touch it) and a text the reason must contain.
     fn expected(self) -> (Option<Phase>, &'static str) {
         match self {
-            Case::Plain | Case::Gpu | Case::LocalVolume | Case::DynamicVolume | Case::DraClaim => {
-                (Some(Phase::Succeeded), "bound to node")
-            }
+            Case::Plain
+            | Case::Gpu
+            | Case::LocalVolume
+            | Case::DynamicVolume
+            | Case::DraClaim
+            | Case::DraWaitsForDriver => (Some(Phase::Succeeded), "bound to node"),
             Case::VolumeShortOfSpace => (Some(Phase::Failed), "the claim requests 800 TiB"),
             Case::AlreadyBoundHere => (Some(Phase::Succeeded), "already bound"),
             Case::OtherNodeLabel => (None, ""),
@@ -138,6 +145,9 @@ impl Case {
             Case::TooManyGpus => (Some(Phase::Failed), "needs 8 whole GPU(s)"),
             Case::DraUnhealthyGpu => (Some(Phase::Failed), "is unhealthy"),
             Case::DraOtherNode => (Some(Phase::Failed), "does not select node"),
+            Case::DraTaintedDevice => {
+                (Some(Phase::Failed), "that the allocation does not tolerate")
+            }
         }
     }
 
@@ -170,6 +180,8 @@ fn plan(n: usize) -> Vec<Case> {
         Case::DraClaim,
         Case::DraUnhealthyGpu,
         Case::DraOtherNode,
+        Case::DraTaintedDevice,
+        Case::DraWaitsForDriver,
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
@@ -331,6 +343,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     for (i, at) in created {
         items[i].created_at = Some(at);
     }
+    let driver = tokio::spawn(play_dra_driver(client.clone(), node.clone()));
 
     // Wait until everything this agent should settle has settled.
     let deadline = Duration::from_secs(60) + Duration::from_millis(20 * items.len() as u64);
@@ -384,6 +397,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
     agent.stop().await?;
     pod_watch.abort();
+    driver.abort();
     // Every client of the simulator stops before it does.
     drop(provisioner);
     drop(kubelet);
@@ -453,6 +467,8 @@ fn short(c: Case) -> &'static str {
         Case::DraClaim => "dra",
         Case::DraUnhealthyGpu => "draxid",
         Case::DraOtherNode => "draelsewhere",
+        Case::DraTaintedDevice => "drataint",
+        Case::DraWaitsForDriver => "drawait",
     }
 }
 
@@ -613,6 +629,11 @@ async fn setup_storage(
 }
 
 const DRA_DRIVER: &str = "gpu.nvidia.com";
+/// This node's device its driver tainted after the scheduler allocated it.
+const TAINTED_DEVICE: &str = "gpu-2";
+/// This node's device that needs its driver's go-ahead before a pod may bind to it.
+const CONDITIONED_DEVICE: &str = "gpu-3";
+const READY_CONDITION: &str = "gpu.nvidia.com/fabric-attached";
 
 /// A DRA case's claim name, allocated device, and whether the allocation is for this node.
 fn dra_claim(it: &Item) -> Option<(String, &'static str, bool)> {
@@ -621,6 +642,9 @@ fn dra_claim(it: &Item) -> Option<(String, &'static str, bool)> {
         Case::DraClaim => Some(("dra-shared".into(), "gpu-0", true)),
         Case::DraUnhealthyGpu => Some((format!("{}-gpu", it.name), "gpu-5", true)),
         Case::DraOtherNode => Some((format!("{}-gpu", it.name), "gpu-1", false)),
+        Case::DraTaintedDevice => Some((format!("{}-gpu", it.name), TAINTED_DEVICE, true)),
+        // Both pods share one claim; one condition from the driver releases both.
+        Case::DraWaitsForDriver => Some(("dra-waits".into(), CONDITIONED_DEVICE, true)),
         _ => None,
     }
 }
@@ -644,7 +668,15 @@ async fn setup_dra(client: &Client, node: &str, items: &[Item]) -> anyhow::Resul
                 } else {
                     format!("GPU-{g:08x}-other")
                 };
-                json!({ "name": format!("gpu-{g}"), "attributes": { "uuid": { "string": uuid } } })
+                let mut d = json!({ "name": format!("gpu-{g}"), "attributes": { "uuid": { "string": uuid } } });
+                if i == 0 && d["name"] == TAINTED_DEVICE {
+                    d["taints"] = json!([{ "key": "gpu.nvidia.com/unhealthy", "value": "ecc", "effect": "NoSchedule" }]);
+                }
+                if i == 0 && d["name"] == CONDITIONED_DEVICE {
+                    d["bindingConditions"] = json!([READY_CONDITION]);
+                    d["bindsToNode"] = json!(true);
+                }
+                d
             })
             .collect();
         let slice: ResourceSlice = serde_json::from_value(json!({
@@ -770,10 +802,14 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
     let mut spec = spec;
     if let Some((_, device, on)) = dra_claim(it) {
         let on = if on { node } else { OTHER_NODE };
+        let mut result =
+            json!({ "request": "gpu", "driver": DRA_DRIVER, "pool": on, "device": device });
+        if device == CONDITIONED_DEVICE {
+            // The scheduler copies the device's binding conditions into the allocation.
+            result["bindingConditions"] = json!([READY_CONDITION]);
+        }
         spec["resourceClaimAllocations"] = json!([{ "name": "gpu", "allocation": {
-            "devices": { "results": [
-                { "request": "gpu", "driver": DRA_DRIVER, "pool": on, "device": device }
-            ] },
+            "devices": { "results": [result] },
             "nodeSelector": { "nodeSelectorTerms": [ { "matchFields": [
                 { "key": "metadata.name", "operator": "In", "values": [on] }
             ] } ] }
@@ -792,6 +828,42 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
         },
         "spec": spec
     }))?)
+}
+
+/// What the DRA driver of the demo does: once the agent waits on the claim of
+/// [`CONDITIONED_DEVICE`] (its BindRequests say so), wait a moment, then report the device
+/// ready on the claim (`status.devices[].conditions`), which lets the agent bind.
+async fn play_dra_driver(client: Client, node: String) -> anyhow::Result<()> {
+    let brs = Api::<BindRequest>::namespaced(client.clone(), NAMESPACE);
+    let waiting = |b: &BindRequest| {
+        b.status
+            .as_ref()
+            .and_then(|s| s.reason.as_deref())
+            .is_some_and(|r| r.contains("waiting for binding conditions"))
+    };
+    loop {
+        if brs
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .any(waiting)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = json!({ "status": { "devices": [ {
+        "driver": DRA_DRIVER, "pool": node, "device": CONDITIONED_DEVICE,
+        "conditions": [ { "type": READY_CONDITION, "status": "True", "reason": "FabricAttached",
+                          "message": "attached by the demo's driver",
+                          "lastTransitionTime": jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string() } ]
+    } ] } });
+    Api::<ResourceClaim>::namespaced(client, NAMESPACE)
+        .patch_status("dra-waits", &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
 }
 
 /// Records when each pod is first seen bound.
