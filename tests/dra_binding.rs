@@ -958,8 +958,16 @@ async fn a_binding_failure_condition_clears_the_allocation_and_fails_the_request
     );
     assert_eq!(env.pod_node("p-fail").await, None, "nothing bound");
     let c = dra.get("fails").await;
-    assert!(!allocated(&c), "the allocation this agent wrote is cleared");
+    assert!(
+        !allocated(&c),
+        "the allocation this agent wrote is cleared: {:?}",
+        c.status
+    );
     assert!(reserved_uids(&c).is_empty());
+    assert!(
+        c.status.as_ref().and_then(|s| s.devices.as_ref()).is_none(),
+        "the server drops the deallocated device's status"
+    );
     agent.stop().await.expect("stop");
     dra.cleanup().await;
     env.cleanup().await;

@@ -4,8 +4,10 @@
 //! as soon as the claim changes (a driver setting `status.devices[].conditions`).
 //!
 //! The watches are scoped to the claims themselves (`metadata.name` in their namespace),
-//! claims of pods this node binds: nothing else of the cluster is watched. A request parked
-//! again on the same claims keeps its watches, so waking and re-parking costs no new LIST.
+//! claims of pods this node binds: nothing else of the cluster is watched. They run only
+//! while the request is parked (the worker stops them when it attempts the request again),
+//! and a change between the attempt's read and the watch's first list still wakes it: the
+//! list shows a newer resourceVersion than the one the attempt read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

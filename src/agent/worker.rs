@@ -63,6 +63,10 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
         leave_alone(sh, key, &br, LeftAlone::NotThisNode, detail);
         return Next::Forget;
     }
+    // A parked request's claim watches stop while it is attempted: the attempt's own claim
+    // writes (a rollback) must not wake it again from a cache that has not seen its new
+    // status yet. If it still waits, it is parked again (on the version it read).
+    sh.parking.unpark(key);
     let retry = sh.stats.local_retries(key);
     let timer = sh.diag.attempt_started(&br);
     let (result, verification) = attempt(sh, &br, cancelled).await;
@@ -78,9 +82,7 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
         // A transient error while waiting keeps the wait (and its watches).
         Err(AttemptError::Transient(_)) => None,
     };
-    if let Some(how) = wait_ended
-        && sh.parking.unpark(key)
-    {
+    if let Some(how) = wait_ended {
         sh.diag.unparked(&key.namespace, &key.name, how);
     }
     let outcome = match result {

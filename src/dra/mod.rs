@@ -378,9 +378,11 @@ pub fn plan_release(
         return None;
     }
     if drop_allocation {
+        // `status.devices` is left as it is: the API server drops the entries of devices
+        // that are no longer allocated itself (`dropDeallocatedStatusDevices`, kubernetes
+        // `pkg/registry/resource/resourceclaim/strategy.go`), and in 1.36 changing them is
+        // the drivers' right (`resourceclaims/driver`), not the binder's.
         status.allocation = None;
-        // Per-device status belongs to the allocation.
-        status.devices = None;
     }
     status.reserved_for = if rest.is_empty() { None } else { Some(rest) };
     Some(status)

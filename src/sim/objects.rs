@@ -963,6 +963,44 @@ pub(crate) fn parse_yaml_object(body: &[u8]) -> Result<Value, ApiError> {
     Ok(p)
 }
 
+/// What kube-apiserver does to a ResourceClaim status write (`dropDeallocatedStatusDevices`
+/// in `pkg/registry/resource/resourceclaim/strategy.go`): the `status.devices` entries of
+/// devices the old allocation had and the new one no longer has are removed, so a binder
+/// that clears an allocation need not (and in 1.36 may not) touch the drivers' entries.
+pub(crate) fn drop_deallocated_status_devices(old: &Value, new: &mut Value) {
+    let devices_of = |o: &Value| -> Vec<(String, String, String)> {
+        o.pointer("/status/allocation/devices/results")
+            .and_then(Value::as_array)
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        let f =
+                            |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                        (f("driver"), f("pool"), f("device"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (before, after) = (devices_of(old), devices_of(new));
+    let Some(list) = new
+        .pointer_mut("/status/devices")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    list.retain(|d| {
+        let f = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let id = (f("driver"), f("pool"), f("device"));
+        !before.contains(&id) || after.contains(&id)
+    });
+    if list.is_empty()
+        && let Some(st) = new.get_mut("status").and_then(Value::as_object_mut)
+    {
+        st.remove("devices");
+    }
+}
+
 /// ResourceClaim status rules of resource.k8s.io/v1 the agent depends on: `reservedFor`
 /// holds at most 256 entries, a set `allocation` cannot be changed (only cleared), and
 /// changing `allocation` or `reservedFor` needs `update` on `resourceclaims/binding`.
@@ -1022,6 +1060,36 @@ mod tests {
         assert_eq!(
             doc["status"]["conditions"],
             json!([{"type": "A", "status": "True"}, {"type": "B", "status": "True"}, {"type": "C", "status": "True"}])
+        );
+    }
+
+    #[test]
+    fn deallocated_device_statuses_are_dropped() {
+        let dev = |d: &str| json!({ "driver": "x", "pool": "p", "device": d, "conditions": [] });
+        let alloc = |ds: &[&str]| json!({ "devices": { "results": ds.iter().map(|d| json!({ "request": "r", "driver": "x", "pool": "p", "device": d })).collect::<Vec<_>>() } });
+        let old = json!({ "status": { "allocation": alloc(&["a", "b"]), "devices": [dev("a"), dev("b")] } });
+        let mut cleared = json!({ "status": { "devices": [dev("a"), dev("b")] } });
+        drop_deallocated_status_devices(&old, &mut cleared);
+        assert_eq!(
+            cleared,
+            json!({ "status": {} }),
+            "allocation removed: all dropped"
+        );
+        let mut kept =
+            json!({ "status": { "allocation": alloc(&["a", "b"]), "devices": [dev("a")] } });
+        drop_deallocated_status_devices(&old, &mut kept);
+        assert_eq!(
+            kept["status"]["devices"],
+            json!([dev("a")]),
+            "still allocated: kept"
+        );
+        let unallocated = json!({ "status": {} });
+        let mut early = json!({ "status": { "devices": [dev("z")] } });
+        drop_deallocated_status_devices(&unallocated, &mut early);
+        assert_eq!(
+            early["status"]["devices"],
+            json!([dev("z")]),
+            "never allocated: left to validation"
         );
     }
 

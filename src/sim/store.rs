@@ -660,6 +660,7 @@ impl State {
             }
             new = merged;
             if def.special == Special::ResourceClaim {
+                objects::drop_deallocated_status_devices(&old, &mut new);
                 objects::claim_zero_status(&mut new);
             }
             if def.special == Special::Node {
