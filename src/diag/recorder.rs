@@ -411,13 +411,6 @@ impl Recorder {
         }
     }
 
-    /// Whether the request is parked now.
-    pub fn is_parked(&self, namespace: &str, name: &str) -> bool {
-        self.lock()
-            .waits
-            .contains_key(&(namespace.to_string(), name.to_string()))
-    }
-
     /// The result of the permission self-check.
     pub fn permissions_checked(&self, check: PermissionCheck) {
         self.metrics

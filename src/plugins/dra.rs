@@ -11,7 +11,17 @@
 //! by resourceVersion (409 → re-read and recompute). Rollback removes the pod's entry, and
 //! the allocation when this attempt wrote it and nobody else reserved the claim since.
 //!
-//! Requests without claim allocations cost no API request.
+//! Kubernetes 1.36 additions, checked at bind time (`crate::dra::{taints, capacity,
+//! conditions}`): device taints against the allocation's tolerations; for shared devices
+//! and partitions, the capacity and counters used by the claims already allocated on them
+//! (one LIST of claims, only for such devices, under a node-local lock up to the
+//! reservation); and binding conditions after the reservation: while not all True, the
+//! attempt parks (`PluginError::parked`, no worker held, woken by a watch of the claim); a
+//! True failure condition or the timeout refuses, and the rollback clears the allocation
+//! this agent wrote.
+//!
+//! Requests without claim allocations cost no API request; claims whose devices have none
+//! of these fields cost none more than before.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -351,13 +361,19 @@ impl Plugin for DraPlugin {
                     )));
                 }
                 BindingConditions::Waiting { pending, remaining } => {
-                    self.waits().insert(
+                    let mut waits = self.waits();
+                    // Entries of requests deleted while they waited are never resumed:
+                    // forget them once no wait can last that long.
+                    let keep = self.binding_timeout * 2 + Duration::from_secs(60);
+                    waits.retain(|_, w| w.since.elapsed() < keep);
+                    waits.insert(
                         wait_key,
                         Waiting {
                             allocation_written: written,
                             since,
                         },
                     );
+                    drop(waits);
                     waiting.push(format!("claim {label} ({})", pending.join(", ")));
                     park_on.push(ParkedOn {
                         namespace: ns.to_string(),

@@ -136,7 +136,10 @@
 //!   (so node-restricted binding policies of design §2 are not enforced). TokenReview and
 //!   SubjectAccessReview are served from a table the test fills (`Simulator::auth`), for
 //!   clients that delegate their own access checks; requests to the simulator itself are
-//!   never checked. Discovery lists all verbs for them although only `create` is served.
+//!   never checked. SelfSubjectAccessReview allows every resource permission except those
+//!   the test denied to the caller's bearer token (`AuthHandle::deny`, a per-token deny
+//!   list); of those, only `resourceclaims/binding` is also enforced on writes. Discovery
+//!   lists all verbs for the reviews although only `create` is served.
 //! - `managedFields` are not kept: server-side apply is a merge patch with no field
 //!   ownership, no conflicts (`force` is ignored) and no removal of fields a manager stopped
 //!   applying.
@@ -177,7 +180,12 @@
 //!   from templates. Claim status writes check only: `allocation` cannot change once set
 //!   (it may be cleared), `reservedFor` holds at most 256 entries, and a caller declared with
 //!   `AuthHandle::deny_claim_binding` (by bearer token) gets 422 when it changes
-//!   `allocation` or `reservedFor` (Kubernetes 1.36's `resourceclaims/binding` rule).
+//!   `allocation` or `reservedFor` (Kubernetes 1.36's `resourceclaims/binding` rule). As the
+//!   real server does, a status write drops the `status.devices` entries of devices it
+//!   deallocates. Device fields of 1.36 (taints, binding conditions, `bindsToNode`,
+//!   capacity, counters) and allocation fields (tolerations, binding conditions,
+//!   `consumedCapacity`, `shareID`, `allocationTimestamp`) are kept as sent (recordings
+//!   38–41); `resourceclaims/driver` is not checked and DeviceTaintRules are not served.
 //! - Only a few pod defaults are filled (no priority classes, enableServiceLinks variations,
 //!   pod-level resources); pod `status` updates are not validated (e.g. that an
 //!   `extendedResourceClaimStatus` names existing containers and requests). No kubelet runs:
