@@ -1029,19 +1029,73 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// A client whose identity may make every API call of the agent's list except
+/// `update resourceclaims/binding`. Simulator: a token on its deny list. Real cluster: a
+/// ServiceAccount of the test's namespace bound to a ClusterRole of every other call, with
+/// a token from the TokenRequest API (ClusterRole and binding are removed by the caller).
+async fn agent_client_without_claim_binding(env: &TestEnv) -> (kube::Client, Option<String>) {
+    use bindlet::agent::api_calls::{API_CALLS, UPDATE_RESOURCE_CLAIM_BINDING};
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    if let Some(sim) = &env.sim {
+        sim.auth().deny_claim_binding("limited-agent");
+        let mut kc = kube::Config::new(sim.url().parse().expect("url"));
+        kc.auth_info.token = Some("limited-agent".to_string().into());
+        return (kube::Client::try_from(kc).expect("client"), None);
+    }
+    let ns = env.namespace.as_str();
+    let role = format!("{ns}-limited-agent");
+    let rules: Vec<Value> = API_CALLS
+        .iter()
+        .filter(|c| **c != UPDATE_RESOURCE_CLAIM_BINDING)
+        .map(|c| json!({ "apiGroups": [c.group], "resources": [c.resource], "verbs": [c.verb] }))
+        .collect();
+    let cr: ClusterRole =
+        serde_json::from_value(json!({ "metadata": { "name": role }, "rules": rules }))
+            .expect("role");
+    Api::<ClusterRole>::all(env.client.clone())
+        .create(&PostParams::default(), &cr)
+        .await
+        .expect("create ClusterRole");
+    let crb: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": role },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [ { "kind": "ServiceAccount", "name": "limited-agent", "namespace": ns } ]
+    }))
+    .expect("binding");
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(&PostParams::default(), &crb)
+        .await
+        .expect("create ClusterRoleBinding");
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), ns);
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "limited-agent" } })).expect("sa");
+    sas.create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+    let tr: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "expirationSeconds": 3600 } })).expect("tr");
+    let tr: TokenRequest = sas
+        .create_subresource("token", "limited-agent", &PostParams::default(), &tr)
+        .await
+        .expect("token");
+    let path = std::env::var_os("BINDLET_TEST_KUBECONFIG").expect("kubeconfig");
+    let kc = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig");
+    cfg.auth_info = kube::config::AuthInfo {
+        token: tr.status.and_then(|s| s.token).map(Into::into),
+        ..Default::default()
+    };
+    (kube::Client::try_from(cfg).expect("client"), Some(role))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_claim_binding_permission_is_reported_by_readyz_before_any_bind() {
     let (env, node) = setup("dra-permissions").await;
-    let Some(sim) = env.sim_or_skip_because(
-        "a_missing_claim_binding_permission_is_reported_by_readyz_before_any_bind",
-        "needs an agent identity without resourceclaims/binding; the simulator's deny list models it",
-    ) else {
-        return env.cleanup().await;
-    };
-    sim.auth().deny_claim_binding("limited-agent");
-    let mut kc = kube::Config::new(sim.url().parse().expect("url"));
-    kc.auth_info.token = Some("limited-agent".to_string().into());
-    let client = kube::Client::try_from(kc).expect("client");
+    let (client, cluster_role) = agent_client_without_claim_binding(&env).await;
     let stats = std::sync::Arc::new(bindlet::agent::Stats::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let server = bindlet::diag::start(
@@ -1079,8 +1133,27 @@ async fn a_missing_claim_binding_permission_is_reported_by_readyz_before_any_bin
         "{metrics}"
     );
     assert_eq!(updates(&env), before, "no claim write was tried");
+    assert!(
+        stats
+            .diag
+            .debug_state(&stats)
+            .requests
+            .iter()
+            .all(|r| r.attempts_total == 0),
+        "reported before any bind"
+    );
     agent.stop().await.expect("stop");
     stop.cancel();
     server.stopped().await;
+    if let Some(role) = cluster_role {
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+        let dp = DeleteParams::default();
+        let _ = Api::<ClusterRoleBinding>::all(env.client.clone())
+            .delete(&role, &dp)
+            .await;
+        let _ = Api::<ClusterRole>::all(env.client.clone())
+            .delete(&role, &dp)
+            .await;
+    }
     env.cleanup().await;
 }
