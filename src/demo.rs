@@ -89,6 +89,8 @@ enum Case {
     DraClaim,
     DraUnhealthyGpu,
     DraOtherNode,
+    NumaFits,
+    NumaMismatch,
 }
 
 impl Case {
@@ -114,6 +116,8 @@ impl Case {
             Case::DraClaim => "DRA claim shared by two pods",
             Case::DraUnhealthyGpu => "DRA claim on the GPU with XID 79",
             Case::DraOtherNode => "DRA claim allocated on another node",
+            Case::NumaFits => "predicted NUMA placement that fits",
+            Case::NumaMismatch => "predicted NUMA zone with too few CPUs",
         }
     }
 
@@ -138,6 +142,11 @@ impl Case {
             Case::TooManyGpus => (Some(Phase::Failed), "needs 8 whole GPU(s)"),
             Case::DraUnhealthyGpu => (Some(Phase::Failed), "is unhealthy"),
             Case::DraOtherNode => (Some(Phase::Failed), "does not select node"),
+            Case::NumaFits => (Some(Phase::Succeeded), "bound to node"),
+            Case::NumaMismatch => (
+                Some(Phase::Failed),
+                "node-0 cpu: predicted 48, free 32 of 32",
+            ),
         }
     }
 
@@ -170,6 +179,8 @@ fn plan(n: usize) -> Vec<Case> {
         Case::DraClaim,
         Case::DraUnhealthyGpu,
         Case::DraOtherNode,
+        Case::NumaFits,
+        Case::NumaMismatch,
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
@@ -218,6 +229,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if args.agent.gpu.kubelet_pod_resources_socket.is_none() {
         args.agent.gpu.kubelet_pod_resources_socket = Some(kubelet_socket.clone());
     }
+    // The simulated node's NUMA topology (unless a sysfs is given): two zones of 32 CPUs,
+    // 256 GiB and four GPUs each; the agent publishes the placements the kubelet makes.
+    if args.agent.numa.sysfs_root == std::path::Path::new("/sys") {
+        let root = scratch.join("sys");
+        let buses: Vec<(String, i64)> = (0..8)
+            .map(|i| (format!("00000000:{:02X}:00.0", 0x18 + i), i64::from(i / 4)))
+            .collect();
+        let buses: Vec<(&str, i64)> = buses.iter().map(|(b, n)| (b.as_str(), *n)).collect();
+        crate::numa::sysfs::write_fake(
+            &root,
+            &[(0, "0-31", 256 << 20), (1, "32-63", 256 << 20)],
+            &buses,
+        )?;
+        args.agent.numa.sysfs_root = root;
+        args.agent.numa.publish_numa_placement = true;
+    }
     let mut cfg = args.agent.to_config(&node);
     if args.agent.identity.is_none() {
         cfg.identity = format!("bindlet-demo-{node}");
@@ -254,6 +281,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             socket: Some(kubelet_socket),
             admit_delay: Duration::from_millis(20),
             reservation_namespace: Some(reservation_ns),
+            gpu_numa_nodes: (0..8)
+                .map(|i| (format!("GPU-{i:08x}-demo"), i64::from(i / 4)))
+                .collect(),
             ..Default::default()
         },
     )?;
@@ -453,6 +483,8 @@ fn short(c: Case) -> &'static str {
         Case::DraClaim => "dra",
         Case::DraUnhealthyGpu => "draxid",
         Case::DraOtherNode => "draelsewhere",
+        Case::NumaFits => "numa",
+        Case::NumaMismatch => "numamismatch",
     }
 }
 
@@ -762,6 +794,13 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
         }
         Case::Malformed => {
             json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "1.5" }, "selectedGPUGroups": ["g-1"] })
+        }
+        // KAI's NUMA plugin predicts zones of the node's NodeResourceTopology.
+        Case::NumaFits => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" }, "predictedNUMAZones": [{ "zone": "node-1", "amount": { "cpu": 4, "memory": "16Gi" } }] })
+        }
+        Case::NumaMismatch => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" }, "predictedNUMAZones": [{ "zone": "node-0", "amount": { "cpu": 48 } }] })
         }
         _ => {
             json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" } })
