@@ -100,6 +100,23 @@ impl Setup {
             .await;
     }
 
+    /// A one-GPU pod with this prediction, which must end Failed and unbound: the reason.
+    async fn refused(&self, name: &str, predicted: Value) -> String {
+        self.gpu_pod(name, 1, predicted).await;
+        let br = self.env.wait_phase(name, Phase::Failed).await;
+        assert_eq!(self.env.pod_node(name).await, None, "{name} not bound");
+        reason(&br)
+    }
+
+    /// The numa plugin's verdict on a settled request.
+    fn numa_verdict(&self, br: &bindlet::api::BindRequest) -> bindlet::api::Verdict {
+        let v = self.env.verification(&self.agent, br);
+        v.verdicts
+            .into_iter()
+            .find(|v| v.plugin == "numa")
+            .expect("numa verdict recorded")
+    }
+
     async fn observed(&self, name: &str) -> Option<String> {
         let pod = self.env.pods().get(name).await.expect("pod");
         pod.metadata.annotations?.get(OBSERVED).cloned()
@@ -118,12 +135,7 @@ async fn a_prediction_that_fits_binds_and_one_that_does_not_is_refused_with_figu
     )
     .await;
     let br = s.env.wait_phase("fits", Phase::Succeeded).await;
-    let v = s.env.verification(&s.agent, &br);
-    let numa = v
-        .verdicts
-        .iter()
-        .find(|v| v.plugin == "numa")
-        .expect("numa verdict recorded");
+    let numa = s.numa_verdict(&br);
     assert_eq!(numa.outcome, VerdictOutcome::Pass, "{}", numa.message);
     assert!(
         numa.message
@@ -147,14 +159,12 @@ async fn a_prediction_that_fits_binds_and_one_that_does_not_is_refused_with_figu
 
     // Zone node-0's GPUs are now held: a prediction of one there is refused, although
     // the node as a whole has two free GPUs.
-    s.gpu_pod(
-        "crowded",
-        1,
-        json!([{ "zone": "node-0", "amount": { "nvidia.com/gpu": "1" } }]),
-    )
-    .await;
-    let br = s.env.wait_phase("crowded", Phase::Failed).await;
-    let r = reason(&br);
+    let r = s
+        .refused(
+            "crowded",
+            json!([{ "zone": "node-0", "amount": { "nvidia.com/gpu": "1" } }]),
+        )
+        .await;
     assert!(
         r.starts_with("numa: predicted NUMA placement does not fit this node"),
         "{r}"
@@ -163,17 +173,14 @@ async fn a_prediction_that_fits_binds_and_one_that_does_not_is_refused_with_figu
         r.contains("node-0 nvidia.com/gpu: predicted 1, free 0 of 2"),
         "{r}"
     );
-    assert_eq!(s.env.pod_node("crowded").await, None, "not bound");
 
     // A zone the node does not have.
-    s.gpu_pod(
-        "nowhere",
-        1,
-        json!([{ "zone": "node-7", "amount": { "cpu": "2" } }]),
-    )
-    .await;
-    let br = s.env.wait_phase("nowhere", Phase::Failed).await;
-    let r = reason(&br);
+    let r = s
+        .refused(
+            "nowhere",
+            json!([{ "zone": "node-7", "amount": { "cpu": "2" } }]),
+        )
+        .await;
     assert!(
         r.contains(
             "predicted NUMA zone(s) node-7 do not exist on this node (it has node-0, node-1)"
@@ -200,12 +207,7 @@ async fn warn_mode_binds_a_mismatch_and_says_so() {
     .await;
     let br = s.env.wait_phase("too-many", Phase::Succeeded).await;
     assert!(s.env.pod_node("too-many").await.is_some(), "bound");
-    let v = s.env.verification(&s.agent, &br);
-    let numa = v
-        .verdicts
-        .iter()
-        .find(|v| v.plugin == "numa")
-        .expect("numa verdict recorded");
+    let numa = s.numa_verdict(&br);
     assert_eq!(numa.outcome, VerdictOutcome::Warn);
     assert!(
         numa.message
