@@ -25,7 +25,9 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{ContainerExtendedResourceRequest, Pod, PodExtendedResourceClaimStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerExtendedResourceRequest, Pod, PodExtendedResourceClaimStatus,
+};
 use k8s_openapi::api::resource::v1::{
     AllocationResult, DeviceClaim, DeviceRequest, ResourceClaim, ResourceClaimSpec,
 };
@@ -213,7 +215,11 @@ pub fn new_claim(ns: &str, pod_name: &str, pod_uid: &str, req: &ExtendedRequest)
             name: Some(claim_name(pod_name, pod_uid)),
             namespace: Some(ns.into()),
             annotations: Some(
-                [(EXTENDED_RESOURCE_CLAIM_ANNOTATION.to_string(), "true".into())].into(),
+                [(
+                    EXTENDED_RESOURCE_CLAIM_ANNOTATION.to_string(),
+                    "true".into(),
+                )]
+                .into(),
             ),
             finalizers: Some(vec![DELETE_PROTECTION_FINALIZER.into()]),
             owner_references: Some(vec![OwnerReference {

@@ -342,7 +342,11 @@ async fn release(api: &DraApi, r: &ReservedClaim, pod_uid: &str) -> Result<(), P
 }
 
 impl DraApi {
-    pub(crate) async fn get_claim(&self, ns: &str, name: &str) -> Result<Option<ResourceClaim>, PluginError> {
+    pub(crate) async fn get_claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<ResourceClaim>, PluginError> {
         let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
         call_as(
             &self.diag,

@@ -260,9 +260,7 @@ fn written(r: Result<(), ApiError>, what: &str) -> Result<bool, PluginError> {
         Err(ApiError::Status {
             code: 409 | 404, ..
         }) => Ok(false),
-        Err(e) if e.is_refusal() => Err(PluginError::refused(format!(
-            "{what} was refused: {e}"
-        ))),
+        Err(e) if e.is_refusal() => Err(PluginError::refused(format!("{what} was refused: {e}"))),
         Err(e) => Err(PluginError::transient(format!("{what}: {e}"))),
     }
 }
@@ -404,7 +402,10 @@ async fn remove_claim(api: &DraApi, ns: &str, name: &str, uid: &str) -> Result<(
             )
             .await
             .map(drop);
-            if !written(r, &format!("removing the finalizer of ResourceClaim {ns}/{name}"))? {
+            if !written(
+                r,
+                &format!("removing the finalizer of ResourceClaim {ns}/{name}"),
+            )? {
                 continue;
             }
         }

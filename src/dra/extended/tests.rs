@@ -66,8 +66,16 @@ fn parse_request_checks_the_scheduler_input_against_the_pod() {
             with("/allocation", alloc_json("container-0-request-0/a100")),
             Ok(()),
         ),
-        ("no allocation", with("/allocation", Value::Null), Err("has no allocation")),
-        ("no requests", with("/deviceRequests", json!([])), Err("has no deviceRequests")),
+        (
+            "no allocation",
+            with("/allocation", Value::Null),
+            Err("has no allocation"),
+        ),
+        (
+            "no requests",
+            with("/deviceRequests", json!([])),
+            Err("has no deviceRequests"),
+        ),
         (
             "duplicate request",
             with(
@@ -81,13 +89,14 @@ fn parse_request_checks_the_scheduler_input_against_the_pod() {
             with("/allocation", alloc_json("other")),
             Err("is for request other, which deviceRequests does not have"),
         ),
-        ("no mappings", with("/containerMappings", json!([])), Err("has no containerMappings")),
+        (
+            "no mappings",
+            with("/containerMappings", json!([])),
+            Err("has no containerMappings"),
+        ),
         (
             "mapping to an unknown request",
-            with(
-                "/containerMappings/0/requestName",
-                json!("nope"),
-            ),
+            with("/containerMappings/0/requestName", json!("nope")),
             Err("to request nope, which deviceRequests does not have"),
         ),
         (
@@ -129,7 +138,11 @@ fn claim_names_are_derived_from_the_pod_uid() {
     assert!(a.starts_with("p-gpu-extended-resources-"), "{a}");
     assert_eq!(a.len(), "p-gpu-extended-resources-".len() + 5);
     assert_eq!(a, claim_name("p-gpu", UID), "stable across calls");
-    assert_ne!(a, claim_name("p-gpu", "another-uid"), "a recreated pod gets another name");
+    assert_ne!(
+        a,
+        claim_name("p-gpu", "another-uid"),
+        "a recreated pod gets another name"
+    );
     assert!(
         a["p-gpu-extended-resources-".len()..]
             .bytes()
@@ -161,7 +174,10 @@ fn a_new_claim_is_what_kai_and_kube_scheduler_create() {
         Some(vec![DELETE_PROTECTION_FINALIZER.to_string()])
     );
     let o = &c.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((o.kind.as_str(), o.uid.as_str(), o.controller), ("Pod", UID, Some(true)));
+    assert_eq!(
+        (o.kind.as_str(), o.uid.as_str(), o.controller),
+        ("Pod", UID, Some(true))
+    );
     assert_eq!(o.block_owner_deletion, Some(true));
     assert!(belongs_to_pod(&c, UID));
     assert!(!belongs_to_pod(&c, "other-uid"));
@@ -185,7 +201,8 @@ fn plan_claim_decides_create_use_remove_or_refuse() {
         }
         claim(c)
     };
-    let reserved_for = |uid: &str| json!({"reservedFor": [{"resource": "pods", "name": "x", "uid": uid}]});
+    let reserved_for =
+        |uid: &str| json!({"reservedFor": [{"resource": "pods", "name": "x", "uid": uid}]});
     let mut allocated_here = alloc_json("container-0-request-0");
     allocated_here["allocationTimestamp"] = json!("2026-11-29T16:53:13Z");
     let cases: Vec<(&str, Option<ResourceClaim>, &str)> = vec![
@@ -193,7 +210,10 @@ fn plan_claim_decides_create_use_remove_or_refuse() {
         ("ours", Some(claim(ours())), "use"),
         (
             "ours, allocated the same (timestamp aside) and reserved for the pod",
-            Some(with("/status", json!({"allocation": allocated_here, "reservedFor": [{"resource": "pods", "name": "p-gpu", "uid": UID}]}))),
+            Some(with(
+                "/status",
+                json!({"allocation": allocated_here, "reservedFor": [{"resource": "pods", "name": "p-gpu", "uid": UID}]}),
+            )),
             "use",
         ),
         (
@@ -206,7 +226,10 @@ fn plan_claim_decides_create_use_remove_or_refuse() {
         ),
         (
             "ours, being deleted",
-            Some(with("/metadata/deletionTimestamp", json!("2026-11-29T16:53:13Z"))),
+            Some(with(
+                "/metadata/deletionTimestamp",
+                json!("2026-11-29T16:53:13Z"),
+            )),
             "remove:is being deleted",
         ),
         (
@@ -216,11 +239,14 @@ fn plan_claim_decides_create_use_remove_or_refuse() {
         ),
         (
             "ours, allocated differently",
-            Some(with("/status", json!({"allocation": alloc_json("container-0-request-0").as_object().map(|o| {
-                let mut o = o.clone();
-                o["devices"]["results"][0]["device"] = json!("gpu-1");
-                Value::Object(o)
-            })}))),
+            Some(with(
+                "/status",
+                json!({"allocation": alloc_json("container-0-request-0").as_object().map(|o| {
+                    let mut o = o.clone();
+                    o["devices"]["results"][0]["device"] = json!("gpu-1");
+                    Value::Object(o)
+                })}),
+            )),
             "remove:allocated differently",
         ),
         (
@@ -290,5 +316,8 @@ fn pod_status_is_written_only_when_it_differs() {
         plan_pod_status(&p, "c2", &req.mappings).is_some(),
         "another claim: rewritten"
     );
-    assert!(plan_pod_status(&p, "c1", &[]).is_some(), "other mappings: rewritten");
+    assert!(
+        plan_pod_status(&p, "c1", &[]).is_some(),
+        "other mappings: rewritten"
+    );
 }
