@@ -255,7 +255,7 @@ async fn the_claim_is_created_reserved_and_named_in_the_pod_status_then_the_pod_
     let owner = &c.owner_references()[0];
     assert_eq!((owner.kind.as_str(), owner.controller), ("Pod", Some(true)));
     assert_eq!(allocated_device(c).as_deref(), Some("gpu-0"));
-    assert_eq!(reserved_uids(c), [uid.clone()]);
+    assert_eq!(reserved_uids(c), vec![uid.clone()]);
     let requests = c
         .spec
         .devices
@@ -382,7 +382,7 @@ async fn a_restart_between_steps_finishes_with_the_same_claim() {
         let claims = s.claims_of(uid).await;
         assert_eq!(claims.len(), 1, "{pod}: still one claim");
         assert_eq!(claims[0].uid(), before.uid(), "{pod}: the same claim");
-        assert_eq!(reserved_uids(&claims[0]), [uid.clone()], "{pod}");
+        assert_eq!(reserved_uids(&claims[0]), vec![uid.to_string()], "{pod}");
         assert_eq!(
             claim_status(&s.env, pod).await["resourceClaimName"],
             json!(before.name_any()),
@@ -423,7 +423,7 @@ async fn a_claim_left_terminating_is_removed_and_replaced() {
     assert_eq!(claims.len(), 1, "{claims:?}");
     assert_ne!(claims[0].uid(), old.uid(), "a new claim");
     assert!(claims[0].metadata.deletion_timestamp.is_none());
-    assert_eq!(reserved_uids(&claims[0]), [uid.clone()]);
+    assert_eq!(reserved_uids(&claims[0]), vec![uid.to_string()]);
     assert_eq!(
         claim_status(&s.env, "p").await["resourceClaimName"],
         json!(claims[0].name_any())
@@ -490,6 +490,62 @@ async fn another_node_an_unhealthy_gpu_or_a_wrong_mapping_is_refused_before_any_
     }
     for uid in &uids {
         assert!(s.claims_of(uid).await.is_empty(), "no claim created");
+    }
+    agent.stop().await.expect("stop");
+    s.cleanup().await;
+}
+
+/// One extended-resource bind costs, besides GET pod, POST binding and PATCH BindRequest
+/// status: GET claim, POST claim, GET + PUT claim status, and the pod status write (not
+/// counted here: other plugins write pod status too; the first test sees it in the
+/// verdicts). A plain pod costs none of the claim requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_resource_bind_costs_five_requests_more_and_a_plain_one_none() {
+    let s = setup("ext-cost").await;
+    let Some(sim) = s.env.sim_or_skip_because(
+        "an_extended_resource_bind_costs_five_requests_more_and_a_plain_one_none",
+        "counts requests with the simulator's request counter",
+    ) else {
+        return s.cleanup().await;
+    };
+    let agent = s.agent().await;
+    let extra = [
+        ("get", "resourceclaims"),
+        ("create", "resourceclaims"),
+        ("update", "resourceclaims/status"),
+        ("patch", "resourceclaims"),
+        ("delete", "resourceclaims"),
+        ("list", "resourceslices"),
+    ];
+    let before = sim.request_count();
+    s.env.pod_and_request("plain", &s.node).await;
+    s.env.wait_phase("plain", Phase::Succeeded).await;
+    let after = sim.request_count();
+    for (verb, res) in extra {
+        assert_eq!(
+            after.get(verb, res),
+            before.get(verb, res),
+            "plain: {verb} {res}"
+        );
+    }
+
+    let before = sim.request_count();
+    s.pod("p", &s.node, "gpu-0", 3).await;
+    s.env.wait_phase("p", Phase::Succeeded).await;
+    let after = sim.request_count();
+    let delta = |verb: &str, res: &str| after.get(verb, res) - before.get(verb, res);
+    for (verb, res, n) in [
+        ("get", "pods", 1),
+        ("get", "resourceclaims", 2),
+        ("create", "resourceclaims", 1),
+        ("update", "resourceclaims/status", 1),
+        ("create", "pods/binding", 1),
+        ("patch", "bindrequests/status", 1),
+        ("patch", "resourceclaims", 0),
+        ("delete", "resourceclaims", 0),
+        ("list", "resourceslices", 0),
+    ] {
+        assert_eq!(delta(verb, res), n, "{verb} {res}");
     }
     agent.stop().await.expect("stop");
     s.cleanup().await;

@@ -288,7 +288,7 @@ pub fn same_requests(claim: &ResourceClaim, requests: &[DeviceRequest]) -> bool 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimPlan {
     /// No claim yet: create this one.
-    Create(ResourceClaim),
+    Create(Box<ResourceClaim>),
     /// The pod's claim, with the requested devices: reserve it.
     Use,
     /// The pod's claim, left over by an earlier attempt that did not finish (being deleted,
@@ -308,7 +308,7 @@ pub fn plan_claim(
     req: &ExtendedRequest,
 ) -> ClaimPlan {
     let Some(claim) = found else {
-        return ClaimPlan::Create(new_claim(ns, pod_name, pod_uid, req));
+        return ClaimPlan::Create(Box::new(new_claim(ns, pod_name, pod_uid, req)));
     };
     let name = claim.metadata.name.as_deref().unwrap_or("");
     if !belongs_to_pod(claim, pod_uid) {
