@@ -491,6 +491,13 @@ async fn another_node_an_unhealthy_gpu_or_a_wrong_mapping_is_refused_before_any_
     for uid in &uids {
         assert!(s.claims_of(uid).await.is_empty(), "no claim created");
     }
+    if s.env.is_sim() {
+        assert_eq!(
+            count(&s.env, "create", "resourceclaims") + count(&s.env, "get", "resourceclaims"),
+            0,
+            "no claim was read or written"
+        );
+    }
     agent.stop().await.expect("stop");
     s.cleanup().await;
 }

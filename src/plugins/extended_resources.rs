@@ -96,15 +96,14 @@ impl Plugin for ExtendedResourcesPlugin {
         let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
 
-        let (name, mut found) = find_claim(api, ctx.pod, ns, pod_name, pod_uid).await?;
-        let label = format!("{ns}/{name}");
+        // The allocation is checked before any claim is read or written.
         let mut slices = Slices::of_node(api, ctx.node_name).await?;
         let mut gpus = None;
         let checked = self
             .dra
             .verify_here(
                 api,
-                &label,
+                &format!("{ns}/{}", decide::claim_name(pod_name, pod_uid)),
                 &req.allocation,
                 ctx.node,
                 &mut slices,
@@ -115,6 +114,8 @@ impl Plugin for ExtendedResourcesPlugin {
             .into_iter()
             .map(|line| verdict(NAME, "allocation", VerdictOutcome::Pass, line))
             .collect();
+        let (name, mut found) = find_claim(api, ctx.pod, ns, pod_name, pod_uid).await?;
+        let label = format!("{ns}/{name}");
 
         let mut how = None;
         for _ in 0..CONFLICT_TRIES {
