@@ -406,7 +406,21 @@ async fn a_restart_between_steps_finishes_with_the_same_claim() {
 async fn a_claim_left_terminating_is_removed_and_replaced() {
     let s = setup("ext-terminating").await;
     let uid = s.pod("p", &s.node, "gpu-0", 3).await;
-    let old = s.leftover_claim("p", &uid).await;
+    // KAI reserved it before its rollback deleted it: reservedFor names a live pod, so the
+    // resourceclaim controller keeps the finalizer (recording 45).
+    let mut old = s.leftover_claim("p", &uid).await;
+    old.status = Some(
+        serde_json::from_value(json!({
+            "allocation": allocation(&s.node, "gpu-0"),
+            "reservedFor": [ { "resource": "pods", "name": "p", "uid": uid } ]
+        }))
+        .expect("status"),
+    );
+    let old = s
+        .claims()
+        .replace_status(&old.name_any(), &PostParams::default(), &old)
+        .await
+        .expect("reserve");
     s.claims()
         .delete(&old.name_any(), &DeleteParams::default())
         .await
