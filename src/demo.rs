@@ -91,6 +91,7 @@ enum Case {
     DraOtherNode,
     NumaFits,
     NumaMismatch,
+    ExtendedResource,
 }
 
 impl Case {
@@ -118,6 +119,7 @@ impl Case {
             Case::DraOtherNode => "DRA claim allocated on another node",
             Case::NumaFits => "predicted NUMA placement that fits",
             Case::NumaMismatch => "predicted NUMA zone with too few CPUs",
+            Case::ExtendedResource => "KEP-5004 extended resource via DRA",
         }
     }
 
@@ -147,6 +149,7 @@ impl Case {
                 Some(Phase::Failed),
                 "node-0 cpu: predicted 48, free 32 of 32",
             ),
+            Case::ExtendedResource => (Some(Phase::Succeeded), "bound to node"),
         }
     }
 
@@ -181,6 +184,7 @@ fn plan(n: usize) -> Vec<Case> {
         Case::DraOtherNode,
         Case::NumaFits,
         Case::NumaMismatch,
+        Case::ExtendedResource,
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
@@ -331,6 +335,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
     setup_storage(&client, &node, &items, &scratch).await?;
     setup_dra(&client, &node, &items).await?;
+    setup_extended_resources(&client).await?;
     // Pods first (as the scheduler sees them), then the BindRequests in one burst.
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let uids: HashMap<String, String> = futures::stream::iter(items.iter())
@@ -390,7 +395,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     };
     eprint!("\r");
     let elapsed = start.elapsed();
-    let ok = summarize(&items, &results, &bound_at, agent.stats.as_ref(), elapsed);
+    let extended_ok = report_extended_resources(&client, &items).await?;
+    let ok = summarize(&items, &results, &bound_at, agent.stats.as_ref(), elapsed) && extended_ok;
 
     if args.keep_running {
         println!(
@@ -485,6 +491,7 @@ fn short(c: Case) -> &'static str {
         Case::DraOtherNode => "draelsewhere",
         Case::NumaFits => "numa",
         Case::NumaMismatch => "numamismatch",
+        Case::ExtendedResource => "extres",
     }
 }
 
@@ -719,6 +726,9 @@ async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(S
     if whole > 0 {
         resources["limits"] = json!({ "nvidia.com/gpu": whole.to_string() });
     }
+    if it.case == Case::ExtendedResource {
+        resources["limits"] = json!({ EXTENDED_RESOURCE: "1" });
+    }
     let tolerations = if it.case == Case::TaintNotTolerated {
         json!([])
     } else {
@@ -817,6 +827,9 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
                 { "key": "metadata.name", "operator": "In", "values": [on] }
             ] } ] }
         } }]);
+    }
+    if it.case == Case::ExtendedResource {
+        spec["extendedResourceClaimAllocation"] = extended_allocation(it, node);
     }
     spec["podName"] = json!(it.name);
     spec["selectedNode"] = json!(selected);
@@ -966,4 +979,98 @@ fn summarize(
         println!("result: SOME REQUESTS DID NOT REACH THEIR EXPECTED OUTCOME");
     }
     all_ok
+}
+
+// KEP-5004: a pod asks for `example.com/gpu`, which a DeviceClass maps to the DRA driver's
+// GPUs; the scheduler's BindRequest carries the allocation, and the agent creates the pod's
+// extended-resource claim, reserves it and names it in the pod status before binding.
+
+const EXTENDED_RESOURCE: &str = "example.com/gpu";
+const EXTENDED_REQUEST: &str = "container-0-request-0";
+
+/// The DeviceClass that backs `example.com/gpu` with the DRA driver's GPUs.
+async fn setup_extended_resources(client: &Client) -> anyhow::Result<()> {
+    let class: DeviceClass = serde_json::from_value(json!({
+        "metadata": { "name": format!("{DRA_DRIVER}-extended") },
+        "spec": {
+            "selectors": [ { "cel": { "expression": format!("device.driver == '{DRA_DRIVER}'") } } ],
+            "extendedResourceName": EXTENDED_RESOURCE
+        }
+    }))?;
+    Api::<DeviceClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await?;
+    Ok(())
+}
+
+/// The scheduler's allocation for an extended-resource pod: GPU 2 or 3 of this node (the
+/// two pods of the case are created one after the other, so their indices alternate).
+fn extended_allocation(it: &Item, node: &str) -> serde_json::Value {
+    let index: usize = it
+        .name
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let device = format!("gpu-{}", 2 + index % 2);
+    json!({
+        "allocation": {
+            "devices": { "results": [
+                { "request": EXTENDED_REQUEST, "driver": DRA_DRIVER, "pool": node, "device": device }
+            ] },
+            "nodeSelector": { "nodeSelectorTerms": [ { "matchFields": [
+                { "key": "metadata.name", "operator": "In", "values": [node] }
+            ] } ] }
+        },
+        "deviceRequests": [
+            { "name": EXTENDED_REQUEST, "exactly": { "deviceClassName": format!("{DRA_DRIVER}-extended") } }
+        ],
+        "containerMappings": [
+            { "containerName": "main", "requestName": EXTENDED_REQUEST, "resourceName": EXTENDED_RESOURCE }
+        ]
+    })
+}
+
+/// Prints each extended-resource pod's claim as the kubelet would find it; `false` when a
+/// pod's status names no claim, or one that is not allocated and reserved for it.
+async fn report_extended_resources(client: &Client, items: &[Item]) -> anyhow::Result<bool> {
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
+    let claims = Api::<ResourceClaim>::namespaced(client.clone(), NAMESPACE);
+    let mut ok = true;
+    for it in items.iter().filter(|it| it.case == Case::ExtendedResource) {
+        let pod = pods.get(&it.name).await?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let named = pod
+            .status
+            .and_then(|s| s.extended_resource_claim_status)
+            .map(|s| s.resource_claim_name);
+        let claim = match &named {
+            Some(n) => claims.get_opt(n).await?,
+            None => None,
+        };
+        let status = claim.as_ref().and_then(|c| c.status.as_ref());
+        let device = status
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.devices.as_ref())
+            .and_then(|d| d.results.as_ref())
+            .and_then(|r| r.first())
+            .map(|r| r.device.clone());
+        let reserved = status
+            .and_then(|s| s.reserved_for.as_ref())
+            .is_some_and(|r| r.iter().any(|c| c.uid == uid));
+        match (named, device, reserved) {
+            (Some(n), Some(d), true) => println!(
+                "KEP-5004: pod {} -> claim {n}: {d} allocated and reserved, named in the pod status",
+                it.name
+            ),
+            (n, d, r) => {
+                ok = false;
+                println!(
+                    "KEP-5004: pod {}: pod status names {n:?}, allocated {d:?}, reserved for the pod: {r}",
+                    it.name
+                );
+            }
+        }
+    }
+    Ok(ok)
 }

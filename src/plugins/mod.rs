@@ -1,6 +1,7 @@
 //! Built-in plugins. Adding one is a module here and one line in [`standard`].
 
 pub mod dra;
+pub mod extended_resources;
 pub mod gpu;
 pub mod gpu_sharing;
 pub mod node;
@@ -50,6 +51,10 @@ pub fn standard(settings: &PluginSettings) -> Registry {
         ))
         .with(volumes::VolumesPlugin::new(&settings.volumes))
         .with(dra::DraPlugin::new(
+            &settings.dra,
+            settings.gpu.runtime.clone(),
+        ))
+        .with(extended_resources::ExtendedResourcesPlugin::new(
             &settings.dra,
             settings.gpu.runtime.clone(),
         ))
