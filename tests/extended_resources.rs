@@ -571,3 +571,58 @@ async fn an_extended_resource_bind_costs_five_requests_more_and_a_plain_one_none
     agent.stop().await.expect("stop");
     s.cleanup().await;
 }
+
+/// A claim another binder (KAI's) created with a generated name and recorded in the pod
+/// status before it stopped is the pod's claim: it is used, not duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_named_in_the_pod_status_by_another_binder_is_used() {
+    let s = setup("ext-kai-claim").await;
+    let uid = s.pod("p", &s.node, "gpu-0", 3).await;
+    let c: ResourceClaim = serde_json::from_value(json!({
+        "metadata": {
+            "generateName": "p-extended-resources-",
+            "annotations": { EXTENDED_RESOURCE_CLAIM_ANNOTATION: "true" },
+            "finalizers": [DELETE_PROTECTION_FINALIZER],
+            "ownerReferences": [{ "apiVersion": "v1", "kind": "Pod", "name": "p", "uid": uid,
+                                  "controller": true, "blockOwnerDeletion": true }]
+        },
+        "spec": { "devices": { "requests": [
+            { "name": REQUEST, "exactly": { "deviceClassName": DRIVER } }
+        ] } }
+    }))
+    .expect("claim");
+    let kai = s
+        .claims()
+        .create(&PostParams::default(), &c)
+        .await
+        .expect("create claim");
+    assert_ne!(kai.name_any(), claim_name("p", &uid));
+    s.env
+        .pods()
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "extendedResourceClaimStatus": {
+                "resourceClaimName": kai.name_any(),
+                "requestMappings": [
+                    { "containerName": "main", "requestName": REQUEST, "resourceName": RESOURCE }
+                ]
+            } } })),
+        )
+        .await
+        .expect("pod status");
+
+    let agent = s.agent().await;
+    s.env.wait_phase("p", Phase::Succeeded).await;
+    let claims = s.claims_of(&uid).await;
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0].uid(), kai.uid(), "KAI's claim");
+    assert_eq!(reserved_uids(&claims[0]), vec![uid.clone()]);
+    assert_eq!(allocated_device(&claims[0]).as_deref(), Some("gpu-0"));
+    assert_eq!(
+        claim_status(&s.env, "p").await["resourceClaimName"],
+        json!(kai.name_any())
+    );
+    agent.stop().await.expect("stop");
+    s.cleanup().await;
+}
