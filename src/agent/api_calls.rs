@@ -65,6 +65,14 @@ pub const UPDATE_RESOURCE_CLAIM_STATUS: ApiCall =
     c("resource.k8s.io", "resourceclaims/status", "update");
 pub const UPDATE_RESOURCE_CLAIM_BINDING: ApiCall =
     c("resource.k8s.io", "resourceclaims/binding", "update");
+/// The `extended_resources` plugin, only for requests with `extendedResourceClaimAllocation`
+/// (KEP-5004): create the pod's extended-resource claim, and on rollback remove its
+/// `delete-protection` finalizer (a patch) and delete it; write the claim's name into the
+/// pod's `status.extendedResourceClaimStatus` before binding (and clear it on rollback).
+pub const CREATE_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "create");
+pub const PATCH_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "patch");
+pub const DELETE_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "delete");
+pub const PATCH_POD_STATUS: ApiCall = c("", "pods/status", "patch");
 pub const LIST_NODES: ApiCall = c("", "nodes", "list");
 pub const WATCH_NODES: ApiCall = c("", "nodes", "watch");
 pub const GET_BIND_REQUEST: ApiCall = c(KAI, "bindrequests", "get");
@@ -101,6 +109,10 @@ pub const API_CALLS: &[ApiCall] = &[
     WATCH_RESOURCE_SLICES,
     UPDATE_RESOURCE_CLAIM_STATUS,
     UPDATE_RESOURCE_CLAIM_BINDING,
+    CREATE_RESOURCE_CLAIM,
+    PATCH_RESOURCE_CLAIM,
+    DELETE_RESOURCE_CLAIM,
+    PATCH_POD_STATUS,
     CREATE_POD_BINDING,
     CREATE_POD,
     DELETE_POD,

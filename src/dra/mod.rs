@@ -15,6 +15,7 @@ use crate::gpu::{GpuSnapshot, InventoryState};
 
 pub mod capacity;
 pub mod conditions;
+pub mod extended;
 pub mod taints;
 
 /// `status.reservedFor` may hold at most this many consumers (resource.k8s.io/v1).
