@@ -262,12 +262,19 @@ pub async fn run(
         queue.clone(),
         background.clone(),
     ));
-    tasks.spawn(permissions::check_at_start(
+    // Runs beside the cache sync; the workers start only once it is done (each review has
+    // the API timeout), so a missing permission is reported before any bind.
+    let (checked_tx, checked_rx) = tokio::sync::oneshot::channel::<()>();
+    let check = permissions::check_at_start(
         client.clone(),
         cfg.lease_namespace.clone(),
         cfg.api_timeout,
         stats.diag.clone(),
-    ));
+    );
+    tasks.spawn(async move {
+        check.await;
+        let _ = checked_tx.send(());
+    });
     let (requests, requests_writer) = reflector::store::<Lenient<BindRequest>>();
     let (node_store, node_writer) = reflector::store::<Node>();
     tasks.spawn(watch_requests(
@@ -408,6 +415,12 @@ pub async fn run(
         };
         if !ready {
             tracing::info!(node = %node_name, "ResourceSlice cache not synced yet; DRA binds list slices until it is");
+        }
+    }
+    if synced {
+        tokio::select! {
+            _ = checked_rx => {}
+            _ = shutdown.cancelled() => {}
         }
     }
     if synced {
