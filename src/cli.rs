@@ -116,6 +116,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub volumes: crate::plugins::volumes::VolumeArgs,
     #[command(flatten)]
+    pub dra: crate::plugins::dra::DraArgs,
+    #[command(flatten)]
     pub sharing: crate::plugins::gpu_sharing::SharingArgs,
     #[command(flatten)]
     pub numa: crate::plugins::numa::NumaArgs,
@@ -146,7 +148,7 @@ impl AgentArgs {
                 runtime: None,
             },
             volumes: self.volumes.settings(),
-            dra: Default::default(),
+            dra: self.dra.settings(),
             sharing: crate::plugins::gpu_sharing::SharingSettings {
                 args: self.sharing.clone(),
                 api: None,

@@ -46,6 +46,24 @@ const NAME: &str = "dra";
 /// Re-reads after a 409 before giving up for this attempt (retried later, not counted).
 const CONFLICT_TRIES: usize = 8;
 
+/// Command-line flags of the dra plugin (flattened into the agent's flags).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DraArgs {
+    /// How long a pod may wait for its devices' DRA binding conditions, counted from the
+    /// allocation's timestamp (kube-scheduler's bindingTimeout).
+    #[arg(long, env = "BINDLET_DRA_BINDING_TIMEOUT", default_value = "600s", value_parser = crate::cli::parse_duration)]
+    pub dra_binding_timeout: Duration,
+}
+
+impl DraArgs {
+    pub fn settings(&self) -> DraSettings {
+        DraSettings {
+            api: None,
+            binding_timeout: self.dra_binding_timeout,
+        }
+    }
+}
+
 /// Settings of the dra plugin.
 #[derive(Debug, Clone)]
 pub struct DraSettings {
