@@ -109,6 +109,10 @@ pub struct AgentArgs {
     /// Node checks (cordon, taints): enforce, warn or off.
     #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
     pub node_checks: CheckMode,
+    /// Write KAI's pod condition `PodBound` (True/Bound, False/BindingError) after each
+    /// attempt, as KAI's binder does: one `pods/status` patch per attempt.
+    #[arg(long, env = "BINDLET_POD_BOUND_CONDITION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_bound_condition: bool,
     #[command(flatten)]
     pub memory: crate::plugins::node::MemoryArgs,
     #[command(flatten)]
@@ -136,6 +140,7 @@ impl AgentArgs {
         cfg.api_timeout = self.api_timeout;
         cfg.lease_duration = self.lease_duration;
         cfg.lease_retry = self.lease_retry;
+        cfg.pod_bound_condition = self.pod_bound_condition;
         cfg.plugins = PluginSettings {
             node_checks: self.node_checks,
             memory: self.memory.clone(),

@@ -29,6 +29,8 @@ pub const GET_POD: ApiCall = c("", "pods", "get");
 /// that ask for GPUs.
 pub const LIST_PODS: ApiCall = c("", "pods", "list");
 pub const CREATE_POD_BINDING: ApiCall = c("", "pods/binding", "create");
+/// The `PodBound` condition KAI's binder writes after each attempt (`--pod-bound-condition`).
+pub const PATCH_POD_STATUS: ApiCall = c("", "pods/status", "patch");
 /// The `gpu_sharing` plugin, only for fractional requests: create and delete KAI's GPU
 /// reservation pods (reservation namespace), label the pod with its GPU groups, and write
 /// the ConfigMaps it reads its GPU from.
@@ -70,6 +72,9 @@ pub const GET_LEASE: ApiCall = c("coordination.k8s.io", "leases", "get");
 pub const CREATE_LEASE: ApiCall = c("coordination.k8s.io", "leases", "create");
 pub const UPDATE_LEASE: ApiCall = c("coordination.k8s.io", "leases", "update");
 pub const CREATE_EVENT: ApiCall = c("events.k8s.io", "events", "create");
+/// The pod's `Bound` / `BindingError` Events, written as KAI's binder writes them: core/v1,
+/// with `source.component: binder` (which the events.k8s.io API cannot set).
+pub const CREATE_CORE_EVENT: ApiCall = c("", "events", "create");
 /// Only with `--diag-auth=kubernetes`.
 pub const CREATE_TOKEN_REVIEW: ApiCall = c("authentication.k8s.io", "tokenreviews", "create");
 /// Only with `--diag-auth=kubernetes`.
@@ -92,6 +97,7 @@ pub const API_CALLS: &[ApiCall] = &[
     UPDATE_RESOURCE_CLAIM_STATUS,
     UPDATE_RESOURCE_CLAIM_BINDING,
     CREATE_POD_BINDING,
+    PATCH_POD_STATUS,
     CREATE_POD,
     DELETE_POD,
     PATCH_POD,
@@ -109,6 +115,7 @@ pub const API_CALLS: &[ApiCall] = &[
     CREATE_LEASE,
     UPDATE_LEASE,
     CREATE_EVENT,
+    CREATE_CORE_EVENT,
     CREATE_TOKEN_REVIEW,
     CREATE_SUBJECT_ACCESS_REVIEW,
 ];

@@ -7,7 +7,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::{BindRequest, BindRequestStatus, Lenient, NodeVerification, Phase};
 use crate::binding::{
-    self, AttemptError, BindContext, BindFault, Binder, Failure, Outcome, PodState,
+    self, AttemptError, BindContext, BindFault, Binder, Failure, Outcome, PodState, pod_metadata,
 };
 
 use super::AgentConfig;
@@ -153,12 +153,20 @@ async fn snapshot_and_run(
             // on the pod, as KAI's binder and kube-scheduler write: the BindRequest records
             // the success in its status (phase and what was verified), and `explain` shows
             // the pod's Events with it.
-            let note = format!(
-                "Bound {}/{} to node {me} after node-local verification",
-                req.namespace, req.pod_name
-            );
-            sh.events
-                .emit(event(pod_ref(&pod), EventType::Normal, "Bound", note));
+            // As KAI's binder records it (core/v1, component `binder`), so tools that
+            // watch for KAI's binder see bindlet's binds.
+            if let Some(r) = pod_metadata::pod_bound_report(
+                &Outcome::Bound,
+                &req.namespace,
+                &req.pod_name,
+                me,
+                "",
+            ) {
+                sh.events.emit_as_component(
+                    event(pod_ref(&pod), EventType::Normal, r.reason, r.message),
+                    pod_metadata::KAI_BINDER_COMPONENT,
+                );
+            }
             Ok(Outcome::Bound)
         }
         Ok(false) => Ok(Outcome::AlreadyBound),
@@ -192,6 +200,9 @@ async fn settle(
         {
             Ok(StatusWrite::Written) => {
                 log_and_emit(sh, key, &br, &outcome, &status);
+                if sh.cfg.pod_bound_condition {
+                    write_pod_bound(sh, key, &br, &outcome, &status).await;
+                }
                 return next_after(sh, &outcome, &status);
             }
             Ok(StatusWrite::Gone) => return Next::Forget,
@@ -316,11 +327,14 @@ fn log_and_emit(
                 f.code(),
                 note.clone(),
             ));
-            if !matches!(
-                f,
-                Failure::PodNotFound { .. }
-                    | Failure::Malformed(_)
-                    | Failure::PodUidMismatch { .. }
+            // On the pod, KAI's `BindingError` (core/v1, component `binder`); none on a pod
+            // that is not this request's (missing, recreated, bound by another binder).
+            if let Some(r) = pod_metadata::pod_bound_report(
+                outcome,
+                &key.namespace,
+                br.spec.pod_name.as_deref().unwrap_or_default(),
+                &sh.cfg.node_name,
+                reason,
             ) {
                 let pod = ObjectReference {
                     api_version: Some("v1".into()),
@@ -330,8 +344,10 @@ fn log_and_emit(
                     uid: br.owner_pod_uid().map(str::to_string),
                     ..Default::default()
                 };
-                sh.events
-                    .emit(event(pod, EventType::Warning, f.code(), note));
+                sh.events.emit_as_component(
+                    event(pod, EventType::Warning, r.reason, r.message),
+                    pod_metadata::KAI_BINDER_COMPONENT,
+                );
             }
         }
     }
@@ -387,6 +403,46 @@ async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
     }
 }
 
+/// Writes KAI's `PodBound` condition for the attempt on the pod (best effort, like KAI's
+/// binder: a failure is logged; the request's status already says what happened). Guarded by
+/// the pod UID of the request's owner reference; without one nothing is written.
+async fn write_pod_bound(
+    sh: &Shared,
+    key: &Key,
+    br: &BindRequest,
+    outcome: &Outcome,
+    status: &BindRequestStatus,
+) {
+    let Some(pod) = br.spec.pod_name.as_deref() else {
+        return;
+    };
+    let Some(uid) = br.owner_pod_uid() else {
+        return;
+    };
+    let reason = status.reason.as_deref().unwrap_or_default();
+    let Some(report) =
+        pod_metadata::pod_bound_report(outcome, &key.namespace, pod, &sh.cfg.node_name, reason)
+    else {
+        return;
+    };
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let body = pod_metadata::pod_bound_patch(uid, &report, &now);
+    match sh
+        .effects
+        .patch_pod_status(&key.namespace, pod, &body)
+        .await
+    {
+        Ok(()) => {}
+        // Gone or recreated: not this request's pod any more.
+        Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+        Err(e) => {
+            tracing::warn!(request = %key, error = %e, "could not write the pod's PodBound condition")
+        }
+    }
+}
+
 struct KubeBinder<'a> {
     effects: &'a Effects,
 }
@@ -395,12 +451,15 @@ struct KubeBinder<'a> {
 impl Binder for KubeBinder<'_> {
     async fn bind(&self, ctx: &BindContext<'_>, pod_uid: &str) -> Result<(), BindFault> {
         // Only ever to this agent's own node.
+        // KAI's pod annotations travel on the Binding (see `binding::pod_metadata`).
+        let annotations = pod_metadata::bind_annotations(&ctx.bind_request.spec);
         self.effects
-            .bind_pod(
+            .bind_pod_annotated(
                 &ctx.request.namespace,
                 &ctx.request.pod_name,
                 pod_uid,
                 ctx.node_name,
+                &annotations,
             )
             .await
     }
