@@ -193,6 +193,8 @@ async fn fractions_share_a_reserved_gpu_until_it_is_full() {
         data.get("RUNAI_NUM_OF_GPUS").map(String::as_str),
         Some("0.5")
     );
+    // GPU_PORTION where KAI's webhook wires it (a non-optional key of the capabilities map).
+    assert_eq!(data.get("GPU_PORTION").map(String::as_str), Some("0.5"));
     let owner = &cm.metadata.owner_references.clone().unwrap_or_default()[0];
     assert_eq!(
         (owner.kind.as_str(), Some(owner.uid.as_str())),
@@ -203,11 +205,9 @@ async fn fractions_share_a_reserved_gpu_until_it_is_full() {
         .await
         .expect("env map");
     assert_eq!(
-        evar.data
-            .unwrap_or_default()
-            .get("GPU_PORTION")
-            .map(String::as_str),
-        Some("0.5")
+        evar.data.unwrap_or_default().keys().collect::<Vec<_>>(),
+        ["NVIDIA_VISIBLE_DEVICES"],
+        "the env map carries what the container does not read from the capabilities map"
     );
     let verdicts = s.env.verification(&s.agent, &br).verdicts;
     assert!(
