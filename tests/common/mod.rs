@@ -427,7 +427,6 @@ impl TestEnv {
             .and_then(|p| p.spec.and_then(|s| s.node_name))
     }
 
-    /// Events (events.k8s.io/v1) about the named object, oldest first.
     /// The Events about `kind/name`, oldest first. Both Event APIs are read: bindlet writes
     /// most through events.k8s.io/v1 and KAI's `Bound` / `BindingError` through core/v1. A
     /// real server serves one set of Events through both (each appears in both lists, with
