@@ -201,7 +201,7 @@ async fn a_failed_attempt_is_pod_bound_false_then_true_once_bound() {
     // A refusal that will be retried: False (KAI would write True here), with the reason.
     let cond = wait_pod_bound(&env, "waits", "False").await;
     assert_eq!(cond.reason.as_deref(), Some("BindingError"));
-    let message = cond.message.unwrap_or_default();
+    let message = cond.message.clone().unwrap_or_default();
     let ns = &env.namespace;
     assert!(
         message.starts_with(&format!("Failed to bind pod {ns}/waits to node {node}: "))
@@ -210,6 +210,25 @@ async fn a_failed_attempt_is_pod_bound_false_then_true_once_bound() {
     );
     let br = env.get_request("waits").await.expect("request");
     assert_eq!(br.phase(), Some(Phase::Pending), "still retrying");
+    // Later attempts fail the same way: the pod already says so, nothing more is written.
+    let start = tokio::time::Instant::now();
+    while env
+        .get_request("waits")
+        .await
+        .and_then(|b| b.status)
+        .and_then(|s| s.failed_attempts)
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no third attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agent_calls(&agent, "patch", "pods/status"), 1);
+    let again = wait_pod_bound(&env, "waits", "False").await;
+    assert_eq!(again.last_transition_time, cond.last_transition_time);
     let event = wait_core_event(&env, "waits", "BindingError").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert_eq!(

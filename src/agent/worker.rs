@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodCondition};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::{BindRequest, BindRequestStatus, Lenient, NodeVerification, Phase};
@@ -63,7 +63,8 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
     }
     let retry = sh.stats.local_retries(key);
     let timer = sh.diag.attempt_started(&br);
-    let (result, verification) = attempt(sh, &br, cancelled).await;
+    let mut pod_bound = None;
+    let (result, verification) = attempt(sh, &br, cancelled, &mut pod_bound).await;
     sh.diag
         .attempt_finished(&br, timer, &result, verification.as_ref());
     let outcome = match result {
@@ -82,7 +83,7 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
         Err(AttemptError::Failed(f)) => Outcome::Failed(f),
         Ok(outcome) => outcome,
     };
-    let next = settle(sh, key, br, outcome, verification).await;
+    let next = settle(sh, key, br, outcome, verification, pod_bound).await;
     if next == Next::Forget {
         sh.stats.clear_local_retries(key);
     }
@@ -92,8 +93,14 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
 /// The attempt's result, and the verdicts when the pipeline ran.
 type Attempt = (Result<Outcome, AttemptError>, Option<NodeVerification>);
 
-async fn attempt(sh: &Shared, br: &BindRequest, cancelled: &Cancelled) -> Attempt {
-    match snapshot_and_run(sh, br, cancelled).await {
+/// `pod_bound` receives the pod's `PodBound` condition as the attempt read it.
+async fn attempt(
+    sh: &Shared,
+    br: &BindRequest,
+    cancelled: &Cancelled,
+    pod_bound: &mut Option<PodCondition>,
+) -> Attempt {
+    match snapshot_and_run(sh, br, cancelled, pod_bound).await {
         Ok(done) => done,
         Err(e) => (Err(e), None),
     }
@@ -104,6 +111,7 @@ async fn snapshot_and_run(
     sh: &Shared,
     br: &BindRequest,
     cancelled: &Cancelled,
+    pod_bound: &mut Option<PodCondition>,
 ) -> Result<Attempt, AttemptError> {
     let me = sh.cfg.node_name.as_str();
     let req = binding::validate_request(br, me).map_err(AttemptError::Failed)?;
@@ -112,6 +120,7 @@ async fn snapshot_and_run(
         .get_pod(&req.namespace, &req.pod_name)
         .await
         .map_err(|e| AttemptError::Transient(format!("reading pod: {e}")))?;
+    *pod_bound = pod.as_ref().and_then(pod_metadata::current_pod_bound);
     let uid = match binding::check_pod(br, &req, pod.as_ref(), me) {
         Ok(PodState::BoundHere) => return Ok((Ok(Outcome::AlreadyBound), None)),
         Ok(PodState::Unbound { uid }) => uid,
@@ -183,6 +192,7 @@ async fn settle(
     mut br: BindRequest,
     outcome: Outcome,
     verification: Option<NodeVerification>,
+    pod_bound: Option<PodCondition>,
 ) -> Next {
     for _ in 0..STATUS_WRITE_TRIES {
         let status = binding::next_status(
@@ -201,7 +211,7 @@ async fn settle(
             Ok(StatusWrite::Written) => {
                 log_and_emit(sh, key, &br, &outcome, &status);
                 if sh.cfg.pod_bound_condition {
-                    write_pod_bound(sh, key, &br, &outcome, &status).await;
+                    write_pod_bound(sh, key, &br, &outcome, &status, pod_bound.as_ref()).await;
                 }
                 return next_after(sh, &outcome, &status);
             }
@@ -404,14 +414,16 @@ async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
 }
 
 /// Writes KAI's `PodBound` condition for the attempt on the pod (best effort, like KAI's
-/// binder: a failure is logged; the request's status already says what happened). Guarded by
-/// the pod UID of the request's owner reference; without one nothing is written.
+/// binder: a failure is logged; the request's status already says what happened), unless
+/// the pod read by the attempt (`current`) already has it. Guarded by the pod UID of the
+/// request's owner reference; without one nothing is written.
 async fn write_pod_bound(
     sh: &Shared,
     key: &Key,
     br: &BindRequest,
     outcome: &Outcome,
     status: &BindRequestStatus,
+    current: Option<&PodCondition>,
 ) {
     let Some(pod) = br.spec.pod_name.as_deref() else {
         return;
@@ -428,7 +440,9 @@ async fn write_pod_bound(
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let body = pod_metadata::pod_bound_patch(uid, &report, &now);
+    let Some(body) = pod_metadata::pod_bound_patch(uid, &report, current, &now) else {
+        return; // The pod already says so.
+    };
     match sh
         .effects
         .patch_pod_status(&key.namespace, pod, &body)

@@ -23,6 +23,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+
 use crate::api::BindRequestSpec;
 
 use super::failure::Failure;
@@ -121,22 +123,56 @@ pub fn pod_bound_report(
     }
 }
 
-/// The body of the strategic merge patch of `pods/status` that sets the condition: the
-/// list `status.conditions` merges by `type` (its patch merge key in core/v1), so other
-/// conditions stay as they are; `metadata.uid` makes the write fail (409) on a pod that was
-/// recreated under the same name.
-pub fn pod_bound_patch(uid: &str, report: &PodBoundReport, now: &str) -> serde_json::Value {
-    serde_json::json!({
+/// The pod's current `PodBound` condition, if any.
+pub fn current_pod_bound(pod: &Pod) -> Option<PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == POD_BOUND_CONDITION)
+        .cloned()
+}
+
+/// The body of the strategic merge patch of `pods/status` that sets the condition, or
+/// `None` when the pod already has it (same status, reason and message: nothing to write,
+/// no request). The list `status.conditions` merges by `type` (its patch merge key in
+/// core/v1), so other conditions stay as they are; `metadata.uid` makes the write fail
+/// (409) on a pod that was recreated under the same name. `lastTransitionTime` moves only
+/// when the status changes (as KAI's `podutil.UpdatePodCondition` keeps it).
+pub fn pod_bound_patch(
+    uid: &str,
+    report: &PodBoundReport,
+    current: Option<&PodCondition>,
+    now: &str,
+) -> Option<serde_json::Value> {
+    let same_status = current.is_some_and(|c| c.status == report.status);
+    if same_status
+        && current.is_some_and(|c| {
+            c.reason.as_deref() == Some(report.reason)
+                && c.message.as_deref() == Some(report.message.as_str())
+        })
+    {
+        return None;
+    }
+    let mut condition = serde_json::json!({
+        "type": POD_BOUND_CONDITION,
+        "status": report.status,
+        "reason": report.reason,
+        "message": report.message,
+        "lastProbeTime": null,
+        "lastTransitionTime": now,
+    });
+    if same_status {
+        // Left out of the patch, the pod keeps its own.
+        if let Some(c) = condition.as_object_mut() {
+            c.remove("lastTransitionTime");
+        }
+    }
+    Some(serde_json::json!({
         "metadata": { "uid": uid },
-        "status": { "conditions": [{
-            "type": POD_BOUND_CONDITION,
-            "status": report.status,
-            "reason": report.reason,
-            "message": report.message,
-            "lastProbeTime": null,
-            "lastTransitionTime": now,
-        }]}
-    })
+        "status": { "conditions": [condition] }
+    }))
 }
 
 #[cfg(test)]
@@ -330,15 +366,74 @@ mod tests {
 
     #[test]
     fn patch_sets_only_the_pod_bound_condition_guarded_by_uid() {
-        let r = pod_bound_report(&Outcome::Bound, "ns", "p", "n1", "").expect("a report");
-        let p = pod_bound_patch("uid-1", &r, "2026-01-01T00:00:00Z");
-        assert_eq!(p["metadata"], serde_json::json!({ "uid": "uid-1" }));
-        let conds = p["status"]["conditions"].as_array().expect("a list");
-        assert_eq!(conds.len(), 1);
-        assert_eq!(conds[0]["type"], "PodBound");
-        assert_eq!(conds[0]["status"], "True");
-        assert_eq!(conds[0]["reason"], "Bound");
-        assert_eq!(conds[0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
-        assert_eq!(p.as_object().map(|o| o.len()), Some(2), "nothing else");
+        let bound = pod_bound_report(&Outcome::Bound, "ns", "p", "n1", "").expect("a report");
+        let failed = pod_bound_report(
+            &Outcome::Failed(Failure::BindingRejected("nope".into())),
+            "ns",
+            "p",
+            "n1",
+            "nope",
+        )
+        .expect("a report");
+        let cond = |status: &str, reason: &str, message: &str| PodCondition {
+            type_: "PodBound".into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..Default::default()
+        };
+        let now = "2026-01-01T00:00:00Z";
+        // name, report, current condition, Some(writes lastTransitionTime) or None (no write)
+        let cases: Vec<(&str, &PodBoundReport, Option<PodCondition>, Option<bool>)> = vec![
+            ("first attempt", &bound, None, Some(true)),
+            (
+                "False to True: a transition",
+                &bound,
+                Some(cond("False", "BindingError", "x")),
+                Some(true),
+            ),
+            (
+                "already so: nothing to write",
+                &bound,
+                Some(cond("True", "Bound", &bound.message)),
+                None,
+            ),
+            (
+                "False again with another reason: time kept",
+                &failed,
+                Some(cond("False", "BindingError", "an earlier reason")),
+                Some(false),
+            ),
+        ];
+        for (name, report, current, want) in cases {
+            let got = pod_bound_patch("uid-1", report, current.as_ref(), now);
+            match (want, got) {
+                (None, None) => {}
+                (Some(with_time), Some(p)) => {
+                    assert_eq!(
+                        p["metadata"],
+                        serde_json::json!({ "uid": "uid-1" }),
+                        "{name}"
+                    );
+                    let conds = p["status"]["conditions"].as_array().expect("a list");
+                    assert_eq!(conds.len(), 1, "{name}");
+                    assert_eq!(conds[0]["type"], "PodBound", "{name}");
+                    assert_eq!(conds[0]["status"], report.status, "{name}");
+                    assert_eq!(conds[0]["reason"], report.reason, "{name}");
+                    assert_eq!(conds[0]["message"], report.message.as_str(), "{name}");
+                    assert_eq!(
+                        conds[0].get("lastTransitionTime").is_some(),
+                        with_time,
+                        "{name}"
+                    );
+                    assert_eq!(
+                        p.as_object().map(|o| o.len()),
+                        Some(2),
+                        "{name}: nothing else"
+                    );
+                }
+                (want, got) => panic!("{name}: want {want:?}, got {got:?}"),
+            }
+        }
     }
 }
