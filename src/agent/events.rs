@@ -231,9 +231,11 @@ fn shorten(mut note: String) -> String {
 }
 
 /// A core/v1 Event shaped like client-go's recorder makes them (`tools/record/event.go`,
-/// `makeEvent`): no `eventTime` (so the server applies the legacy validation, which
-/// admits `source`), first and last timestamp now, count 1, `source.component` and
-/// `reportingComponent` the component, `source.host` and `reportingInstance` this agent.
+/// `makeEvent` and `generateEvent`: `source` the recorder's, `reportingComponent` its
+/// component, `reportingInstance` its host): no `eventTime` (so the server applies the
+/// legacy validation, which admits `source`), first and last timestamp now, count 1.
+/// `source.host` and `reportingInstance` are this agent (KAI's binder leaves them empty), so
+/// its Events can be told from KAI's.
 fn core_event(spec: EventSpec, component: &str, instance: &str, now: jiff::Timestamp) -> CoreEvent {
     let ns = event_namespace(&spec);
     let name = event_name(&spec, now);
