@@ -159,11 +159,10 @@ async fn snapshot_and_run(
         Ok(true) => {
             // Emitted right after the bind: a later status-write failure retries the
             // attempt, which then finds the pod already bound and emits nothing. One Event,
-            // on the pod, as KAI's binder and kube-scheduler write: the BindRequest records
-            // the success in its status (phase and what was verified), and `explain` shows
-            // the pod's Events with it.
-            // As KAI's binder records it (core/v1, component `binder`), so tools that
-            // watch for KAI's binder see bindlet's binds.
+            // on the pod, as KAI's binder records it (core/v1, component `binder`, so tools
+            // watching for KAI's binder see bindlet's binds): the BindRequest records the
+            // success in its status (phase and what was verified), and `explain` shows the
+            // pod's Events with it.
             if let Some(r) = pod_metadata::pod_bound_report(
                 &Outcome::Bound,
                 &req.namespace,
