@@ -121,6 +121,8 @@ pub struct AgentArgs {
     pub volumes: crate::plugins::volumes::VolumeArgs,
     #[command(flatten)]
     pub sharing: crate::plugins::gpu_sharing::SharingArgs,
+    #[command(flatten)]
+    pub numa: crate::plugins::numa::NumaArgs,
 }
 
 impl AgentArgs {
@@ -153,6 +155,10 @@ impl AgentArgs {
             sharing: crate::plugins::gpu_sharing::SharingSettings {
                 args: self.sharing.clone(),
                 api: None,
+            },
+            numa: crate::plugins::numa::NumaSettings {
+                args: self.numa.clone(),
+                timeout: self.api_timeout,
             },
         };
         cfg

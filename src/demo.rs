@@ -89,6 +89,9 @@ enum Case {
     DraClaim,
     DraUnhealthyGpu,
     DraOtherNode,
+    NumaFits,
+    NumaMismatch,
+    ExtendedResource,
 }
 
 impl Case {
@@ -114,6 +117,9 @@ impl Case {
             Case::DraClaim => "DRA claim shared by two pods",
             Case::DraUnhealthyGpu => "DRA claim on the GPU with XID 79",
             Case::DraOtherNode => "DRA claim allocated on another node",
+            Case::NumaFits => "predicted NUMA placement that fits",
+            Case::NumaMismatch => "predicted NUMA zone with too few CPUs",
+            Case::ExtendedResource => "KEP-5004 extended resource via DRA",
         }
     }
 
@@ -138,6 +144,12 @@ impl Case {
             Case::TooManyGpus => (Some(Phase::Failed), "needs 8 whole GPU(s)"),
             Case::DraUnhealthyGpu => (Some(Phase::Failed), "is unhealthy"),
             Case::DraOtherNode => (Some(Phase::Failed), "does not select node"),
+            Case::NumaFits => (Some(Phase::Succeeded), "bound to node"),
+            Case::NumaMismatch => (
+                Some(Phase::Failed),
+                "node-0 cpu: predicted 48, free 32 of 32",
+            ),
+            Case::ExtendedResource => (Some(Phase::Succeeded), "bound to node"),
         }
     }
 
@@ -170,6 +182,9 @@ fn plan(n: usize) -> Vec<Case> {
         Case::DraClaim,
         Case::DraUnhealthyGpu,
         Case::DraOtherNode,
+        Case::NumaFits,
+        Case::NumaMismatch,
+        Case::ExtendedResource,
     ];
     let mut cases: Vec<Case> = special.iter().flat_map(|c| [*c, *c]).collect();
     let rest = n.saturating_sub(cases.len()).max(4);
@@ -218,6 +233,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if args.agent.gpu.kubelet_pod_resources_socket.is_none() {
         args.agent.gpu.kubelet_pod_resources_socket = Some(kubelet_socket.clone());
     }
+    // The simulated node's NUMA topology (unless a sysfs is given): two zones of 32 CPUs,
+    // 256 GiB and four GPUs each; the agent publishes the placements the kubelet makes.
+    if args.agent.numa.sysfs_root == std::path::Path::new("/sys") {
+        let root = scratch.join("sys");
+        let buses: Vec<(String, i64)> = (0..8)
+            .map(|i| (format!("00000000:{:02X}:00.0", 0x18 + i), i64::from(i / 4)))
+            .collect();
+        let buses: Vec<(&str, i64)> = buses.iter().map(|(b, n)| (b.as_str(), *n)).collect();
+        crate::numa::sysfs::write_fake(
+            &root,
+            &[(0, "0-31", 256 << 20), (1, "32-63", 256 << 20)],
+            &buses,
+        )?;
+        args.agent.numa.sysfs_root = root;
+        args.agent.numa.publish_numa_placement = true;
+    }
     let mut cfg = args.agent.to_config(&node);
     if args.agent.identity.is_none() {
         cfg.identity = format!("bindlet-demo-{node}");
@@ -254,6 +285,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             socket: Some(kubelet_socket),
             admit_delay: Duration::from_millis(20),
             reservation_namespace: Some(reservation_ns),
+            gpu_numa_nodes: (0..8)
+                .map(|i| (format!("GPU-{i:08x}-demo"), i64::from(i / 4)))
+                .collect(),
             ..Default::default()
         },
     )?;
@@ -301,6 +335,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
     setup_storage(&client, &node, &items, &scratch).await?;
     setup_dra(&client, &node, &items).await?;
+    setup_extended_resources(&client).await?;
     // Pods first (as the scheduler sees them), then the BindRequests in one burst.
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let uids: HashMap<String, String> = futures::stream::iter(items.iter())
@@ -360,7 +395,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     };
     eprint!("\r");
     let elapsed = start.elapsed();
-    let ok = summarize(&items, &results, &bound_at, agent.stats.as_ref(), elapsed);
+    let extended_ok = report_extended_resources(&client, &items).await?;
+    let ok = summarize(&items, &results, &bound_at, agent.stats.as_ref(), elapsed) && extended_ok;
 
     if args.keep_running {
         println!(
@@ -453,6 +489,9 @@ fn short(c: Case) -> &'static str {
         Case::DraClaim => "dra",
         Case::DraUnhealthyGpu => "draxid",
         Case::DraOtherNode => "draelsewhere",
+        Case::NumaFits => "numa",
+        Case::NumaMismatch => "numamismatch",
+        Case::ExtendedResource => "extres",
     }
 }
 
@@ -687,6 +726,9 @@ async fn create_pod(pods: &Api<Pod>, it: &Item, node: &str) -> anyhow::Result<(S
     if whole > 0 {
         resources["limits"] = json!({ "nvidia.com/gpu": whole.to_string() });
     }
+    if it.case == Case::ExtendedResource {
+        resources["limits"] = json!({ EXTENDED_RESOURCE: "1" });
+    }
     let tolerations = if it.case == Case::TaintNotTolerated {
         json!([])
     } else {
@@ -763,6 +805,13 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
         Case::Malformed => {
             json!({ "receivedResourceType": "Fraction", "receivedGPU": { "count": 1, "portion": "1.5" }, "selectedGPUGroups": ["g-1"] })
         }
+        // KAI's NUMA plugin predicts zones of the node's NodeResourceTopology.
+        Case::NumaFits => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" }, "predictedNUMAZones": [{ "zone": "node-1", "amount": { "cpu": 4, "memory": "16Gi" } }] })
+        }
+        Case::NumaMismatch => {
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" }, "predictedNUMAZones": [{ "zone": "node-0", "amount": { "cpu": 48 } }] })
+        }
         _ => {
             json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 0, "portion": "0" } })
         }
@@ -778,6 +827,9 @@ fn bind_request(it: &Item, pod_uid: &str, node: &str) -> anyhow::Result<BindRequ
                 { "key": "metadata.name", "operator": "In", "values": [on] }
             ] } ] }
         } }]);
+    }
+    if it.case == Case::ExtendedResource {
+        spec["extendedResourceClaimAllocation"] = extended_allocation(it, node);
     }
     spec["podName"] = json!(it.name);
     spec["selectedNode"] = json!(selected);
@@ -927,4 +979,98 @@ fn summarize(
         println!("result: SOME REQUESTS DID NOT REACH THEIR EXPECTED OUTCOME");
     }
     all_ok
+}
+
+// KEP-5004: a pod asks for `example.com/gpu`, which a DeviceClass maps to the DRA driver's
+// GPUs; the scheduler's BindRequest carries the allocation, and the agent creates the pod's
+// extended-resource claim, reserves it and names it in the pod status before binding.
+
+const EXTENDED_RESOURCE: &str = "example.com/gpu";
+const EXTENDED_REQUEST: &str = "container-0-request-0";
+
+/// The DeviceClass that backs `example.com/gpu` with the DRA driver's GPUs.
+async fn setup_extended_resources(client: &Client) -> anyhow::Result<()> {
+    let class: DeviceClass = serde_json::from_value(json!({
+        "metadata": { "name": format!("{DRA_DRIVER}-extended") },
+        "spec": {
+            "selectors": [ { "cel": { "expression": format!("device.driver == '{DRA_DRIVER}'") } } ],
+            "extendedResourceName": EXTENDED_RESOURCE
+        }
+    }))?;
+    Api::<DeviceClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await?;
+    Ok(())
+}
+
+/// The scheduler's allocation for an extended-resource pod: GPU 2 or 3 of this node (the
+/// two pods of the case are created one after the other, so their indices alternate).
+fn extended_allocation(it: &Item, node: &str) -> serde_json::Value {
+    let index: usize = it
+        .name
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let device = format!("gpu-{}", 2 + index % 2);
+    json!({
+        "allocation": {
+            "devices": { "results": [
+                { "request": EXTENDED_REQUEST, "driver": DRA_DRIVER, "pool": node, "device": device }
+            ] },
+            "nodeSelector": { "nodeSelectorTerms": [ { "matchFields": [
+                { "key": "metadata.name", "operator": "In", "values": [node] }
+            ] } ] }
+        },
+        "deviceRequests": [
+            { "name": EXTENDED_REQUEST, "exactly": { "deviceClassName": format!("{DRA_DRIVER}-extended") } }
+        ],
+        "containerMappings": [
+            { "containerName": "main", "requestName": EXTENDED_REQUEST, "resourceName": EXTENDED_RESOURCE }
+        ]
+    })
+}
+
+/// Prints each extended-resource pod's claim as the kubelet would find it; `false` when a
+/// pod's status names no claim, or one that is not allocated and reserved for it.
+async fn report_extended_resources(client: &Client, items: &[Item]) -> anyhow::Result<bool> {
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
+    let claims = Api::<ResourceClaim>::namespaced(client.clone(), NAMESPACE);
+    let mut ok = true;
+    for it in items.iter().filter(|it| it.case == Case::ExtendedResource) {
+        let pod = pods.get(&it.name).await?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let named = pod
+            .status
+            .and_then(|s| s.extended_resource_claim_status)
+            .map(|s| s.resource_claim_name);
+        let claim = match &named {
+            Some(n) => claims.get_opt(n).await?,
+            None => None,
+        };
+        let status = claim.as_ref().and_then(|c| c.status.as_ref());
+        let device = status
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.devices.as_ref())
+            .and_then(|d| d.results.as_ref())
+            .and_then(|r| r.first())
+            .map(|r| r.device.clone());
+        let reserved = status
+            .and_then(|s| s.reserved_for.as_ref())
+            .is_some_and(|r| r.iter().any(|c| c.uid == uid));
+        match (named, device, reserved) {
+            (Some(n), Some(d), true) => println!(
+                "KEP-5004: pod {} -> claim {n}: {d} allocated and reserved, named in the pod status",
+                it.name
+            ),
+            (n, d, r) => {
+                ok = false;
+                println!(
+                    "KEP-5004: pod {}: pod status names {n:?}, allocated {d:?}, reserved for the pod: {r}",
+                    it.name
+                );
+            }
+        }
+    }
+    Ok(ok)
 }

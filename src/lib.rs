@@ -13,6 +13,7 @@ pub mod diag;
 pub mod dra;
 pub mod gpu;
 pub mod manual;
+pub mod numa;
 pub mod plugins;
 pub mod sim;
 pub mod volume;

@@ -368,6 +368,15 @@ fn admission_policy_restricts_the_agent_to_its_node() {
         covers("bindrequests/status", "UPDATE"),
         "status patches are UPDATEs in admission"
     );
+    // Extended-resource claims (KEP-5004): created, un-finalized and deleted by the agent;
+    // the pod status names the claim before binding.
+    for op in ["CREATE", "UPDATE", "DELETE"] {
+        assert!(
+            covers("resourceclaims", op),
+            "extended-resource claims: {op}"
+        );
+    }
+    assert!(covers("pods/status", "UPDATE"), "pod status patches");
     let conds = spec.match_conditions.clone().unwrap_or_default();
     let user = format!("system:serviceaccount:{ns}:{sa}");
     assert!(
@@ -402,6 +411,14 @@ fn admission_policy_restricts_the_agent_to_its_node() {
         vals.iter()
             .any(|v| { v.expression.contains("object.spec == oldObject.spec") })
     );
+    // Pod status: pods on this node, or only extendedResourceClaimStatus on unbound ones.
+    assert!(vals.iter().any(|v| {
+        v.expression.contains("request.subResource != 'status'")
+            && v.expression
+                .contains("oldObject.spec.nodeName == variables.nodeName")
+            && v.expression
+                .contains("variables.podStatusOnlyExtendedClaimChanges")
+    }));
     assert!(m.policy_bindings.iter().any(|b| {
         b.spec.policy_name == name && b.spec.validation_actions.iter().any(|a| a == "Deny")
     }));

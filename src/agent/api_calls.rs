@@ -29,8 +29,6 @@ pub const GET_POD: ApiCall = c("", "pods", "get");
 /// that ask for GPUs.
 pub const LIST_PODS: ApiCall = c("", "pods", "list");
 pub const CREATE_POD_BINDING: ApiCall = c("", "pods/binding", "create");
-/// The `PodBound` condition KAI's binder writes after each attempt (`--pod-bound-condition`).
-pub const PATCH_POD_STATUS: ApiCall = c("", "pods/status", "patch");
 /// The `gpu_sharing` plugin, only for fractional requests: create and delete KAI's GPU
 /// reservation pods (reservation namespace), label the pod with its GPU groups, and write
 /// the ConfigMaps it reads its GPU from.
@@ -62,6 +60,16 @@ pub const UPDATE_RESOURCE_CLAIM_STATUS: ApiCall =
     c("resource.k8s.io", "resourceclaims/status", "update");
 pub const UPDATE_RESOURCE_CLAIM_BINDING: ApiCall =
     c("resource.k8s.io", "resourceclaims/binding", "update");
+/// The `extended_resources` plugin, only for requests with `extendedResourceClaimAllocation`
+/// (KEP-5004): create the pod's extended-resource claim, and on rollback remove its
+/// `delete-protection` finalizer (a patch) and delete it; write the claim's name into the
+/// pod's `status.extendedResourceClaimStatus` before binding (and clear it on rollback).
+/// `PATCH_POD_STATUS` also writes KAI's `PodBound` condition after each attempt
+/// (`--pod-bound-condition`).
+pub const CREATE_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "create");
+pub const PATCH_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "patch");
+pub const DELETE_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "delete");
+pub const PATCH_POD_STATUS: ApiCall = c("", "pods/status", "patch");
 pub const LIST_NODES: ApiCall = c("", "nodes", "list");
 pub const WATCH_NODES: ApiCall = c("", "nodes", "watch");
 pub const GET_BIND_REQUEST: ApiCall = c(KAI, "bindrequests", "get");
@@ -96,8 +104,11 @@ pub const API_CALLS: &[ApiCall] = &[
     WATCH_RESOURCE_SLICES,
     UPDATE_RESOURCE_CLAIM_STATUS,
     UPDATE_RESOURCE_CLAIM_BINDING,
-    CREATE_POD_BINDING,
+    CREATE_RESOURCE_CLAIM,
+    PATCH_RESOURCE_CLAIM,
+    DELETE_RESOURCE_CLAIM,
     PATCH_POD_STATUS,
+    CREATE_POD_BINDING,
     CREATE_POD,
     DELETE_POD,
     PATCH_POD,

@@ -339,6 +339,29 @@ pub async fn run(
             background.clone(),
         ));
     }
+    let numa_args = &cfg.plugins.numa.args;
+    if numa_args.publish_numa_placement {
+        match cfg.plugins.gpu.args.kubelet_pod_resources_socket.clone() {
+            Some(socket) => {
+                tasks.spawn(plugins::numa::publish_loop(
+                    plugins::numa::PlacementPublisher {
+                        client: client.clone(),
+                        timeout: cfg.api_timeout,
+                        diag: stats.diag.clone(),
+                        socket,
+                        sysfs_root: numa_args.sysfs_root.clone(),
+                        period: numa_args.numa_placement_period,
+                    },
+                    background.clone(),
+                ));
+            }
+            None => {
+                return Err(AgentError::Config(
+                    "--publish-numa-placement needs --kubelet-pod-resources-socket".into(),
+                ));
+            }
+        }
+    }
     let slices_ready = node_slices.clone();
     plugin_settings.dra.api = plugin_settings
         .dra

@@ -36,6 +36,8 @@ pub struct BindState {
     pub volumes: crate::plugins::volumes::VolumeWrites,
     /// What the `dra` plugin's pre_bind reserved (ResourceClaims).
     pub dra: crate::plugins::dra::DraWrites,
+    /// The pod's extended-resource claim (KEP-5004) the `extended_resources` plugin used.
+    pub extended: crate::plugins::extended_resources::ExtendedWrites,
     /// What the `gpu_sharing` plugin did (reservation pods, labels, ConfigMaps) and the
     /// GPU-group locks it holds until the attempt ends.
     pub sharing: crate::plugins::gpu_sharing::SharingWrites,

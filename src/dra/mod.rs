@@ -13,6 +13,8 @@ use k8s_openapi::api::resource::v1::{
 
 use crate::gpu::{GpuSnapshot, InventoryState};
 
+pub mod extended;
+
 /// `status.reservedFor` may hold at most this many consumers (resource.k8s.io/v1).
 pub const RESERVED_FOR_MAX: usize = 256;
 

@@ -2,14 +2,20 @@
 //! HTTP/2 cleartext on a unix socket, with a hand-written decoder for the few protobuf
 //! messages it needs. A full gRPC stack (tonic, prost) would be far heavier than this.
 //!
-//! The messages read (other fields, e.g. topology, CPU ids, memory, DRA, are skipped):
+//! The messages read (other fields, e.g. DRA resources, are skipped):
 //!
 //! ```text
 //! ListPodResourcesResponse { repeated PodResources pod_resources = 1; }
 //! PodResources             { string name = 1; string namespace = 2; repeated ContainerResources containers = 3; }
-//! ContainerResources       { string name = 1; repeated ContainerDevices devices = 2; }
-//! ContainerDevices         { string resource_name = 1; repeated string device_ids = 2; }
+//! ContainerResources       { string name = 1; repeated ContainerDevices devices = 2;
+//!                            repeated int64 cpu_ids = 3; repeated ContainerMemory memory = 4; }
+//! ContainerDevices         { string resource_name = 1; repeated string device_ids = 2; TopologyInfo topology = 3; }
+//! ContainerMemory          { string memory_type = 1; uint64 size = 2; TopologyInfo topology = 3; }
+//! TopologyInfo             { repeated NUMANode nodes = 1; }
+//! NUMANode                 { int64 ID = 1; }
 //! ```
+//!
+//! Topology, CPU ids and memory feed the observed NUMA placement ([`crate::numa`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,12 +46,27 @@ pub struct PodResources {
 pub struct ContainerResources {
     pub name: String,
     pub devices: Vec<ContainerDevices>,
+    /// Exclusive CPUs (CPU manager `static`); empty for shared-pool containers.
+    pub cpu_ids: Vec<i64>,
+    /// Memory pinned by the memory manager (`Static`), per type.
+    pub memory: Vec<ContainerMemory>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerDevices {
     pub resource_name: String,
     pub device_ids: Vec<String>,
+    /// The NUMA nodes of these devices, as the device plugin reported them; empty when
+    /// it reported none.
+    pub numa_nodes: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerMemory {
+    /// `memory`, or a hugepage size such as `hugepages-2Mi`; empty means `memory`.
+    pub memory_type: String,
+    pub size: u64,
+    pub numa_nodes: Vec<i64>,
 }
 
 impl PodResources {
@@ -70,7 +91,7 @@ pub enum DecodeError {
     FieldZero { at: usize },
     #[error("invalid wire type {wire} at byte {at}")]
     WireType { wire: u64, at: usize },
-    #[error("field {field} has wire type {wire}, expected length-delimited")]
+    #[error("field {field} has wire type {wire}, which its type does not allow")]
     UnexpectedWireType { field: u64, wire: u64 },
     #[error("string field {field} is not UTF-8")]
     Utf8 { field: u64 },
@@ -204,24 +225,81 @@ impl<'a> Reader<'a> {
     /// Calls `f` for every field of the message, with the bytes of length-delimited
     /// fields among `wanted`; every other field is skipped.
     fn fields(
-        mut self,
+        self,
         wanted: &[u64],
         mut f: impl FnMut(u64, &'a [u8]) -> Result<(), DecodeError>,
     ) -> Result<(), DecodeError> {
+        self.values(wanted, |field, value| match value {
+            Value::Bytes(b) => f(field, b),
+            Value::Varint(_) => Err(DecodeError::UnexpectedWireType {
+                field,
+                wire: WIRE_VARINT,
+            }),
+        })
+    }
+
+    /// Like [`Reader::fields`], for messages that also have varint fields among `wanted`.
+    fn values(
+        mut self,
+        wanted: &[u64],
+        mut f: impl FnMut(u64, Value<'a>) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
         while !self.done() {
             let (field, wire) = self.key()?;
-            if wanted.contains(&field) {
-                if wire != WIRE_LEN {
-                    return Err(DecodeError::UnexpectedWireType { field, wire });
-                }
-                let n = self.varint()?;
-                f(field, self.take(n)?)?;
-            } else {
+            if !wanted.contains(&field) {
                 self.skip(field, wire, 0)?;
+                continue;
+            }
+            match wire {
+                WIRE_LEN => {
+                    let n = self.varint()?;
+                    f(field, Value::Bytes(self.take(n)?))?;
+                }
+                WIRE_VARINT => f(field, Value::Varint(self.varint()?))?,
+                _ => return Err(DecodeError::UnexpectedWireType { field, wire }),
             }
         }
         Ok(())
     }
+}
+
+/// The value of a field read by [`Reader::values`].
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+/// A `repeated int64` field: packed (one length-delimited run of varints, proto3's
+/// default) or one varint per occurrence. The cast keeps negative values (two's complement).
+fn push_int64s(value: Value<'_>, out: &mut Vec<i64>) -> Result<(), DecodeError> {
+    match value {
+        Value::Varint(v) => out.push(v as i64),
+        Value::Bytes(b) => {
+            let mut r = Reader::new(b);
+            while !r.done() {
+                out.push(r.varint()? as i64);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `TopologyInfo { repeated NUMANode nodes = 1; }` → the node IDs.
+fn decode_topology(buf: &[u8]) -> Result<Vec<i64>, DecodeError> {
+    let mut nodes = Vec::new();
+    Reader::new(buf).fields(&[1], |_, node| {
+        Reader::new(node).values(&[1], |_, id| match id {
+            Value::Varint(v) => {
+                nodes.push(v as i64);
+                Ok(())
+            }
+            Value::Bytes(_) => Err(DecodeError::UnexpectedWireType {
+                field: 1,
+                wire: WIRE_LEN,
+            }),
+        })
+    })?;
+    Ok(nodes)
 }
 
 fn string(field: u64, b: &[u8]) -> Result<String, DecodeError> {
@@ -253,10 +331,18 @@ fn decode_pod(buf: &[u8]) -> Result<PodResources, DecodeError> {
 
 fn decode_container(buf: &[u8]) -> Result<ContainerResources, DecodeError> {
     let mut c = ContainerResources::default();
-    Reader::new(buf).fields(&[1, 2], |field, b| {
-        match field {
-            1 => c.name = string(field, b)?,
-            _ => c.devices.push(decode_devices(b)?),
+    Reader::new(buf).values(&[1, 2, 3, 4], |field, value| {
+        match (field, value) {
+            (3, v) => push_int64s(v, &mut c.cpu_ids)?,
+            (_, Value::Varint(_)) => {
+                return Err(DecodeError::UnexpectedWireType {
+                    field,
+                    wire: WIRE_VARINT,
+                });
+            }
+            (1, Value::Bytes(b)) => c.name = string(field, b)?,
+            (2, Value::Bytes(b)) => c.devices.push(decode_devices(b)?),
+            (_, Value::Bytes(b)) => c.memory.push(decode_memory(b)?),
         }
         Ok(())
     })?;
@@ -265,14 +351,40 @@ fn decode_container(buf: &[u8]) -> Result<ContainerResources, DecodeError> {
 
 fn decode_devices(buf: &[u8]) -> Result<ContainerDevices, DecodeError> {
     let mut d = ContainerDevices::default();
-    Reader::new(buf).fields(&[1, 2], |field, b| {
+    Reader::new(buf).fields(&[1, 2, 3], |field, b| {
         match field {
             1 => d.resource_name = string(field, b)?,
-            _ => d.device_ids.push(string(field, b)?),
+            2 => d.device_ids.push(string(field, b)?),
+            _ => d.numa_nodes.extend(decode_topology(b)?),
         }
         Ok(())
     })?;
     Ok(d)
+}
+
+fn decode_memory(buf: &[u8]) -> Result<ContainerMemory, DecodeError> {
+    let mut m = ContainerMemory::default();
+    Reader::new(buf).values(&[1, 2, 3], |field, value| {
+        match (field, value) {
+            (2, Value::Varint(v)) => m.size = v,
+            (1, Value::Bytes(b)) => m.memory_type = string(field, b)?,
+            (3, Value::Bytes(b)) => m.numa_nodes.extend(decode_topology(b)?),
+            (_, Value::Varint(_)) => {
+                return Err(DecodeError::UnexpectedWireType {
+                    field,
+                    wire: WIRE_VARINT,
+                });
+            }
+            (_, Value::Bytes(_)) => {
+                return Err(DecodeError::UnexpectedWireType {
+                    field,
+                    wire: WIRE_LEN,
+                });
+            }
+        }
+        Ok(())
+    })?;
+    Ok(m)
 }
 
 /// Wraps a message in one uncompressed gRPC frame.
@@ -423,6 +535,59 @@ pub mod encode {
         out
     }
 
+    pub fn key_varint(field: u64, v: u64, out: &mut Vec<u8>) {
+        varint(field << 3, out);
+        varint(v, out);
+    }
+
+    /// `TopologyInfo` with one `NUMANode` per id.
+    pub fn topology(numa_nodes: &[i64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for id in numa_nodes {
+            let mut node = Vec::new();
+            key_varint(1, *id as u64, &mut node);
+            bytes(1, &node, &mut out);
+        }
+        out
+    }
+
+    /// `ContainerDevices` with its NUMA topology.
+    pub fn devices_on(resource: &str, ids: &[&str], numa_nodes: &[i64]) -> Vec<u8> {
+        let mut out = devices(resource, ids);
+        bytes(3, &topology(numa_nodes), &mut out);
+        out
+    }
+
+    /// `ContainerMemory`.
+    pub fn memory(memory_type: &str, size: u64, numa_nodes: &[i64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes(1, memory_type.as_bytes(), &mut out);
+        key_varint(2, size, &mut out);
+        bytes(3, &topology(numa_nodes), &mut out);
+        out
+    }
+
+    /// A container with exclusive CPUs (packed, as proto3 writes them) and pinned memory.
+    pub fn container_pinned(
+        name: &str,
+        devices: &[Vec<u8>],
+        cpu_ids: &[i64],
+        memory: &[Vec<u8>],
+    ) -> Vec<u8> {
+        let mut out = container(name, devices);
+        if !cpu_ids.is_empty() {
+            let mut packed = Vec::new();
+            for id in cpu_ids {
+                varint(*id as u64, &mut packed);
+            }
+            bytes(3, &packed, &mut out);
+        }
+        for m in memory {
+            bytes(4, m, &mut out);
+        }
+        out
+    }
+
     pub fn container(name: &str, devices: &[Vec<u8>]) -> Vec<u8> {
         let mut out = Vec::new();
         bytes(1, name.as_bytes(), &mut out);
@@ -493,8 +658,8 @@ mod tests {
     #[test]
     fn skips_unknown_fields_of_every_wire_type() {
         // A pod with, around its known fields, a varint, a fixed64, a string, a fixed32
-        // and a group holding a nested field: what newer kubelets (topology, CPU ids,
-        // memory, DRA) or other writers may add.
+        // and a group holding a nested field: what newer kubelets (DRA) or other writers
+        // may add.
         let mut p = Vec::new();
         varint(9 << 3, &mut p); // field 9, varint
         varint(300, &mut p);
@@ -510,10 +675,12 @@ mod tests {
         varint(13 << 3 | 4, &mut p); // end group 13
         bytes(2, b"ns", &mut p);
         let mut dev = devices("nvidia.com/gpu", &["GPU-x"]);
-        bytes(3, &[0x08, 0x01], &mut dev); // ContainerDevices.topology
+        bytes(3, &topology(&[1]), &mut dev); // ContainerDevices.topology
+        bytes(9, b"future", &mut dev);
         let mut c = container("c", &[dev]);
-        varint(3 << 3, &mut c); // ContainerResources.cpu_ids
+        varint(3 << 3, &mut c); // ContainerResources.cpu_ids, unpacked
         varint(4, &mut c);
+        bytes(5, b"dra", &mut c); // dynamic_resources: not read
         bytes(3, &c, &mut p);
         let msg = list_response(&[p]);
         let pods = decode_list_response(&msg).expect("decodes");
@@ -522,6 +689,45 @@ mod tests {
         assert_eq!(
             pods[0].device_ids("nvidia.com/gpu").collect::<Vec<_>>(),
             ["GPU-x"]
+        );
+        assert_eq!(pods[0].containers[0].devices[0].numa_nodes, [1]);
+        assert_eq!(pods[0].containers[0].cpu_ids, [4]);
+    }
+
+    #[test]
+    fn decodes_topology_exclusive_cpus_and_pinned_memory() {
+        let c = container_pinned(
+            "main",
+            &[
+                devices_on("nvidia.com/gpu", &["GPU-a"], &[1]),
+                devices_on("nvidia.com/gpu", &["GPU-b"], &[0, 1]),
+                devices("example.com/nic", &["eth1"]),
+            ],
+            &[2, 3, 130],
+            &[
+                memory("memory", 1 << 30, &[1]),
+                memory("hugepages-2Mi", 4 << 20, &[0]),
+            ],
+        );
+        let pods = decode_list_response(&list_response(&[pod("ml", "p", &[c])])).expect("decodes");
+        let c = &pods[0].containers[0];
+        let numa: Vec<&[i64]> = c.devices.iter().map(|d| d.numa_nodes.as_slice()).collect();
+        assert_eq!(numa, [&[1][..], &[0, 1][..], &[][..]]);
+        assert_eq!(c.cpu_ids, [2, 3, 130]);
+        assert_eq!(
+            c.memory,
+            [
+                ContainerMemory {
+                    memory_type: "memory".into(),
+                    size: 1 << 30,
+                    numa_nodes: vec![1],
+                },
+                ContainerMemory {
+                    memory_type: "hugepages-2Mi".into(),
+                    size: 4 << 20,
+                    numa_nodes: vec![0],
+                },
+            ]
         );
     }
 

@@ -562,12 +562,15 @@ pub(crate) mod tests {
                     ContainerDevices {
                         resource_name: GPU_RESOURCE.into(),
                         device_ids: ids.iter().map(|s| s.to_string()).collect(),
+                        ..Default::default()
                     },
                     ContainerDevices {
                         resource_name: "example.com/nic".into(),
                         device_ids: vec!["GPU-7".into()],
+                        ..Default::default()
                     },
                 ],
+                ..Default::default()
             }],
         }
     }

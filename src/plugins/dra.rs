@@ -44,9 +44,9 @@ pub struct DraSettings {
 /// The API client the plugin uses, with the agent's per-call timeout.
 #[derive(Clone)]
 pub struct DraApi {
-    client: kube::Client,
-    timeout: Duration,
-    diag: Arc<crate::diag::Recorder>,
+    pub(crate) client: kube::Client,
+    pub(crate) timeout: Duration,
+    pub(crate) diag: Arc<crate::diag::Recorder>,
     /// The agent's watch-backed cache of this node's ResourceSlices (`spec.nodeName`), so a
     /// bind reads them for free; `None` (e.g. outside the agent) lists them per bind.
     node_slices: Option<Store<ResourceSlice>>,
@@ -129,9 +129,19 @@ impl DraPlugin {
 /// node-selector or per-device pools, or a slice the cache has not seen yet). Those are
 /// rare and cluster-wide, so they get a LIST on demand rather than a second cache of
 /// every slice in the cluster: the common case costs no request.
-struct Slices {
+pub(crate) struct Slices {
     items: Vec<Arc<ResourceSlice>>,
     complete: bool,
+}
+
+impl Slices {
+    /// This node's slices, to start with.
+    pub(crate) async fn of_node(api: &DraApi, node: &str) -> Result<Self, PluginError> {
+        Ok(Slices {
+            items: api.node_slices(node).await?,
+            complete: false,
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -164,10 +174,7 @@ impl Plugin for DraPlugin {
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
         // Taken at the first allocation that names a GPU, and then shared by the others.
         let mut gpus: Option<GpuSnapshot> = None;
-        let mut slices = Slices {
-            items: api.node_slices(ctx.node_name).await?,
-            complete: false,
-        };
+        let mut slices = Slices::of_node(api, ctx.node_name).await?;
         let mut out = Vec::new();
         for e in entries {
             let entry = e.name.as_deref().unwrap_or("");
@@ -185,29 +192,10 @@ impl Plugin for DraPlugin {
                 PluginError::refused(format!("claim {entry}: {why} (will retry)"))
             })?;
             let label = format!("{ns}/{claim}");
-            self.snapshot_if_gpus(&mut gpus, &requested, ctx.node, &slices.items)
-                .await;
-            let mut checked = decide::verify_allocation(
-                &label,
-                &requested,
-                ctx.node,
-                &slices.items,
-                gpus.as_ref(),
-            );
-            if checked.is_err() && !slices.complete {
-                slices.items = api.list_slices(None).await?;
-                slices.complete = true;
-                self.snapshot_if_gpus(&mut gpus, &requested, ctx.node, &slices.items)
-                    .await;
-                checked = decide::verify_allocation(
-                    &label,
-                    &requested,
-                    ctx.node,
-                    &slices.items,
-                    gpus.as_ref(),
-                );
-            }
-            for line in checked.map_err(PluginError::refused)? {
+            let checked = self
+                .verify_here(api, &label, &requested, ctx.node, &mut slices, &mut gpus)
+                .await?;
+            for line in checked {
                 out.push(verdict(NAME, "allocation", VerdictOutcome::Pass, line));
             }
             let r = reserve(api, ns, &claim, entry, &requested, pod_name, pod_uid).await?;
@@ -243,6 +231,33 @@ impl Plugin for DraPlugin {
 }
 
 impl DraPlugin {
+    /// Checks on this node that `requested` concerns it (`decide::verify_allocation`):
+    /// against this node's slices first, and all slices when a device is not among them.
+    /// `Ok`: one line per passed check. Also used by the `extended_resources` plugin.
+    pub(crate) async fn verify_here(
+        &self,
+        api: &DraApi,
+        label: &str,
+        requested: &AllocationResult,
+        node: &Node,
+        slices: &mut Slices,
+        gpus: &mut Option<GpuSnapshot>,
+    ) -> Result<Vec<String>, PluginError> {
+        self.snapshot_if_gpus(gpus, requested, node, &slices.items)
+            .await;
+        let mut checked =
+            decide::verify_allocation(label, requested, node, &slices.items, gpus.as_ref());
+        if checked.is_err() && !slices.complete {
+            slices.items = api.list_slices(None).await?;
+            slices.complete = true;
+            self.snapshot_if_gpus(gpus, requested, node, &slices.items)
+                .await;
+            checked =
+                decide::verify_allocation(label, requested, node, &slices.items, gpus.as_ref());
+        }
+        checked.map_err(PluginError::refused)
+    }
+
     /// Takes the GPU snapshot into `gpus` the first time an allocation names a GPU.
     async fn snapshot_if_gpus(
         &self,
@@ -261,7 +276,7 @@ impl DraPlugin {
 }
 
 /// Reserves one claim; returns what was recorded and whether this call wrote.
-async fn reserve(
+pub(crate) async fn reserve(
     api: &DraApi,
     ns: &str,
     claim: &str,
@@ -327,7 +342,11 @@ async fn release(api: &DraApi, r: &ReservedClaim, pod_uid: &str) -> Result<(), P
 }
 
 impl DraApi {
-    async fn get_claim(&self, ns: &str, name: &str) -> Result<Option<ResourceClaim>, PluginError> {
+    pub(crate) async fn get_claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<ResourceClaim>, PluginError> {
         let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
         call_as(
             &self.diag,

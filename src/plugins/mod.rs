@@ -1,9 +1,11 @@
 //! Built-in plugins. Adding one is a module here and one line in [`standard`].
 
 pub mod dra;
+pub mod extended_resources;
 pub mod gpu;
 pub mod gpu_sharing;
 pub mod node;
+pub mod numa;
 pub mod volumes;
 
 use crate::binding::Registry;
@@ -30,6 +32,7 @@ pub struct PluginSettings {
     pub volumes: volumes::VolumeSettings,
     pub dra: dra::DraSettings,
     pub sharing: gpu_sharing::SharingSettings,
+    pub numa: numa::NumaSettings,
 }
 
 /// The standard pipeline, in order.
@@ -37,12 +40,21 @@ pub fn standard(settings: &PluginSettings) -> Registry {
     Registry::new()
         .with(node::NodePlugin::new(settings.node_checks).with_memory(&settings.memory))
         .with(gpu::GpuPlugin::new(&settings.gpu))
+        .with(numa::NumaPlugin::new(
+            &settings.numa,
+            settings.gpu.runtime.clone(),
+            settings.gpu.args.kubelet_pod_resources_socket.clone(),
+        ))
         .with(gpu_sharing::GpuSharingPlugin::new(
             &settings.sharing,
             &settings.gpu,
         ))
         .with(volumes::VolumesPlugin::new(&settings.volumes))
         .with(dra::DraPlugin::new(
+            &settings.dra,
+            settings.gpu.runtime.clone(),
+        ))
+        .with(extended_resources::ExtendedResourcesPlugin::new(
             &settings.dra,
             settings.gpu.runtime.clone(),
         ))
@@ -65,6 +77,7 @@ impl PluginSettings {
             self.gpu.args.kubelet_pod_resources_socket.clone(),
         ));
         self.dra.api = Some(dra::DraApi::new(client.clone(), timeout, diag.clone()));
+        self.numa.timeout = timeout;
         self.volumes.api = Some(volumes::ApiAccess {
             client,
             timeout,

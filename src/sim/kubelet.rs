@@ -122,6 +122,9 @@ pub struct KubeletConfig {
     pub reservation_namespace: Option<String>,
     /// Extra delay between such a pod running and its annotation.
     pub annotate_delay: Duration,
+    /// NUMA node of a device ID, reported as the device's topology in pod-resources
+    /// answers (as the NVIDIA device plugin does); devices not listed carry none.
+    pub gpu_numa_nodes: BTreeMap<String, i64>,
 }
 
 /// A running simulated kubelet; it stops (and removes its socket) when dropped.
@@ -174,6 +177,7 @@ pub fn spawn(client: Client, cfg: KubeletConfig) -> std::io::Result<Kubelet> {
     let shutdown = CancellationToken::new();
     let (tx, rx) = mpsc::unbounded_channel();
     let socket = cfg.socket.clone();
+    let numa = cfg.gpu_numa_nodes.clone();
     let cfg = Arc::new(cfg);
     let mut tasks = vec![
         tokio::spawn(watch(
@@ -188,7 +192,7 @@ pub fn spawn(client: Client, cfg: KubeletConfig) -> std::io::Result<Kubelet> {
     if let Some(listener) = listener {
         let st = state.clone();
         let answer: podresources_server::Answer = Arc::new(move || {
-            podresources_server::list_response(GPU_RESOURCE, &lock(&st).table.listed())
+            podresources_server::list_response(GPU_RESOURCE, &lock(&st).table.listed(), &numa)
         });
         tasks.push(tokio::spawn(podresources_server::serve(
             listener,

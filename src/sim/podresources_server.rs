@@ -37,8 +37,14 @@ pub(crate) struct ListedPod {
 }
 
 /// Encodes a `ListPodResourcesResponse`: every pod with every container; a container with
-/// devices has one `ContainerDevices` entry for `resource`.
-pub(crate) fn list_response(resource: &str, pods: &[ListedPod]) -> Vec<u8> {
+/// devices has one `ContainerDevices` entry for `resource`, or, when `numa` knows the
+/// devices' NUMA nodes, one entry per device with its topology (the kubelet reports
+/// topology per device instance).
+pub(crate) fn list_response(
+    resource: &str,
+    pods: &[ListedPod],
+    numa: &std::collections::BTreeMap<String, i64>,
+) -> Vec<u8> {
     let pods: Vec<Vec<u8>> = pods
         .iter()
         .map(|p| {
@@ -48,6 +54,13 @@ pub(crate) fn list_response(resource: &str, pods: &[ListedPod]) -> Vec<u8> {
                 .map(|(name, ids)| {
                     let devices = if ids.is_empty() {
                         Vec::new()
+                    } else if !numa.is_empty() {
+                        ids.iter()
+                            .map(|id| match numa.get(id) {
+                                Some(n) => encode::devices_on(resource, &[id], &[*n]),
+                                None => encode::devices(resource, &[id]),
+                            })
+                            .collect()
                     } else {
                         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                         vec![encode::devices(resource, &ids)]
@@ -184,7 +197,9 @@ mod tests {
             pod("ml", "a", &[("main", &["GPU-0", "GPU-1"]), ("side", &[])]),
             pod("web", "b", &[("nginx", &[])]),
         ];
-        let decoded = decode_list_response(&list_response("nvidia.com/gpu", &pods)).unwrap();
+        let decoded =
+            decode_list_response(&list_response("nvidia.com/gpu", &pods, &Default::default()))
+                .unwrap();
         assert_eq!(decoded.len(), 2);
         assert_eq!(decoded[0].containers.len(), 2);
         assert_eq!(
@@ -248,7 +263,7 @@ mod tests {
         let pods = vec![pod("ml", "a", &[("main", &["GPU-0"])])];
         let (socket, token) = start(
             dir.path(),
-            Arc::new(move || list_response("nvidia.com/gpu", &pods)),
+            Arc::new(move || list_response("nvidia.com/gpu", &pods, &Default::default())),
         );
         let listed = podresources::list(&socket, Duration::from_secs(5))
             .await
