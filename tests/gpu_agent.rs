@@ -286,3 +286,41 @@ async fn the_inventory_feeds_readiness_debug_state_and_gpu_metrics() {
     agent.stop().await.expect("stop");
     env.cleanup().await;
 }
+
+/// KAI's scheduler sends `receivedResourceType: MigInstance` for pods that ask for MIG
+/// devices; KAI's binder binds them like any non-shared pod, and so does bindlet, saying
+/// that it did not verify the MIG instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mig_pod_binds_with_the_mig_check_skipped() {
+    let env = TestEnv::new("gpu-mig").await;
+    let node = env.node_name("n1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = inventory(&dir, "gpus:\n  - { uuid: GPU-a }\n");
+    let agent = start(&env, &node, file).await;
+
+    let spec = json!({ "containers": [{
+        "name": "main",
+        "image": "registry.k8s.io/pause:3.10",
+        "resources": { "limits": { "nvidia.com/mig-1g.10gb": "1" } }
+    }]});
+    let pod = env.create_pod("mig", spec).await;
+    env.create_request(
+        "mig",
+        &node,
+        pod.metadata.uid.as_deref(),
+        json!({ "receivedResourceType": "MigInstance", "receivedGPU": { "count": 1, "portion": "0.00" } }),
+    )
+    .await;
+    let br = env.wait_phase("mig", Phase::Succeeded).await;
+    assert_eq!(env.pod_node("mig").await.as_deref(), Some(node.as_str()));
+    let v = env.verification(&agent, &br);
+    let mig = v
+        .verdicts
+        .iter()
+        .find(|v| v.plugin == "gpu" && v.check == "mig")
+        .expect("mig verdict recorded");
+    assert_eq!(mig.outcome, VerdictOutcome::Skip, "{}", mig.message);
+
+    agent.stop().await.expect("stop");
+    env.cleanup().await;
+}

@@ -97,6 +97,12 @@ pub fn validate_request(br: &BindRequest, node_name: &str) -> Result<ValidReques
                 GpuRequest::Whole { count }
             }
         }
+        // KAI's scheduler sends `MigInstance` for pods asking for MIG devices
+        // (`nvidia.com/mig-*`; pkg/scheduler/api/node_info/node_info.go,
+        // setAcceptedResources), and KAI's binder binds them like any non-shared pod. The
+        // device plugin assigns the MIG instance; bindlet does not verify it (the `gpu`
+        // plugin says so in a verdict).
+        "MigInstance" => GpuRequest::None,
         "Fraction" => {
             let raw = spec
                 .received_gpu
@@ -118,7 +124,7 @@ pub fn validate_request(br: &BindRequest, node_name: &str) -> Result<ValidReques
         }
         other => {
             return malformed(format!(
-                "spec.receivedResourceType \"{other}\" is neither Regular nor Fraction"
+                "spec.receivedResourceType \"{other}\" is none of Regular, Fraction, MigInstance"
             ));
         }
     };
@@ -269,6 +275,11 @@ mod tests {
         assert_eq!(
             ok(spec(Some("Regular"), Some(2), None)).map(|r| r.gpu),
             Ok(GpuRequest::Whole { count: 2 })
+        );
+        assert_eq!(
+            ok(spec(Some("MigInstance"), Some(1), Some("0.00"))).map(|r| r.gpu),
+            Ok(GpuRequest::None),
+            "KAI's MIG pods are bound, not refused as malformed"
         );
         assert_eq!(
             ok(spec(Some("Fraction"), Some(1), Some("0.50"))).map(|r| r.gpu),

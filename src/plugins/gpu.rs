@@ -420,7 +420,16 @@ impl Plugin for GpuPlugin {
     }
 
     fn validate(&self, ctx: &BindContext<'_>) -> Vec<Verdict> {
-        gv::request_verdicts(&ctx.request.gpu, ctx.pod, self.mode)
+        let mut out = gv::request_verdicts(&ctx.request.gpu, ctx.pod, self.mode);
+        if ctx.bind_request.spec.received_resource_type.as_deref() == Some("MigInstance") {
+            out.push(verdict(
+                PLUGIN,
+                "mig",
+                VerdictOutcome::Skip,
+                "MIG instances are not verified on the node; the device plugin assigns them".into(),
+            ));
+        }
+        out
     }
 
     async fn pre_bind(
