@@ -137,8 +137,9 @@ pub fn current_pod_bound(pod: &Pod) -> Option<PodCondition> {
 /// The body of the strategic merge patch of `pods/status` that sets the condition, or
 /// `None` when the pod already has it (same status, reason and message: nothing to write,
 /// no request). The list `status.conditions` merges by `type` (its patch merge key in
-/// core/v1), so other conditions stay as they are; `metadata.uid` makes the write fail
-/// (409) on a pod that was recreated under the same name. `lastTransitionTime` moves only
+/// core/v1), so other conditions stay as they are; `metadata.uid` makes the write fail on a
+/// pod that was recreated under the same name (the kubelet guards its own pod status
+/// patches this way: `pkg/kubelet/status/status_manager.go`). `lastTransitionTime` moves only
 /// when the status changes (as KAI's `podutil.UpdatePodCondition` keeps it).
 pub fn pod_bound_patch(
     uid: &str,
