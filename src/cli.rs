@@ -109,6 +109,10 @@ pub struct AgentArgs {
     /// Node checks (cordon, taints): enforce, warn or off.
     #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
     pub node_checks: CheckMode,
+    /// Write KAI's pod condition `PodBound` (True/Bound, False/BindingError) after each
+    /// attempt, as KAI's binder does: one `pods/status` patch per attempt.
+    #[arg(long, env = "BINDLET_POD_BOUND_CONDITION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_bound_condition: bool,
     #[command(flatten)]
     pub memory: crate::plugins::node::MemoryArgs,
     #[command(flatten)]
@@ -140,6 +144,7 @@ impl AgentArgs {
         cfg.api_timeout = self.api_timeout;
         cfg.lease_duration = self.lease_duration;
         cfg.lease_retry = self.lease_retry;
+        cfg.pod_bound_condition = self.pod_bound_condition;
         cfg.plugins = PluginSettings {
             node_checks: self.node_checks,
             memory: self.memory.clone(),
@@ -397,5 +402,52 @@ mod tests {
         assert_eq!(cfg.plugins.memory.memory_check, CheckMode::Enforce);
         assert_eq!(cfg.plugins.memory.memory_reserve, 2 << 30);
         assert_eq!(cfg.default_backoff_limit, 3);
+        assert!(
+            cfg.pod_bound_condition,
+            "KAI's PodBound condition is on by default"
+        );
+        assert!(
+            !cfg.plugins.sharing.args.hamicore,
+            "off by default, as in KAI"
+        );
+    }
+
+    #[test]
+    fn kai_reservation_and_metadata_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["bindlet", "run", "--node-name", "n1"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Run(args) => args.agent.to_config(&args.node_name),
+                _ => panic!("not run"),
+            })
+        };
+        let cfg = parse(&[
+            "--pod-bound-condition=false",
+            "--hamicore",
+            "--reservation-pod-resources",
+            r#"{"requests":{"cpu":"1m","memory":"10Mi"}}"#,
+            "--reservation-pod-security-context",
+            r#"{"runAsNonRoot":true}"#,
+            "--reservation-container-security-context",
+            r#"{"allowPrivilegeEscalation":false}"#,
+        ])
+        .expect("parse");
+        assert!(!cfg.pod_bound_condition);
+        let s = cfg.plugins.sharing.args.pod_settings();
+        assert!(cfg.plugins.sharing.args.hamicore);
+        let requests = s.resources.and_then(|r| r.requests).unwrap_or_default();
+        assert_eq!(requests.get("cpu").map(|q| q.0.as_str()), Some("1m"));
+        assert_eq!(
+            s.pod_security_context.and_then(|p| p.run_as_non_root),
+            Some(true)
+        );
+        assert_eq!(
+            s.container_security_context
+                .and_then(|c| c.allow_privilege_escalation),
+            Some(false)
+        );
+        let bad = parse(&["--reservation-pod-resources", "{not json"]);
+        assert!(bad.is_err(), "a malformed JSON setting is refused at start");
     }
 }

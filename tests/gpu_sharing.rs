@@ -193,6 +193,8 @@ async fn fractions_share_a_reserved_gpu_until_it_is_full() {
         data.get("RUNAI_NUM_OF_GPUS").map(String::as_str),
         Some("0.5")
     );
+    // GPU_PORTION where KAI's webhook wires it (a non-optional key of the capabilities map).
+    assert_eq!(data.get("GPU_PORTION").map(String::as_str), Some("0.5"));
     let owner = &cm.metadata.owner_references.clone().unwrap_or_default()[0];
     assert_eq!(
         (owner.kind.as_str(), Some(owner.uid.as_str())),
@@ -203,11 +205,9 @@ async fn fractions_share_a_reserved_gpu_until_it_is_full() {
         .await
         .expect("env map");
     assert_eq!(
-        evar.data
-            .unwrap_or_default()
-            .get("GPU_PORTION")
-            .map(String::as_str),
-        Some("0.5")
+        evar.data.unwrap_or_default().keys().collect::<Vec<_>>(),
+        ["NVIDIA_VISIBLE_DEVICES"],
+        "the env map carries what the container does not read from the capabilities map"
     );
     let verdicts = s.env.verification(&s.agent, &br).verdicts;
     assert!(
@@ -406,5 +406,300 @@ async fn unused_reservations_are_collected_but_not_those_a_pending_request_needs
         || async { s.reservations("g7").await.is_empty() },
     )
     .await;
+    s.finish().await;
+}
+
+/// What KAI's admission webhook does to a fractional pod
+/// (`pkg/admission/webhook/v1alpha2/gpusharing/gpu_sharing.go` with
+/// `pkg/binder/common/gpu_access.go`, `env_vars.go`, `volumes.go`): the container named by
+/// `gpu-fraction-container-name` (else the first) reads NVIDIA_VISIBLE_DEVICES,
+/// RUNAI_NUM_OF_GPUS and GPU_PORTION from the capabilities map `<prefix>-<index>`
+/// (`-i<index>` for an init container) through non-optional configMapKeyRefs, the env map
+/// `<prefix>-<index>-evar` through a non-optional envFrom, and the capabilities map is
+/// mounted as a volume. Written from those rules for this test.
+fn kai_webhook_wiring(spec: &mut Value, prefix: &str, container: &str) -> String {
+    let mut target = None;
+    for (list, init) in [("initContainers", true), ("containers", false)] {
+        for (i, c) in spec[list].as_array_mut().into_iter().flatten().enumerate() {
+            if c["name"] == container && target.is_none() {
+                let cap = if init {
+                    format!("{prefix}-i{i}")
+                } else {
+                    format!("{prefix}-{i}")
+                };
+                let key_ref = |key: &str| json!({ "name": key, "valueFrom": { "configMapKeyRef": { "name": cap, "key": key } } });
+                c["env"] = json!([
+                    key_ref("NVIDIA_VISIBLE_DEVICES"),
+                    key_ref("RUNAI_NUM_OF_GPUS"),
+                    key_ref("GPU_PORTION")
+                ]);
+                c["envFrom"] = json!([ { "configMapRef": { "name": format!("{cap}-evar"), "optional": false } } ]);
+                target = Some(cap);
+            }
+        }
+    }
+    let cap = target.expect("the named container exists");
+    spec["volumes"] = json!([ { "name": format!("{cap}-vol"), "configMap": { "name": cap } } ]);
+    cap
+}
+
+/// Every ConfigMap reference of the pod that a kubelet could not resolve (it would not
+/// start that container: `CreateContainerConfigError`), as `container: what`.
+async fn unresolved_configmap_refs(s: &Setup, pod: &Pod) -> Vec<String> {
+    let spec = pod.spec.clone().expect("spec");
+    let mut missing = Vec::new();
+    let containers = spec
+        .init_containers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(spec.containers.clone());
+    for c in containers {
+        for e in c.env.iter().flatten() {
+            let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.config_map_key_ref.as_ref())
+            else {
+                continue;
+            };
+            if r.optional == Some(true) {
+                continue;
+            }
+            let data = s
+                .configmap(&r.name)
+                .await
+                .and_then(|cm| cm.data)
+                .unwrap_or_default();
+            if !data.contains_key(&r.key) {
+                missing.push(format!("{}: key {} of ConfigMap {}", c.name, r.key, r.name));
+            }
+        }
+        for f in c.env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref
+                && r.optional != Some(true)
+                && s.configmap(&r.name).await.is_none()
+            {
+                missing.push(format!("{}: envFrom ConfigMap {}", c.name, r.name));
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Some(cm) = &v.config_map
+            && cm.optional != Some(true)
+            && s.configmap(&cm.name).await.is_none()
+        {
+            missing.push(format!("volume {}: ConfigMap {}", v.name, cm.name));
+        }
+    }
+    missing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmaps_match_kai_s_webhook_for_a_multi_container_pod_with_an_init_container() {
+    let s = setup("share-kai-wiring", 1, true, |_| {}).await;
+    // name, container that gets the share, its capabilities map
+    let cases = [
+        ("mc", "trainer", "mc-x1y2z3a-shared-gpu-1"),
+        ("mi", "warmup", "mi-x1y2z3a-shared-gpu-i1"),
+    ];
+    for (name, container, want_cap) in cases {
+        let prefix = format!("{name}-x1y2z3a-shared-gpu");
+        let image = "registry.k8s.io/pause:3.10";
+        let mut spec = json!({
+            "initContainers": [ { "name": "setup", "image": image }, { "name": "warmup", "image": image } ],
+            "containers": [ { "name": "main", "image": image }, { "name": "trainer", "image": image } ]
+        });
+        let cap = kai_webhook_wiring(&mut spec, &prefix, container);
+        assert_eq!(cap, want_cap);
+        let pod = s.env.create_pod(name, spec).await;
+        s.env
+            .pods()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": {
+                    "runai/shared-gpu-configmap": prefix,
+                    "gpu-fraction-container-name": container,
+                    "gpu-fraction": "0.25"
+                }}})),
+            )
+            .await
+            .expect("annotate");
+        s.env
+            .create_request(
+                name,
+                &s.node,
+                pod.metadata.uid.as_deref(),
+                json!({
+                    "receivedResourceType": "Fraction",
+                    "receivedGPU": { "count": 1, "portion": "0.25" },
+                    "selectedGPUGroups": ["g8"],
+                    "backoffLimit": 1
+                }),
+            )
+            .await;
+        s.env.wait_phase(name, Phase::Succeeded).await;
+        let bound = s.pod(name).await;
+        let missing = unresolved_configmap_refs(&s, &bound).await;
+        assert!(
+            missing.is_empty(),
+            "{name}: the container could not start: {missing:?}"
+        );
+        let data = s
+            .configmap(&cap)
+            .await
+            .and_then(|c| c.data)
+            .unwrap_or_default();
+        assert_eq!(
+            data.get("GPU_PORTION").map(String::as_str),
+            Some("0.25"),
+            "{name}"
+        );
+        assert_eq!(
+            data.get("RUNAI_NUM_OF_GPUS").map(String::as_str),
+            Some("0.25"),
+            "{name}"
+        );
+        assert!(
+            data.get("NVIDIA_VISIBLE_DEVICES")
+                .is_some_and(|d| d.starts_with("GPU-")),
+            "{name}: {data:?}"
+        );
+        assert!(
+            s.configmap(&format!("{prefix}-0")).await.is_none(),
+            "{name}: no map for a container that does not get the share"
+        );
+    }
+    s.finish().await;
+}
+
+/// `gpu-reservation-` and the first 16 hex digits of SHA-256 of `<node>/<group>`, computed
+/// here independently of the agent.
+fn kai_reservation_name(node: &str, group: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, format!("{node}/{group}").as_bytes());
+    let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("gpu-reservation-{hex}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservation_pods_have_kai_s_names_and_the_pod_s_tolerations() {
+    let s = setup("share-kai-names", 2, true, |_| {}).await;
+    s.fraction(
+        "tol",
+        "0.5",
+        &["g9"],
+        json!({ "tolerations": [
+            { "key": "node.kubernetes.io/not-ready", "operator": "Exists" },
+            { "key": "node.kubernetes.io/unreachable", "operator": "Exists" },
+            { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }
+        ] }),
+    )
+    .await;
+    s.env.wait_phase("tol", Phase::Succeeded).await;
+    let res = s.reservations("g9").await;
+    assert_eq!(res.len(), 1);
+    assert_eq!(
+        res[0].metadata.name.as_deref(),
+        Some(kai_reservation_name(&s.node, "g9").as_str())
+    );
+    let pod_tolerations = s.pod("tol").await.spec.and_then(|s| s.tolerations);
+    assert!(pod_tolerations.as_ref().is_some_and(|t| t.len() == 3));
+    assert_eq!(
+        res[0].spec.as_ref().and_then(|s| s.tolerations.clone()),
+        pod_tolerations,
+        "the fractional pod's tolerations, as KAI copies them"
+    );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_pod_another_binder_created_meanwhile_is_reused() {
+    let s = setup("share-kai-exists", 2, true, |_| {}).await;
+    // KAI's binder made the group's reservation pod after this agent looked (here: a pod
+    // of KAI's name that the agent's lookup does not list, having no app label).
+    let name = kai_reservation_name(&s.node, "g10");
+    let theirs: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": s.env.namespace, "labels": { "runai-gpu-group": "g10" } },
+        "spec": {
+            "nodeName": s.node,
+            "serviceAccountName": common::RESERVATION_SERVICE_ACCOUNT,
+            "tolerations": [ { "operator": "Exists" } ],
+            "containers": [ { "name": "resource-reservation", "image": "registry.k8s.io/pause:3.10",
+                "resources": { "limits": { "nvidia.com/gpu": "1" } } } ]
+        }
+    }))
+    .expect("pod");
+    let theirs = s
+        .env
+        .pods()
+        .create(&Default::default(), &theirs)
+        .await
+        .expect("create");
+    s.fraction("late", "0.5", &["g10"], json!({})).await;
+    let br = s.env.wait_phase("late", Phase::Succeeded).await;
+    let now = s.env.pods().get(&name).await.expect("still there");
+    assert_eq!(
+        now.metadata.uid, theirs.metadata.uid,
+        "reused, not replaced"
+    );
+    let key = format!("{}/{name}", s.env.namespace);
+    let gpu = s
+        .kubelet
+        .assignments()
+        .get(&key)
+        .and_then(|d| d.first().cloned());
+    assert!(gpu.is_some());
+    assert_eq!(
+        s.visible_devices("late").await,
+        gpu,
+        "the pod shares that GPU"
+    );
+    assert!(
+        s.reservations("g10").await.is_empty(),
+        "no second reservation pod"
+    );
+    let verdicts = s.env.verification(&s.agent, &br).verdicts;
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| v.message.contains("created meanwhile by another binder")),
+        "{verdicts:?}"
+    );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hamicore_memory_limit_comes_from_the_measured_gpu() {
+    let s = setup("share-hamicore", 1, true, |cfg| {
+        cfg.plugins.sharing.args.hamicore = true;
+    })
+    .await;
+    // What KAI would use: the nominal 80 GiB of the label.
+    s.env
+        .patch_node(
+            &s.node,
+            json!({ "metadata": { "labels": { "nvidia.com/gpu.memory": "81920" } } }),
+        )
+        .await;
+    s.fraction("hc", "0.5", &["g11"], json!({})).await;
+    let br = s.env.wait_phase("hc", Phase::Succeeded).await;
+    let data = s
+        .configmap("hc-abcdefg-shared-gpu-0")
+        .await
+        .and_then(|c| c.data)
+        .unwrap_or_default();
+    // (81920 MiB − 512 MiB the driver reserves) × 0.5, where KAI writes 40960m.
+    assert_eq!(
+        data.get("CUDA_DEVICE_MEMORY_LIMIT").map(String::as_str),
+        Some("40704m")
+    );
+    let verdicts = s.env.verification(&s.agent, &br).verdicts;
+    assert!(
+        verdicts.iter().any(|v| v.check == "hamicore"
+            && v.message.contains("measured on")
+            && v.message.contains("81408 MiB")),
+        "{verdicts:?}"
+    );
     s.finish().await;
 }

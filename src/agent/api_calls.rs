@@ -69,6 +69,8 @@ pub const UPDATE_RESOURCE_CLAIM_BINDING: ApiCall =
 /// (KEP-5004): create the pod's extended-resource claim, and on rollback remove its
 /// `delete-protection` finalizer (a patch) and delete it; write the claim's name into the
 /// pod's `status.extendedResourceClaimStatus` before binding (and clear it on rollback).
+/// `PATCH_POD_STATUS` also writes KAI's `PodBound` condition after each attempt
+/// (`--pod-bound-condition`).
 pub const CREATE_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "create");
 pub const PATCH_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "patch");
 pub const DELETE_RESOURCE_CLAIM: ApiCall = c("resource.k8s.io", "resourceclaims", "delete");
@@ -83,6 +85,9 @@ pub const GET_LEASE: ApiCall = c("coordination.k8s.io", "leases", "get");
 pub const CREATE_LEASE: ApiCall = c("coordination.k8s.io", "leases", "create");
 pub const UPDATE_LEASE: ApiCall = c("coordination.k8s.io", "leases", "update");
 pub const CREATE_EVENT: ApiCall = c("events.k8s.io", "events", "create");
+/// The pod's `Bound` / `BindingError` Events, written as KAI's binder writes them: core/v1,
+/// with `source.component: binder` (which the events.k8s.io API cannot set).
+pub const CREATE_CORE_EVENT: ApiCall = c("", "events", "create");
 /// Only with `--diag-auth=kubernetes`.
 pub const CREATE_TOKEN_REVIEW: ApiCall = c("authentication.k8s.io", "tokenreviews", "create");
 /// Only with `--diag-auth=kubernetes`.
@@ -131,6 +136,7 @@ pub const API_CALLS: &[ApiCall] = &[
     CREATE_LEASE,
     UPDATE_LEASE,
     CREATE_EVENT,
+    CREATE_CORE_EVENT,
     CREATE_TOKEN_REVIEW,
     CREATE_SUBJECT_ACCESS_REVIEW,
     CREATE_SELF_SUBJECT_ACCESS_REVIEW,

@@ -2,6 +2,7 @@
 //! call has a timeout; errors are classified into transient (retry without counting an
 //! attempt) and answers about the request.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,6 +231,33 @@ impl Effects {
         self.patch_status(ns, name, None, status).await
     }
 
+    /// Strategic-merge-patches `pods/status` with `body` (built by
+    /// [`crate::binding::pod_metadata::pod_bound_patch`]: one condition, merged by type, and
+    /// the pod UID, so a recreated pod answers 409). The answer is not decoded.
+    pub async fn patch_pod_status(
+        &self,
+        ns: &str,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let request = kube::core::Request::new(api.resource_url())
+            .patch_subresource(
+                "status",
+                name,
+                &PatchParams::default(),
+                &Patch::Strategic(body),
+            )
+            .map_err(KubeError::BuildRequest);
+        call_as(
+            &self.diag,
+            api_calls::PATCH_POD_STATUS,
+            self.timeout,
+            send_unread(&self.client, request),
+        )
+        .await
+    }
+
     /// POSTs `pods/binding` carrying the pod UID as a precondition, to `node` only.
     /// A 409 is resolved by reading the pod: already on `node` is success.
     pub async fn bind_pod(
@@ -239,11 +267,31 @@ impl Effects {
         uid: &str,
         node: &str,
     ) -> Result<(), BindFault> {
+        self.bind_pod_annotated(ns, name, uid, node, &BTreeMap::new())
+            .await
+    }
+
+    /// [`Effects::bind_pod`] with annotations that kube-apiserver merges into the pod in
+    /// the same update that sets `spec.nodeName` (`setPodNodeAndMetadata` in
+    /// `pkg/registry/core/pod/storage/storage.go`): they appear exactly when the pod is
+    /// bound, under the Binding's UID precondition, at no extra request.
+    pub async fn bind_pod_annotated(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), BindFault> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let mut metadata = json!({ "name": name, "namespace": ns, "uid": uid });
+        if !annotations.is_empty() {
+            metadata["annotations"] = json!(annotations);
+        }
         let binding = json!({
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": { "name": name, "namespace": ns, "uid": uid },
+            "metadata": metadata,
             "target": { "apiVersion": "v1", "kind": "Node", "name": node },
         });
         // The answer (a Status) carries nothing the agent uses, so it is not decoded.

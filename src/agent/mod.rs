@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub api_timeout: Duration,
     pub lease_duration: Duration,
     pub lease_retry: Duration,
+    /// Write KAI's `PodBound` condition on the pod after each attempt (`pods/status`).
+    pub pod_bound_condition: bool,
     pub plugins: PluginSettings,
 }
 
@@ -66,6 +68,7 @@ impl AgentConfig {
             api_timeout: Duration::from_secs(10),
             lease_duration: Duration::from_secs(15),
             lease_retry: Duration::from_secs(2),
+            pod_bound_condition: true,
             plugins: PluginSettings::default(),
         }
     }

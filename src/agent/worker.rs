@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodCondition};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::{BindRequest, BindRequestStatus, Lenient, NodeVerification, Phase};
 use crate::binding::{
-    self, AttemptError, BindContext, BindFault, Binder, Failure, Outcome, PodState,
+    self, AttemptError, BindContext, BindFault, Binder, Failure, Outcome, PodState, pod_metadata,
 };
 
 use super::AgentConfig;
@@ -69,7 +69,8 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
     sh.parking.unpark(key);
     let retry = sh.stats.local_retries(key);
     let timer = sh.diag.attempt_started(&br);
-    let (result, verification) = attempt(sh, &br, cancelled).await;
+    let mut pod_bound = None;
+    let (result, verification) = attempt(sh, &br, cancelled, &mut pod_bound).await;
     sh.diag
         .attempt_finished(&br, timer, &result, verification.as_ref());
     let wait_ended = match &result {
@@ -103,7 +104,7 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
         Err(AttemptError::Parked(_)) => return Next::Forget,
         Ok(outcome) => outcome,
     };
-    let next = settle(sh, key, br, outcome, verification).await;
+    let next = settle(sh, key, br, outcome, verification, pod_bound).await;
     if next == Next::Forget {
         sh.stats.clear_local_retries(key);
     }
@@ -155,8 +156,14 @@ async fn park_request(
 /// The attempt's result, and the verdicts when the pipeline ran.
 type Attempt = (Result<Outcome, AttemptError>, Option<NodeVerification>);
 
-async fn attempt(sh: &Shared, br: &BindRequest, cancelled: &Cancelled) -> Attempt {
-    match snapshot_and_run(sh, br, cancelled).await {
+/// `pod_bound` receives the pod's `PodBound` condition as the attempt read it.
+async fn attempt(
+    sh: &Shared,
+    br: &BindRequest,
+    cancelled: &Cancelled,
+    pod_bound: &mut Option<PodCondition>,
+) -> Attempt {
+    match snapshot_and_run(sh, br, cancelled, pod_bound).await {
         Ok(done) => done,
         Err(e) => (Err(e), None),
     }
@@ -167,6 +174,7 @@ async fn snapshot_and_run(
     sh: &Shared,
     br: &BindRequest,
     cancelled: &Cancelled,
+    pod_bound: &mut Option<PodCondition>,
 ) -> Result<Attempt, AttemptError> {
     let me = sh.cfg.node_name.as_str();
     let req = binding::validate_request(br, me).map_err(AttemptError::Failed)?;
@@ -175,6 +183,7 @@ async fn snapshot_and_run(
         .get_pod(&req.namespace, &req.pod_name)
         .await
         .map_err(|e| AttemptError::Transient(format!("reading pod: {e}")))?;
+    *pod_bound = pod.as_ref().and_then(pod_metadata::current_pod_bound);
     let uid = match binding::check_pod(br, &req, pod.as_ref(), me) {
         Ok(PodState::BoundHere) => return Ok((Ok(Outcome::AlreadyBound), None)),
         Ok(PodState::Unbound { uid }) => uid,
@@ -213,15 +222,22 @@ async fn snapshot_and_run(
         Ok(true) => {
             // Emitted right after the bind: a later status-write failure retries the
             // attempt, which then finds the pod already bound and emits nothing. One Event,
-            // on the pod, as KAI's binder and kube-scheduler write: the BindRequest records
-            // the success in its status (phase and what was verified), and `explain` shows
-            // the pod's Events with it.
-            let note = format!(
-                "Bound {}/{} to node {me} after node-local verification",
-                req.namespace, req.pod_name
-            );
-            sh.events
-                .emit(event(pod_ref(&pod), EventType::Normal, "Bound", note));
+            // on the pod, as KAI's binder records it (core/v1, component `binder`, so tools
+            // watching for KAI's binder see bindlet's binds): the BindRequest records the
+            // success in its status (phase and what was verified), and `explain` shows the
+            // pod's Events with it.
+            if let Some(r) = pod_metadata::pod_bound_report(
+                &Outcome::Bound,
+                &req.namespace,
+                &req.pod_name,
+                me,
+                "",
+            ) {
+                sh.events.emit_as_component(
+                    event(pod_ref(&pod), EventType::Normal, r.reason, r.message),
+                    pod_metadata::KAI_BINDER_COMPONENT,
+                );
+            }
             Ok(Outcome::Bound)
         }
         Ok(false) => Ok(Outcome::AlreadyBound),
@@ -238,6 +254,7 @@ async fn settle(
     mut br: BindRequest,
     outcome: Outcome,
     verification: Option<NodeVerification>,
+    pod_bound: Option<PodCondition>,
 ) -> Next {
     for _ in 0..STATUS_WRITE_TRIES {
         let status = binding::next_status(
@@ -255,6 +272,9 @@ async fn settle(
         {
             Ok(StatusWrite::Written) => {
                 log_and_emit(sh, key, &br, &outcome, &status);
+                if sh.cfg.pod_bound_condition {
+                    write_pod_bound(sh, key, &br, &outcome, &status, pod_bound.as_ref()).await;
+                }
                 return next_after(sh, &outcome, &status);
             }
             Ok(StatusWrite::Gone) => return Next::Forget,
@@ -379,11 +399,14 @@ fn log_and_emit(
                 f.code(),
                 note.clone(),
             ));
-            if !matches!(
-                f,
-                Failure::PodNotFound { .. }
-                    | Failure::Malformed(_)
-                    | Failure::PodUidMismatch { .. }
+            // On the pod, KAI's `BindingError` (core/v1, component `binder`); none on a pod
+            // that is not this request's (missing, recreated, bound by another binder).
+            if let Some(r) = pod_metadata::pod_bound_report(
+                outcome,
+                &key.namespace,
+                br.spec.pod_name.as_deref().unwrap_or_default(),
+                &sh.cfg.node_name,
+                reason,
             ) {
                 let pod = ObjectReference {
                     api_version: Some("v1".into()),
@@ -393,8 +416,10 @@ fn log_and_emit(
                     uid: br.owner_pod_uid().map(str::to_string),
                     ..Default::default()
                 };
-                sh.events
-                    .emit(event(pod, EventType::Warning, f.code(), note));
+                sh.events.emit_as_component(
+                    event(pod, EventType::Warning, r.reason, r.message),
+                    pod_metadata::KAI_BINDER_COMPONENT,
+                );
             }
         }
     }
@@ -450,6 +475,50 @@ async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
     }
 }
 
+/// Writes KAI's `PodBound` condition for the attempt on the pod (best effort, like KAI's
+/// binder: a failure is logged; the request's status already says what happened), unless
+/// the pod read by the attempt (`current`) already has it. Guarded by the pod UID of the
+/// request's owner reference; without one nothing is written.
+async fn write_pod_bound(
+    sh: &Shared,
+    key: &Key,
+    br: &BindRequest,
+    outcome: &Outcome,
+    status: &BindRequestStatus,
+    current: Option<&PodCondition>,
+) {
+    let Some(pod) = br.spec.pod_name.as_deref() else {
+        return;
+    };
+    let Some(uid) = br.owner_pod_uid() else {
+        return;
+    };
+    let reason = status.reason.as_deref().unwrap_or_default();
+    let Some(report) =
+        pod_metadata::pod_bound_report(outcome, &key.namespace, pod, &sh.cfg.node_name, reason)
+    else {
+        return;
+    };
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let Some(body) = pod_metadata::pod_bound_patch(uid, &report, current, &now) else {
+        return; // The pod already says so.
+    };
+    match sh
+        .effects
+        .patch_pod_status(&key.namespace, pod, &body)
+        .await
+    {
+        Ok(()) => {}
+        // Gone or recreated: not this request's pod any more.
+        Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+        Err(e) => {
+            tracing::warn!(request = %key, error = %e, "could not write the pod's PodBound condition")
+        }
+    }
+}
+
 struct KubeBinder<'a> {
     effects: &'a Effects,
 }
@@ -458,12 +527,15 @@ struct KubeBinder<'a> {
 impl Binder for KubeBinder<'_> {
     async fn bind(&self, ctx: &BindContext<'_>, pod_uid: &str) -> Result<(), BindFault> {
         // Only ever to this agent's own node.
+        // KAI's pod annotations travel on the Binding (see `binding::pod_metadata`).
+        let annotations = pod_metadata::bind_annotations(&ctx.bind_request.spec);
         self.effects
-            .bind_pod(
+            .bind_pod_annotated(
                 &ctx.request.namespace,
                 &ctx.request.pod_name,
                 pod_uid,
                 ctx.node_name,
+                &annotations,
             )
             .await
     }

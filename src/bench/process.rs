@@ -50,6 +50,9 @@ impl AgentProcess {
             .arg(format!("bindlet-bench-{}", spec.node))
             .arg("--workers")
             .arg(spec.workers.to_string())
+            // KAI's PodBound pod condition is one more write per bind that the limit client
+            // does not make: left out so both binders issue the same requests.
+            .arg("--pod-bound-condition=false")
             // Its diagnostics server runs as in production, on a free loopback port so that
             // it cannot collide with anything else listening here.
             .arg("--diag-addr")
@@ -63,6 +66,7 @@ impl AgentProcess {
             "BINDLET_WORKERS",
             "BINDLET_LOG",
             "BINDLET_CONTEXT",
+            "BINDLET_POD_BOUND_CONDITION",
         ] {
             cmd.env_remove(var);
         }

@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod decide;
 pub mod failure;
 pub mod pipeline;
+pub mod pod_metadata;
 pub mod status;
 
 pub use backoff::Backoff;

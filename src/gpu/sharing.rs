@@ -12,12 +12,13 @@
 //! - Every pod sharing the GPU carries `runai-gpu-group=<group>`, or
 //!   `runai-gpu-group/<group>=<group>` when it asks for several fractional devices.
 //! - The pod reads its GPU from ConfigMaps named after its annotation
-//!   `runai/shared-gpu-configmap` (`<prefix>-0` for the first container's "capabilities",
-//!   `<prefix>-0-evar` for plain environment variables), owned by the pod.
+//!   `runai/shared-gpu-configmap`, per GPU container: `<prefix>-<index>` ("capabilities",
+//!   `<prefix>-i<index>` for an init container) and `<prefix>-<index>-evar` (plain
+//!   environment variables), owned by the pod; see [`configmaps`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::verdict;
@@ -42,6 +43,11 @@ pub const PORTION_ANNOTATION: &str = "bindlet.dev/gpu-portion";
 pub const CDI_PREFIX: &str = "k8s.device-plugin.nvidia.com/gpu=";
 
 pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+/// The key's name before KAI renamed it; still read by old pods.
+pub const OLD_VISIBLE_DEVICES: &str = "RUNAI-VISIBLE-DEVICES";
+/// Pod annotation naming the container that gets the GPU share (KAI
+/// `pkg/common/constants/constants.go`, `GpuFractionContainerName`).
+pub const FRACTION_CONTAINER_ANNOTATION: &str = "gpu-fraction-container-name";
 pub const NUM_OF_GPUS: &str = "RUNAI_NUM_OF_GPUS";
 pub const GPU_PORTION: &str = "GPU_PORTION";
 
@@ -459,11 +465,92 @@ pub struct ConfigMapPlan {
     pub data: BTreeMap<String, String>,
 }
 
-/// The ConfigMaps of the pod's first container, as KAI's binder fills them: the
-/// "capabilities" map gets the visible devices and `RUNAI_NUM_OF_GPUS`; the env map gets
-/// `GPU_PORTION`, and the visible devices too when the container does not read them from
-/// the capabilities map (KAI's webhook wires one or the other). `devices` are GPU UUIDs,
-/// written as CDI device names with `cdi`.
+/// The container that gets the GPU share, as KAI picks it
+/// (`pkg/binder/common/gpu_access.go`, `GetFractionContainerRef`): the one named by the pod
+/// annotation `gpu-fraction-container-name` (init containers searched first), else the
+/// first container.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FractionContainer<'a> {
+    pub container: &'a Container,
+    pub index: usize,
+    pub init: bool,
+}
+
+impl FractionContainer<'_> {
+    /// The suffix of its ConfigMap names: `<index>`, or `i<index>` for an init container
+    /// (`pkg/binder/common/gpusharingconfigmap/config_map.go`).
+    pub fn suffix(&self) -> String {
+        if self.init {
+            format!("i{}", self.index)
+        } else {
+            self.index.to_string()
+        }
+    }
+}
+
+/// Finds the container that gets the GPU share (see [`FractionContainer`]).
+pub fn fraction_container(pod: &Pod) -> Result<FractionContainer<'_>, String> {
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| "the pod has no spec".to_string())?;
+    let named = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FRACTION_CONTAINER_ANNOTATION));
+    let Some(name) = named else {
+        return spec
+            .containers
+            .first()
+            .map(|container| FractionContainer {
+                container,
+                index: 0,
+                init: false,
+            })
+            .ok_or_else(|| "the pod has no containers".to_string());
+    };
+    let init = spec.init_containers.iter().flatten().enumerate();
+    let regular = spec.containers.iter().enumerate();
+    init.map(|(i, c)| (i, c, true))
+        .chain(regular.map(|(i, c)| (i, c, false)))
+        .find(|(_, c, _)| &c.name == name)
+        .map(|(index, container, init)| FractionContainer {
+            container,
+            index,
+            init,
+        })
+        .ok_or_else(|| {
+            format!(
+                "the pod's {FRACTION_CONTAINER_ANNOTATION} annotation names container {name:?}, which the pod does not have"
+            )
+        })
+}
+
+/// Whether the container reads `key` from a ConfigMap (KAI's webhook wired it so).
+fn reads_from_configmap(container: &Container, key: &str) -> bool {
+    container.env.iter().flatten().any(|e| {
+        e.name == key
+            && e.value_from
+                .as_ref()
+                .and_then(|f| f.config_map_key_ref.as_ref())
+                .is_some()
+    })
+}
+
+/// The ConfigMaps of the pod's GPU container (capabilities first, then env), filled as
+/// KAI's binder fills them (`pkg/binder/plugins/gpusharing/gpu_sharing.go` and
+/// `pkg/binder/common/gpu_access.go`):
+/// - `<prefix>-<suffix>` ("capabilities"; suffix per [`FractionContainer::suffix`]) gets
+///   `RUNAI_NUM_OF_GPUS` and `GPU_PORTION`, both the portion: KAI's webhook wires both as
+///   non-optional `configMapKeyRef`s to this map
+///   (`pkg/admission/webhook/v1alpha2/gpusharing/gpu_sharing.go`, `AddGPUSharingEnvVars`),
+///   so a container whose map lacks one cannot start;
+/// - `<prefix>-<suffix>-evar` (read through `envFrom`) exists, possibly empty;
+/// - `NVIDIA_VISIBLE_DEVICES` goes into the capabilities map when the container reads it
+///   from a ConfigMap (what the webhook wires), else into the env map.
+///
+/// `devices` are GPU UUIDs, written as CDI device names with `cdi`.
 pub fn configmaps(
     pod: &Pod,
     devices: &[String],
@@ -482,7 +569,8 @@ pub fn configmaps(
                 "the pod has no {CONFIGMAP_ANNOTATION} annotation (KAI's admission webhook sets it on fractional pods), so it cannot be told which GPU it shares"
             )
         })?;
-    let capabilities = format!("{prefix}-0");
+    let target = fraction_container(pod)?;
+    let capabilities = format!("{prefix}-{}", target.suffix());
     let env = format!("{capabilities}-evar");
     let visible = devices
         .iter()
@@ -495,23 +583,12 @@ pub fn configmaps(
         })
         .collect::<Vec<_>>()
         .join(",");
-    let reads_from_capabilities = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.env.as_ref())
-        .is_some_and(|env| {
-            env.iter().any(|e| {
-                e.name == VISIBLE_DEVICES
-                    && e.value_from
-                        .as_ref()
-                        .and_then(|f| f.config_map_key_ref.as_ref())
-                        .is_some()
-            })
-        });
-    let mut cap = BTreeMap::from([(NUM_OF_GPUS.to_string(), portion.to_string())]);
-    let mut direct = BTreeMap::from([(GPU_PORTION.to_string(), portion.to_string())]);
-    if reads_from_capabilities {
+    let mut cap = BTreeMap::from([
+        (NUM_OF_GPUS.to_string(), portion.to_string()),
+        (GPU_PORTION.to_string(), portion.to_string()),
+    ]);
+    let mut direct = BTreeMap::new();
+    if reads_from_configmap(target.container, VISIBLE_DEVICES) {
         cap.insert(VISIBLE_DEVICES.to_string(), visible);
     } else {
         direct.insert(VISIBLE_DEVICES.to_string(), visible);
@@ -526,6 +603,23 @@ pub fn configmaps(
             data: direct,
         },
     ])
+}
+
+/// An existing map's data with the plan's written over it. Pods created before KAI renamed
+/// the key read `RUNAI-VISIBLE-DEVICES`: where a map has it, it gets the devices too
+/// (KAI's `SetNvidiaVisibleDevices` does the same).
+pub fn merged_data(
+    existing: &BTreeMap<String, String>,
+    plan: &ConfigMapPlan,
+) -> BTreeMap<String, String> {
+    let mut data = existing.clone();
+    data.extend(plan.data.clone());
+    if let Some(devices) = plan.data.get(VISIBLE_DEVICES)
+        && data.contains_key(OLD_VISIBLE_DEVICES)
+    {
+        data.insert(OLD_VISIBLE_DEVICES.to_string(), devices.clone());
+    }
+    data
 }
 
 /// A reservation pod garbage collection removes, and why.
@@ -583,6 +677,9 @@ pub fn collect(
     }
     out
 }
+
+pub mod hamicore;
+pub mod reservation;
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -502,33 +503,65 @@ async fn events_about(
             });
         }
     };
-    Ok(list
+    // The agent writes the pod's Bound / BindingError through core/v1 (as KAI's binder
+    // does). A real server lists every Event through both APIs; a server that keeps them
+    // apart (the simulator) needs both read. Same uid: the same Event.
+    let seen: std::collections::HashSet<String> =
+        list.iter().filter_map(|e| e.metadata.uid.clone()).collect();
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), ns);
+    let core_list = match call(timeout, core.list(&lp)).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            tracing::debug!(error = %e, "listing core Events failed; showing events.k8s.io only");
+            Vec::new()
+        }
+    };
+    let mut lines: Vec<EventLine> = core_list
         .into_iter()
-        .filter_map(|e| {
-            let r = e.regarding.as_ref()?;
-            if r.name.as_deref() != Some(name) {
-                return None;
-            }
-            let regarding = format!("{}/{name}", r.kind.as_deref().unwrap_or("?"));
-            let time = e
+        .filter(|e| e.metadata.uid.as_ref().is_none_or(|u| !seen.contains(u)))
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| EventLine {
+            time: e
                 .event_time
                 .as_ref()
                 .map(|t| t.0)
-                .or_else(|| e.deprecated_last_timestamp.as_ref().map(|t| t.0))
-                .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
-            Some(EventLine {
-                time,
-                type_: e.type_.clone().unwrap_or_default(),
-                reason: e.reason.clone().unwrap_or_default(),
-                regarding,
-                note: e.note.clone().unwrap_or_default(),
-                count: e
-                    .series
-                    .as_ref()
-                    .map(|s| s.count)
-                    .or(e.deprecated_count)
-                    .unwrap_or(1),
-            })
+                .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
+                .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+            type_: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            regarding: format!(
+                "{}/{name}",
+                e.involved_object.kind.as_deref().unwrap_or("?")
+            ),
+            note: e.message.clone().unwrap_or_default(),
+            count: e.count.unwrap_or(1),
         })
-        .collect())
+        .collect();
+    lines.extend(list.into_iter().filter_map(|e| {
+        let r = e.regarding.as_ref()?;
+        if r.name.as_deref() != Some(name) {
+            return None;
+        }
+        let regarding = format!("{}/{name}", r.kind.as_deref().unwrap_or("?"));
+        let time = e
+            .event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+            .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        Some(EventLine {
+            time,
+            type_: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            regarding,
+            note: e.note.clone().unwrap_or_default(),
+            count: e
+                .series
+                .as_ref()
+                .map(|s| s.count)
+                .or(e.deprecated_count)
+                .unwrap_or(1),
+        })
+    }));
+    Ok(lines)
 }

@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Pod, PodSecurityContext, ResourceRequirements, SecurityContext,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
@@ -36,7 +38,7 @@ use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::gpu::sharing::{
     self as decide, Assignments, GpuSource, NodeGroups, PLUGIN, ReservationScope, ReservationStep,
 };
-use crate::gpu::verdict::{GPU_GROUP_LABEL, GPU_RESOURCE};
+use crate::gpu::verdict::GPU_RESOURCE;
 
 use super::CheckMode;
 use super::gpu::{DeviceAssignments, GpuRuntime, NodePods};
@@ -96,6 +98,29 @@ pub struct SharingArgs {
     /// names `k8s.device-plugin.nvidia.com/gpu=<UUID>`.
     #[arg(long, env = "BINDLET_CDI")]
     pub cdi: bool,
+    /// Resources of the reservation pods besides their one GPU, as JSON ResourceRequirements
+    /// (KAI's `--resource-reservation-pod-resources`), e.g.
+    /// `{"requests":{"cpu":"1m","memory":"10Mi"}}`.
+    #[arg(long, env = "BINDLET_RESERVATION_POD_RESOURCES", value_parser = json_arg::<ResourceRequirements>)]
+    pub reservation_pod_resources: Option<ResourceRequirements>,
+    /// Pod security context of the reservation pods, as JSON (KAI's
+    /// `--resource-reservation-pod-security-context`).
+    #[arg(long, env = "BINDLET_RESERVATION_POD_SECURITY_CONTEXT", value_parser = json_arg::<PodSecurityContext>)]
+    pub reservation_pod_security_context: Option<PodSecurityContext>,
+    /// Security context of the reservation pods' container, as JSON (KAI's
+    /// `--resource-reservation-container-security-context`).
+    #[arg(long, env = "BINDLET_RESERVATION_CONTAINER_SECURITY_CONTEXT", value_parser = json_arg::<SecurityContext>)]
+    pub reservation_container_security_context: Option<SecurityContext>,
+    /// Write CUDA_DEVICE_MEMORY_LIMIT for HAMi-core into the capabilities ConfigMap, as KAI's
+    /// `hamicore` binder plugin does (off by default, as there), from the GPU's measured
+    /// memory less the driver's reserve.
+    #[arg(long, env = "BINDLET_HAMICORE")]
+    pub hamicore: bool,
+}
+
+/// Parses a flag given as JSON into a Kubernetes type.
+fn json_arg<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON for this setting: {e}"))
 }
 
 impl Default for SharingArgs {
@@ -111,11 +136,29 @@ impl Default for SharingArgs {
             reservation_gc_interval: Duration::from_secs(30),
             reservation_gc_grace: Duration::from_secs(30),
             cdi: false,
+            reservation_pod_resources: None,
+            reservation_pod_security_context: None,
+            reservation_container_security_context: None,
+            hamicore: false,
         }
     }
 }
 
 impl SharingArgs {
+    /// What reservation pods are made of.
+    pub fn pod_settings(&self) -> decide::reservation::PodSettings {
+        decide::reservation::PodSettings {
+            namespace: self.reservation_namespace.clone(),
+            app_label: self.reservation_app_label.clone(),
+            image: self.reservation_image.clone(),
+            service_account: self.reservation_service_account.clone(),
+            runtime_class: self.reservation_runtime_class.clone(),
+            resources: self.reservation_pod_resources.clone(),
+            pod_security_context: self.reservation_pod_security_context.clone(),
+            container_security_context: self.reservation_container_security_context.clone(),
+        }
+    }
+
     pub fn scope(&self) -> ReservationScope {
         ReservationScope {
             namespace: self.reservation_namespace.clone(),
@@ -314,6 +357,14 @@ pub struct SharingWrites {
     pub devices: Vec<String>,
 }
 
+/// This node's pods as one attempt read them.
+#[derive(Clone, Copy)]
+struct NodeView<'a> {
+    pods: &'a [Pod],
+    groups: &'a NodeGroups,
+    assigned: Option<&'a Assignments>,
+}
+
 pub struct GpuSharingPlugin {
     args: SharingArgs,
     mode: CheckMode,
@@ -335,16 +386,21 @@ impl GpuSharingPlugin {
         verdict(PLUGIN, check, outcome, message)
     }
 
-    /// Makes sure `group` has a reservation pod with a known GPU on this node.
+    /// Makes sure `group` has a reservation pod with a known GPU on this node; `source` is
+    /// the fractional pod being bound.
     async fn reserve(
         &self,
         api: &SharingApi,
         group: &str,
-        pods: &[Pod],
-        groups: &NodeGroups,
-        assigned: Option<&Assignments>,
+        source: &Pod,
+        node: NodeView<'_>,
         w: &mut SharingWrites,
     ) -> Result<(String, Verdict), PluginError> {
+        let NodeView {
+            pods,
+            groups,
+            assigned,
+        } = node;
         let scope = self.args.scope();
         let ns = &scope.namespace;
         let started = Instant::now();
@@ -363,9 +419,11 @@ impl GpuSharingPlugin {
             }
             ReservationStep::Wait { pod, uid } => (pod, uid, false),
             ReservationStep::Create => {
-                let (pod, uid) = self.create_reservation(api, group, pods).await?;
-                w.created_reservations.push((pod.clone(), uid.clone()));
-                (pod, uid, true)
+                let (pod, uid, created) = self.create_reservation(api, group, source, pods).await?;
+                if created {
+                    w.created_reservations.push((pod.clone(), uid.clone()));
+                }
+                (pod, uid, created)
             }
         };
         let (gpu, source) = self.wait_for_gpu(api, group, &pod, &uid).await?;
@@ -374,7 +432,7 @@ impl GpuSharingPlugin {
             if created {
                 "created by this bind"
             } else {
-                "found being admitted"
+                "found being admitted, or created meanwhile by another binder"
             },
             source.describe(),
             started.elapsed().as_millis()
@@ -406,12 +464,16 @@ impl GpuSharingPlugin {
 
     /// Creates the group's reservation pod, after checking (under the node's GPU bind
     /// lock, so a whole-GPU bind cannot take the same GPU meanwhile) that a GPU is free.
+    /// Its name is KAI's deterministic one: AlreadyExists means another binder (KAI's, during
+    /// a migration) created it since this attempt looked, and it is used as found. Returns
+    /// name, uid and whether this attempt created it.
     async fn create_reservation(
         &self,
         api: &SharingApi,
         group: &str,
+        source: &Pod,
         pods: &[Pod],
-    ) -> Result<(String, String), PluginError> {
+    ) -> Result<(String, String, bool), PluginError> {
         if let Some(last) = api.recent_refusal() {
             return Err(PluginError::refused(format!(
                 "group {group} needs a new reservation pod, but none is created on this node for {} s after a refusal: {last}",
@@ -433,68 +495,47 @@ impl GpuSharingPlugin {
             _ => None,
         };
         let ns = &self.args.reservation_namespace;
-        let pod = self.reservation_pod(&api.node, group)?;
+        let pod = decide::reservation::pod(&self.args.pod_settings(), &api.node, group, source);
+        let name = pod.metadata.name.clone().unwrap_or_default();
         let created = call_as(
             &api.diag,
             calls::CREATE_POD,
             api.timeout,
             api.pods_in(ns).create(&PostParams::default(), &pod),
         )
-        .await
-        .map_err(|e| {
-            let m = format!("group {group}: creating a reservation pod in {ns}: {e}");
-            if e.code().is_some_and(|c| c == 403 || c == 404 || c == 422) {
-                PluginError::refused(m)
-            } else {
-                PluginError::transient(m)
+        .await;
+        match created {
+            Ok(created) => {
+                tracing::info!(group, pod = %name, "created GPU reservation pod");
+                Ok((name, created.metadata.uid.unwrap_or_default(), true))
             }
-        })?;
-        let name = created.metadata.name.unwrap_or_default();
-        tracing::info!(group, pod = %name, "created GPU reservation pod");
-        Ok((name, created.metadata.uid.unwrap_or_default()))
-    }
-
-    /// KAI's reservation pod for `group`, bound to `node` directly.
-    fn reservation_pod(&self, node: &str, group: &str) -> Result<Pod, PluginError> {
-        let a = &self.args;
-        let mut spec = json!({
-            "nodeName": node,
-            "serviceAccountName": a.reservation_service_account,
-            "containers": [{
-                "name": "resource-reservation",
-                "image": a.reservation_image,
-                "imagePullPolicy": "IfNotPresent",
-                "resources": {
-                    "limits": { GPU_RESOURCE: "1", "cpu": "50m", "memory": "100Mi" },
-                    "requests": { GPU_RESOURCE: "1", "cpu": "1m", "memory": "10Mi" }
-                },
-                "env": [
-                    { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                    { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }
-                ]
-            }],
-            // The GPU node's taints must not keep the kubelet from admitting it.
-            "tolerations": [{ "operator": "Exists" }]
-        });
-        if let Some(rc) = &a.reservation_runtime_class {
-            spec["runtimeClassName"] = json!(rc);
+            Err(ApiError::Status { code: 409, .. }) => {
+                let found = api.get_pod(ns, &name).await.map_err(|e| {
+                    PluginError::transient(format!(
+                        "group {group}: reservation pod {ns}/{name} already exists; reading it: {e}"
+                    ))
+                })?;
+                match found {
+                    Some(p) if p.metadata.deletion_timestamp.is_none() => {
+                        tracing::info!(group, pod = %name, "GPU reservation pod already exists; using it");
+                        Ok((name, p.metadata.uid.unwrap_or_default(), false))
+                    }
+                    _ => Err(PluginError::transient(format!(
+                        "group {group}: reservation pod {ns}/{name} is being deleted; retrying"
+                    ))),
+                }
+            }
+            Err(e) => {
+                let m = format!("group {group}: creating a reservation pod in {ns}: {e}");
+                Err(
+                    if e.code().is_some_and(|c| c == 403 || c == 404 || c == 422) {
+                        PluginError::refused(m)
+                    } else {
+                        PluginError::transient(m)
+                    },
+                )
+            }
         }
-        serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "generateName": format!("gpu-reservation-{node}-"),
-                "namespace": a.reservation_namespace,
-                "labels": { decide::APP_LABEL: a.reservation_app_label, GPU_GROUP_LABEL: group },
-                "annotations": { "karpenter.sh/do-not-disrupt": "true" }
-            },
-            "spec": spec
-        }))
-        .map_err(|e| {
-            PluginError::refused(format!(
-                "building the reservation pod of group {group}: {e}"
-            ))
-        })
     }
 
     /// Polls the kubelet's assignments and the pod until its GPU is known, it is refused,
@@ -600,6 +641,55 @@ impl GpuSharingPlugin {
             })
     }
 
+    /// `--hamicore`: adds CUDA_DEVICE_MEMORY_LIMIT to the capabilities map (the first plan)
+    /// and says where its memory figure came from; when it cannot be computed nothing is
+    /// added (as KAI) and the verdict warns why.
+    fn hamicore(
+        &self,
+        ctx: &BindContext<'_>,
+        portion: f64,
+        devices: &[String],
+        snap: Option<&crate::gpu::GpuSnapshot>,
+        plans: &mut [decide::ConfigMapPlan],
+    ) -> Verdict {
+        use decide::hamicore::{CUDA_DEVICE_MEMORY_LIMIT, GPU_MEMORY_LABEL, memory_limit};
+        let label = ctx
+            .node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(GPU_MEMORY_LABEL))
+            .map(String::as_str);
+        match (
+            memory_limit(portion, devices, snap, label),
+            plans.first_mut(),
+        ) {
+            (Ok(limit), Some(capabilities)) => {
+                capabilities
+                    .data
+                    .insert(CUDA_DEVICE_MEMORY_LIMIT.to_string(), limit.value.clone());
+                Self::v(
+                    "hamicore",
+                    VerdictOutcome::Pass,
+                    format!(
+                        "{CUDA_DEVICE_MEMORY_LIMIT}={} in {}: portion {portion} of {}",
+                        limit.value, capabilities.name, limit.source
+                    ),
+                )
+            }
+            (Ok(_), None) => Self::v(
+                "hamicore",
+                VerdictOutcome::Warn,
+                format!("{CUDA_DEVICE_MEMORY_LIMIT} not written: no capabilities ConfigMap"),
+            ),
+            (Err(why), _) => Self::v(
+                "hamicore",
+                VerdictOutcome::Warn,
+                format!("{CUDA_DEVICE_MEMORY_LIMIT} not written: {why}"),
+            ),
+        }
+    }
+
     async fn patch_pod(
         &self,
         api: &SharingApi,
@@ -676,8 +766,7 @@ impl GpuSharingPlugin {
                 }
                 Some(mut cm) => {
                     let old = cm.data.take().unwrap_or_default();
-                    let mut data = old.clone();
-                    data.extend(plan.data.clone());
+                    let data = decide::merged_data(&old, plan);
                     let owned = cm
                         .metadata
                         .owner_references
@@ -783,16 +872,20 @@ impl Plugin for GpuSharingPlugin {
         let mut verdicts = Vec::new();
         let mut devices = Vec::new();
         for g in groups {
-            let (gpu, v) = self
-                .reserve(api, g, &pods, &node_groups, assigned.as_ref(), w)
-                .await?;
+            let view = NodeView {
+                pods: &pods,
+                groups: &node_groups,
+                assigned: assigned.as_ref(),
+            };
+            let (gpu, v) = self.reserve(api, g, ctx.pod, view, w).await?;
             verdicts.push(v);
             devices.push(gpu);
         }
+        let mut snapshot = None;
         if let Some(rt) = &self.gpu
             && self.mode != CheckMode::Off
         {
-            let snap = rt.snapshot().await;
+            let snap = snapshot.insert(rt.snapshot().await);
             let me = ctx.pod.metadata.uid.as_deref().unwrap_or_default();
             for (g, gpu) in groups.iter().zip(&devices) {
                 let others: Vec<_> = node_groups
@@ -802,15 +895,23 @@ impl Plugin for GpuSharingPlugin {
                     .cloned()
                     .collect();
                 verdicts.extend(decide::share_verdicts(
-                    g, gpu, *portion, &others, &snap, self.mode,
+                    g, gpu, *portion, &others, snap, self.mode,
                 ));
             }
         }
         if verdicts.iter().any(|v| v.outcome == VerdictOutcome::Fail) {
             return Ok(verdicts);
         }
-        let plans = decide::configmaps(ctx.pod, &devices, &portion_text, self.args.cdi)
+        let mut plans = decide::configmaps(ctx.pod, &devices, &portion_text, self.args.cdi)
             .map_err(PluginError::refused)?;
+        if self.args.hamicore {
+            if snapshot.is_none()
+                && let Some(rt) = &self.gpu
+            {
+                snapshot = Some(rt.snapshot().await);
+            }
+            verdicts.push(self.hamicore(ctx, *portion, &devices, snapshot.as_ref(), &mut plans));
+        }
         self.label(api, ctx, &portion_text, w).await?;
         for plan in &plans {
             self.write_configmap(api, ctx, plan, w).await?;

@@ -14,6 +14,7 @@ use bindlet::agent::{self, AgentConfig, AgentHandle};
 use bindlet::api::{BindRequest, NodeVerification, Phase, Verdict};
 use bindlet::binding::Backoff;
 use bindlet::sim::{SimOptions, Simulator};
+use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount, Taint};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -426,14 +427,27 @@ impl TestEnv {
             .and_then(|p| p.spec.and_then(|s| s.node_name))
     }
 
-    /// Events (events.k8s.io/v1) about the named object, oldest first.
+    /// The Events about `kind/name`, oldest first. Both Event APIs are read: bindlet writes
+    /// most through events.k8s.io/v1 and KAI's `Bound` / `BindingError` through core/v1. A
+    /// real server serves one set of Events through both (each appears in both lists, with
+    /// one uid); the simulator keeps them apart. Core Events are given in events.k8s.io form.
     pub async fn events_for(&self, kind: &str, name: &str) -> Vec<Event> {
         let list = Api::<Event>::namespaced(self.client.clone(), &self.namespace)
             .list(&ListParams::default())
             .await
             .expect("list events");
-        let mut v: Vec<Event> = list
-            .items
+        let mut items = list.items;
+        let seen: std::collections::HashSet<String> = items
+            .iter()
+            .filter_map(|e| e.metadata.uid.clone())
+            .collect();
+        let core = self.core_events().await;
+        items.extend(
+            core.into_iter()
+                .filter(|e| e.metadata.uid.as_ref().is_none_or(|u| !seen.contains(u)))
+                .map(core_as_events_v1),
+        );
+        let mut v: Vec<Event> = items
             .into_iter()
             .filter(|e| {
                 e.regarding.as_ref().is_some_and(|r| {
@@ -443,6 +457,15 @@ impl TestEnv {
             .collect();
         v.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         v
+    }
+
+    /// The namespace's Events as the core/v1 API gives them (with `source`).
+    pub async fn core_events(&self) -> Vec<CoreEvent> {
+        Api::<CoreEvent>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default())
+            .await
+            .expect("list core events")
+            .items
     }
 
     /// Waits (up to 10 s) until `kind/name` has at least `n` events with `reason`;
@@ -650,4 +673,31 @@ pub fn reason(br: &BindRequest) -> String {
 
 pub fn attempts(br: &BindRequest) -> i32 {
     br.failed_attempts()
+}
+
+/// A core/v1 Event in events.k8s.io/v1 form, as the API server converts it.
+pub fn core_as_events_v1(e: CoreEvent) -> Event {
+    let event_time = e.event_time.clone().or_else(|| {
+        e.last_timestamp
+            .as_ref()
+            .or(e.first_timestamp.as_ref())
+            .map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(t.0))
+    });
+    Event {
+        metadata: e.metadata,
+        event_time,
+        action: e.action,
+        reason: e.reason,
+        note: e.message,
+        type_: e.type_,
+        regarding: Some(e.involved_object),
+        related: e.related,
+        reporting_controller: e.reporting_component,
+        reporting_instance: e.reporting_instance,
+        deprecated_source: e.source,
+        deprecated_count: e.count,
+        deprecated_first_timestamp: e.first_timestamp,
+        deprecated_last_timestamp: e.last_timestamp,
+        series: None,
+    }
 }

@@ -319,16 +319,18 @@ fn configmaps_follow_kai_names_and_keys() {
     let got = configmaps(&plain, &["GPU-a".into()], "0.50", false).expect("plans");
     assert_eq!(got[0].name, "train-x1y2z3a-shared-gpu-0");
     assert_eq!(got[1].name, "train-x1y2z3a-shared-gpu-0-evar");
+    // GPU_PORTION and RUNAI_NUM_OF_GPUS in the capabilities map, where KAI's webhook wires
+    // both (non-optional); the env map gets the devices the container does not read there.
     assert_eq!(
         got[0].data,
-        BTreeMap::from([(NUM_OF_GPUS.into(), "0.50".into())])
+        BTreeMap::from([
+            (NUM_OF_GPUS.into(), "0.50".into()),
+            (GPU_PORTION.into(), "0.50".into())
+        ])
     );
     assert_eq!(
         got[1].data,
-        BTreeMap::from([
-            (GPU_PORTION.into(), "0.50".into()),
-            (VISIBLE_DEVICES.into(), "GPU-a".into())
-        ])
+        BTreeMap::from([(VISIBLE_DEVICES.into(), "GPU-a".into())])
     );
     // The webhook wired NVIDIA_VISIBLE_DEVICES to the capabilities map: it goes there.
     let wired = with(
@@ -344,6 +346,111 @@ fn configmaps_follow_kai_names_and_keys() {
     let bare = pod(json!({ "metadata": { "name": "p" }, "spec": { "containers": [] } }));
     let e = configmaps(&bare, &[], "0.5", false).unwrap_err();
     assert!(e.contains(CONFIGMAP_ANNOTATION), "{e}");
+}
+
+#[test]
+fn configmaps_are_per_gpu_container() {
+    let with = |annotation: Option<&str>| {
+        let mut annotations = json!({ CONFIGMAP_ANNOTATION: "job-x1y2z3a-shared-gpu" });
+        if let Some(name) = annotation {
+            annotations[FRACTION_CONTAINER_ANNOTATION] = json!(name);
+        }
+        pod(json!({
+            "metadata": { "name": "p", "annotations": annotations },
+            "spec": {
+                "initContainers": [ { "name": "setup" }, { "name": "warmup" } ],
+                "containers": [ { "name": "main" }, { "name": "sidecar" }, { "name": "trainer" } ]
+            }
+        }))
+    };
+    // name, gpu-fraction-container-name, capabilities map (the env map adds -evar)
+    let cases = [
+        (
+            "no annotation: the first container",
+            None,
+            "job-x1y2z3a-shared-gpu-0",
+        ),
+        (
+            "a later container",
+            Some("trainer"),
+            "job-x1y2z3a-shared-gpu-2",
+        ),
+        (
+            "an init container: -i<index>",
+            Some("warmup"),
+            "job-x1y2z3a-shared-gpu-i1",
+        ),
+        (
+            "the first init container",
+            Some("setup"),
+            "job-x1y2z3a-shared-gpu-i0",
+        ),
+    ];
+    for (name, annotation, capabilities) in cases {
+        let got = configmaps(&with(annotation), &["GPU-a".into()], "0.5", false)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got[0].name, capabilities, "{name}");
+        assert_eq!(got[1].name, format!("{capabilities}-evar"), "{name}");
+        assert_eq!(
+            got[0].data.get(GPU_PORTION).map(String::as_str),
+            Some("0.5"),
+            "{name}"
+        );
+    }
+    let e = configmaps(&with(Some("nope")), &[], "0.5", false).unwrap_err();
+    assert!(
+        e.contains("\"nope\"") && e.contains(FRACTION_CONTAINER_ANNOTATION),
+        "{e}"
+    );
+
+    // The chosen container's own wiring decides where the devices go.
+    let wired_init = pod(json!({
+        "metadata": { "name": "p", "annotations": {
+            CONFIGMAP_ANNOTATION: "job-shared-gpu", FRACTION_CONTAINER_ANNOTATION: "warmup" } },
+        "spec": {
+            "initContainers": [ { "name": "warmup", "env": [ { "name": VISIBLE_DEVICES,
+                "valueFrom": { "configMapKeyRef": { "name": "job-shared-gpu-i0", "key": VISIBLE_DEVICES } } } ] } ],
+            "containers": [ { "name": "main" } ]
+        }
+    }));
+    let got = configmaps(&wired_init, &["GPU-a".into()], "0.5", false).expect("plans");
+    assert_eq!(got[0].name, "job-shared-gpu-i0");
+    assert_eq!(
+        got[0].data.get(VISIBLE_DEVICES).map(String::as_str),
+        Some("GPU-a")
+    );
+    assert!(got[1].data.is_empty());
+}
+
+#[test]
+fn merged_data_keeps_other_keys_and_the_old_devices_key() {
+    let plan = ConfigMapPlan {
+        name: "m".into(),
+        data: BTreeMap::from([
+            (VISIBLE_DEVICES.into(), "GPU-b".into()),
+            (GPU_PORTION.into(), "0.5".into()),
+        ]),
+    };
+    let existing = BTreeMap::from([
+        ("OTHER".to_string(), "x".to_string()),
+        (OLD_VISIBLE_DEVICES.to_string(), "GPU-a".to_string()),
+        (GPU_PORTION.to_string(), "0.25".to_string()),
+    ]);
+    let got = merged_data(&existing, &plan);
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("OTHER".to_string(), "x".to_string()),
+            (OLD_VISIBLE_DEVICES.to_string(), "GPU-b".to_string()),
+            (VISIBLE_DEVICES.to_string(), "GPU-b".to_string()),
+            (GPU_PORTION.to_string(), "0.5".to_string()),
+        ])
+    );
+    let fresh = merged_data(&BTreeMap::new(), &plan);
+    assert!(
+        !fresh.contains_key(OLD_VISIBLE_DEVICES),
+        "only where the map has it"
+    );
 }
 
 #[test]
