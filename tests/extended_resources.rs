@@ -46,7 +46,10 @@ async fn setup(test: &str) -> Setup {
             "pool": { "name": node, "generation": 1, "resourceSliceCount": 1 },
             "devices": [
                 { "name": "gpu-0", "attributes": { "uuid": { "string": "GPU-a" } } },
-                { "name": "gpu-1", "attributes": { "uuid": { "string": "GPU-b" } } }
+                { "name": "gpu-1", "attributes": { "uuid": { "string": "GPU-b" } } },
+                { "name": "gpu-2", "taints": [
+                    { "key": "example.com/unhealthy", "value": "true", "effect": "NoSchedule" }
+                ] }
             ]
         }
     }))
@@ -481,7 +484,8 @@ async fn a_failed_bind_leaves_no_claim_and_no_pod_status_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_node_an_unhealthy_gpu_or_a_wrong_mapping_is_refused_before_any_write() {
+async fn another_node_an_unhealthy_gpu_a_tainted_device_or_a_wrong_mapping_is_refused_before_any_write()
+ {
     let s = setup("ext-refuse").await;
     let agent = s.agent().await;
     let other = s.env.node_name("n2");
@@ -489,7 +493,12 @@ async fn another_node_an_unhealthy_gpu_or_a_wrong_mapping_is_refused_before_any_
     uids.push(s.pod("elsewhere", &other, "gpu-0", 1).await);
     uids.push(s.pod("unhealthy", &s.node, "gpu-1", 1).await);
     uids.push(s.pod_with("unmapped", &s.node, "gpu-0", 1, "sidecar").await);
+    uids.push(s.pod("tainted", &s.node, "gpu-2", 1).await);
     for (pod, why) in [
+        (
+            "tainted",
+            "has taint example.com/unhealthy=true:NoSchedule (ResourceSlice) that the allocation does not tolerate",
+        ),
         ("elsewhere", "does not select node"),
         (
             "unhealthy",

@@ -202,7 +202,7 @@ impl DraPlugin {
 /// rare and cluster-wide, so they get a LIST on demand rather than a second cache of
 /// every slice in the cluster: the common case costs no request.
 pub(crate) struct Slices {
-    items: Vec<Arc<ResourceSlice>>,
+    pub(crate) items: Vec<Arc<ResourceSlice>>,
     complete: bool,
 }
 

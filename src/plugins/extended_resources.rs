@@ -114,6 +114,21 @@ impl Plugin for ExtendedResourcesPlugin {
             .into_iter()
             .map(|line| verdict(NAME, "allocation", VerdictOutcome::Pass, line))
             .collect();
+        // Device taints, as for every claim (KEP-5055): a driver may taint a device after
+        // scheduling. DeviceTaintRules are not read (see README, DRA).
+        let tainted = crate::dra::taints::check_device_taints(
+            &format!("{ns}/{}", decide::claim_name(pod_name, pod_uid)),
+            &req.allocation,
+            ctx.node,
+            &slices.items,
+            &[],
+        )
+        .map_err(PluginError::refused)?;
+        out.extend(
+            tainted
+                .into_iter()
+                .map(|line| verdict(NAME, "taints", VerdictOutcome::Pass, line)),
+        );
         let (name, mut found) = find_claim(api, ctx.pod, ns, pod_name, pod_uid).await?;
         let label = format!("{ns}/{name}");
 
