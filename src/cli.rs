@@ -101,9 +101,14 @@ pub struct AgentArgs {
     #[arg(long, env = "BINDLET_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub api_timeout: Duration,
     /// How long a silent Lease holder is tolerated before another agent takes over.
-    #[arg(long, env = "BINDLET_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    /// A crashed holder is replaced after at most this (plus --lease-retry); a graceful stop
+    /// releases the Lease at once.
+    #[arg(long, env = "BINDLET_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
     pub lease_duration: Duration,
-    /// How often the Lease is renewed (and retried by a waiting agent).
+    /// How often the holder renews the Lease (one request per renewal).
+    #[arg(long, env = "BINDLET_LEASE_RENEW", default_value = "15s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+    /// How often a waiting agent looks at the Lease, and how soon a failed renewal is retried.
     #[arg(long, env = "BINDLET_LEASE_RETRY", default_value = "2s", value_parser = parse_duration)]
     pub lease_retry: Duration,
     /// Node checks (cordon, taints): enforce, warn or off.
@@ -135,6 +140,7 @@ impl AgentArgs {
         };
         cfg.api_timeout = self.api_timeout;
         cfg.lease_duration = self.lease_duration;
+        cfg.lease_renew = self.lease_renew;
         cfg.lease_retry = self.lease_retry;
         cfg.plugins = PluginSettings {
             node_checks: self.node_checks,
