@@ -44,6 +44,9 @@ pub enum Command {
     Explain(crate::manual::ExplainArgs),
     /// Measure the agent (throughput, latency, API requests, memory, CPU) against the physical limit.
     Bench(crate::bench::BenchArgs),
+    /// The binders of one `bench --fleet` phase, in their own process (used by `bench`).
+    #[command(hide = true)]
+    BenchHost(crate::bench::host::HostArgs),
     /// Print bindlet's BindRequest CustomResourceDefinition (YAML).
     Crd,
     /// Show this node's GPU inventory and health (NVML or --gpu-inventory-file).
@@ -245,6 +248,22 @@ pub fn main() -> anyhow::Result<()> {
             let ok = runtime()?.block_on(crate::demo::run(args))?;
             if !ok {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::BenchHost(args) => {
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
+            // One thread for all the binders, like one agent's own runtime.
+            agent_runtime()?.block_on(crate::bench::host::run(args))?;
+            Ok(())
+        }
+        Command::Bench(args) if args.fleet.is_some() => {
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
+            let json = args.json.clone();
+            let report = runtime()?.block_on(crate::bench::run_fleet(args))?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
             Ok(())
         }
