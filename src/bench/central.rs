@@ -56,8 +56,8 @@ impl TokenBucket {
     pub fn reserve(&self, now: Instant) -> Duration {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = *st;
-        let refilled = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.qps)
-            .min(self.burst);
+        let refilled =
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * self.qps).min(self.burst);
         let left = refilled - 1.0;
         *st = (left, now);
         if left >= 0.0 {
@@ -161,10 +161,10 @@ pub async fn run(client: Client, qps: f64, burst: u32, workers: usize, ready: mp
     while let Ok(Some(ev)) = stream.try_next().await {
         writer.apply_watcher_event(&ev);
         match &ev {
-            watcher::Event::Apply(br) | watcher::Event::InitApply(br) => {
-                if !crate::binding::is_settled(br, 3) {
-                    queue.add(key(br));
-                }
+            watcher::Event::Apply(br) | watcher::Event::InitApply(br)
+                if !crate::binding::is_settled(br, 3) =>
+            {
+                queue.add(key(br));
             }
             watcher::Event::InitDone => {
                 if let Some(tx) = ready.take() {
@@ -233,7 +233,11 @@ mod tests {
         let b = TokenBucket::new(50.0, 300);
         // (requests taken at t0 so far) -> wait of the next one
         for i in 0..300 {
-            assert_eq!(b.reserve(t0), Duration::ZERO, "request {i} within the burst");
+            assert_eq!(
+                b.reserve(t0),
+                Duration::ZERO,
+                "request {i} within the burst"
+            );
         }
         let w1 = b.reserve(t0);
         let w2 = b.reserve(t0);

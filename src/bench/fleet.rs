@@ -92,7 +92,13 @@ pub struct Rates {
 
 impl Rates {
     fn of(counts: &RequestCounts, seconds: f64) -> Rates {
-        let per_s = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+        let per_s = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         let mut r = Rates::default();
         for ((verb, res), n) in &counts.0 {
             let v = per_s(*n);
@@ -377,10 +383,18 @@ async fn measure_point(
     let deadline = Duration::from_secs(120) + Duration::from_millis(100 * (warm + r) as u64);
     workload::drive(client, ns, 0, brs, c, None, deadline).await?;
     wait_settled(client, ns, 0, warm, deadline).await?;
-    let (c2, p2, s2) = (counts(), host.sample(), ProcSample::read(std::process::id()));
+    let (c2, p2, s2) = (
+        counts(),
+        host.sample(),
+        ProcSample::read(std::process::id()),
+    );
     let timings = workload::drive(client, ns, warm, main, c, None, deadline).await?;
     let span = timings.span().map_or(0.0, |d| d.as_secs_f64());
-    let (c3, p3, s3) = (counts(), host.sample(), ProcSample::read(std::process::id()));
+    let (c3, p3, s3) = (
+        counts(),
+        host.sample(),
+        ProcSample::read(std::process::id()),
+    );
     let (succeeded, polls) = wait_settled(client, ns, warm, r, deadline).await?;
     let load = match (&c2, &c3) {
         (Some(b), Some(a)) => {

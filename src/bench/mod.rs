@@ -75,8 +75,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub fleet_workers: usize,
     /// Fleet mode: seconds with no request at all, to measure what the binders cost the
-    /// server by themselves (at least two Lease renewals, 15 s each).
-    #[arg(long, default_value_t = 45.0)]
+    /// server by themselves (several Lease renewals, 15 s each; the GPU-reservation
+    /// collector's first round, 30 s after start, falls in the default window).
+    #[arg(long, default_value_t = 60.0)]
     pub fleet_idle_seconds: f64,
     /// Fleet mode: also draw binds/s and API requests/s against N, as SVG, to this file.
     #[arg(long, requires = "fleet")]

@@ -29,7 +29,9 @@ fn decades(lo: f64, hi: f64) -> (f64, f64) {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// One panel at horizontal offset `x0`.
@@ -71,7 +73,11 @@ fn panel(out: &mut String, x0: f64, title: &str, y_label: &str, series: &[Series
             x0 + LEFT + pw,
             x0 + LEFT - 4.0,
             y + 4.0,
-            if d >= 1.0 { format!("{d:.0}") } else { format!("{d}") }
+            if d >= 1.0 {
+                format!("{d:.0}")
+            } else {
+                format!("{d}")
+            }
         );
         d *= 10.0;
     }
@@ -174,20 +180,29 @@ pub fn svg(report: &FleetReport) -> String {
         2.0 * W,
         H + 20.0
     );
-    let _ = writeln!(
-        out,
-        r#"<rect width="100%" height="100%" fill="white"/>"#
-    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     panel(
         &mut out,
         0.0,
         "Cluster binds/s",
         "binds/s (log)",
         &[
-            series(report, Mode::Fleet, "fleet (node agents)", fleet, false, |p| p.binds_per_s),
-            series(report, Mode::Central, "central (KAI defaults)", central, false, |p| {
-                p.binds_per_s
-            }),
+            series(
+                report,
+                Mode::Fleet,
+                "fleet (node agents)",
+                fleet,
+                false,
+                |p| p.binds_per_s,
+            ),
+            series(
+                report,
+                Mode::Central,
+                "central (KAI defaults)",
+                central,
+                false,
+                |p| p.binds_per_s,
+            ),
         ],
         &xs,
     );
@@ -197,12 +212,22 @@ pub fn svg(report: &FleetReport) -> String {
         "Binders' API requests/s",
         "requests/s (log)",
         &[
-            series(report, Mode::Fleet, "fleet, under load", fleet, false, |p| {
-                p.load.total_per_s
-            }),
-            series(report, Mode::Central, "central, under load", central, false, |p| {
-                p.load.total_per_s
-            }),
+            series(
+                report,
+                Mode::Fleet,
+                "fleet, under load",
+                fleet,
+                false,
+                |p| p.load.total_per_s,
+            ),
+            series(
+                report,
+                Mode::Central,
+                "central, under load",
+                central,
+                false,
+                |p| p.load.total_per_s,
+            ),
             series(report, Mode::Fleet, "fleet, idle", fleet, true, |p| {
                 p.idle.total_per_s
             }),
