@@ -390,12 +390,11 @@ async fn measure_point(
     );
     let timings = workload::drive(client, ns, warm, main, c, None, deadline).await?;
     let span = timings.span().map_or(0.0, |d| d.as_secs_f64());
-    let (c3, p3, s3) = (
-        counts(),
-        host.sample(),
-        ProcSample::read(std::process::id()),
-    );
+    let (p3, s3) = (host.sample(), ProcSample::read(std::process::id()));
+    // Requests are counted once every status is written (the writes follow the bind the
+    // pod watch saw); rates are over the span from the first create to the last bind.
     let (succeeded, polls) = wait_settled(client, ns, warm, r, deadline).await?;
+    let c3 = counts();
     let load = match (&c2, &c3) {
         (Some(b), Some(a)) => {
             let d = diff(a, b);
