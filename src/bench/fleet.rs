@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -34,7 +34,7 @@ use crate::sim::{RequestCounts, SimOptions, Simulator};
 /// per 290 s, which an idle phase shorter than that does not see.
 pub const WATCH_RESTART_S: f64 = 290.0;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetReport {
     pub target: String,
     pub machine: Machine,
@@ -48,7 +48,7 @@ pub struct FleetReport {
 }
 
 /// One mode at one N.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetPoint {
     pub nodes: usize,
     pub mode: Mode,
@@ -82,7 +82,7 @@ pub struct FleetPoint {
     pub server_cpu_percent: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Rates {
     pub total_per_s: f64,
     /// GET/POST/PATCH/PUT on pods, bindings, BindRequests and claims.
@@ -126,7 +126,7 @@ fn is_bind_work(verb: &str, res: &str) -> bool {
 }
 
 /// The binders' process: peak memory, and CPU per bind and while idle.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostProcess {
     pub peak_rss_mib: f64,
     /// Resident memory while idle, per binder (N agents share one process).

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::BenchError;
 use crate::agent::{self, AgentConfig};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// One node agent per node.

@@ -12,7 +12,8 @@ const H: f64 = 300.0;
 const LEFT: f64 = 62.0;
 const RIGHT: f64 = 14.0;
 const TOP: f64 = 36.0;
-const BOTTOM: f64 = 46.0;
+/// Room below each panel for the axis label and the legend (two entries a row).
+const BOTTOM: f64 = 84.0;
 
 struct Series<'a> {
     label: &'a str,
@@ -96,7 +97,7 @@ fn panel(out: &mut String, x0: f64, title: &str, y_label: &str, series: &[Series
         out,
         r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">nodes (N)</text>"#,
         x0 + LEFT + pw / 2.0,
-        H - 10.0
+        H - BOTTOM + 32.0
     );
     let _ = writeln!(
         out,
@@ -131,14 +132,15 @@ fn panel(out: &mut String, x0: f64, title: &str, y_label: &str, series: &[Series
                 s.color
             );
         }
-        let ly = TOP + 14.0 + 15.0 * i as f64;
+        // Below the axis, where no data point can hide it.
+        let ly = H - BOTTOM + 50.0 + 15.0 * (i / 2) as f64;
+        let lx = x0 + LEFT + 190.0 * (i % 2) as f64;
         let _ = writeln!(
             out,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
-            x0 + LEFT + 8.0,
-            x0 + LEFT + 28.0,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            lx + 20.0,
             s.color,
-            x0 + LEFT + 32.0,
+            lx + 24.0,
             ly + 4.0,
             esc(s.label)
         );
