@@ -44,6 +44,9 @@ pub enum Command {
     Explain(crate::manual::ExplainArgs),
     /// Measure the agent (throughput, latency, API requests, memory, CPU) against the physical limit.
     Bench(crate::bench::BenchArgs),
+    /// The binders of one `bench --fleet` phase, in their own process (used by `bench`).
+    #[command(hide = true)]
+    BenchHost(crate::bench::host::HostArgs),
     /// Print bindlet's BindRequest CustomResourceDefinition (YAML).
     Crd,
     /// Show this node's GPU inventory and health (NVML or --gpu-inventory-file).
@@ -101,9 +104,14 @@ pub struct AgentArgs {
     #[arg(long, env = "BINDLET_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub api_timeout: Duration,
     /// How long a silent Lease holder is tolerated before another agent takes over.
-    #[arg(long, env = "BINDLET_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    /// A crashed holder is replaced after at most this (plus --lease-retry); a graceful stop
+    /// releases the Lease at once.
+    #[arg(long, env = "BINDLET_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
     pub lease_duration: Duration,
-    /// How often the Lease is renewed (and retried by a waiting agent).
+    /// How often the holder renews the Lease (one request per renewal).
+    #[arg(long, env = "BINDLET_LEASE_RENEW", default_value = "15s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+    /// How often a waiting agent looks at the Lease, and how soon a failed renewal is retried.
     #[arg(long, env = "BINDLET_LEASE_RETRY", default_value = "2s", value_parser = parse_duration)]
     pub lease_retry: Duration,
     /// Node checks (cordon, taints): enforce, warn or off.
@@ -143,6 +151,7 @@ impl AgentArgs {
         };
         cfg.api_timeout = self.api_timeout;
         cfg.lease_duration = self.lease_duration;
+        cfg.lease_renew = self.lease_renew;
         cfg.lease_retry = self.lease_retry;
         cfg.pod_bound_condition = self.pod_bound_condition;
         cfg.plugins = PluginSettings {
@@ -252,6 +261,22 @@ pub fn main() -> anyhow::Result<()> {
             let ok = runtime()?.block_on(crate::demo::run(args))?;
             if !ok {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::BenchHost(args) => {
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
+            // One thread for all the binders, like one agent's own runtime.
+            agent_runtime()?.block_on(crate::bench::host::run(args))?;
+            Ok(())
+        }
+        Command::Bench(args) if args.fleet.is_some() => {
+            init_logging(cli.log_format, &quiet_level(&cli.log_level))?;
+            let json = args.json.clone();
+            let report = runtime()?.block_on(crate::bench::run_fleet(args))?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
             Ok(())
         }

@@ -130,3 +130,101 @@ async fn bench_with_dra_claims_counts_add_up() {
         .expect("DRA target");
     assert_eq!(dra.met, Some(true), "{}", dra.value);
 }
+
+/// `--fleet 6`: six node agents (one process) against a central binder with KAI's
+/// defaults, same load. Both bind everything; the figures add up; idle, the agents send
+/// only Lease renewals (one PUT per agent per 13.5..15 s; the 20 s window ends before the
+/// GPU-reservation collector's first round at 30 s) and the central binder nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_bench_compares_agents_with_a_central_binder() {
+    let cli = Cli::try_parse_from([
+        "bindlet",
+        "bench",
+        "--fleet",
+        "6",
+        "--requests",
+        "30",
+        "--concurrency",
+        "6",
+        "--fleet-workers",
+        "2",
+        "--fleet-idle-seconds",
+        "20",
+        "--agent-bin",
+        env!("CARGO_BIN_EXE_bindlet"),
+    ])
+    .expect("args");
+    let Command::Bench(args) = cli.command else {
+        panic!("not the bench command");
+    };
+    let report = bindlet::bench::run_fleet(args).await.expect("bench runs");
+    assert_eq!(report.points.len(), 2, "one point per mode");
+    for p in &report.points {
+        let mode = p.mode.as_str();
+        assert_eq!(p.nodes, 6, "{mode}");
+        assert_eq!((p.created, p.binds, p.errors), (30, 30, 0), "{mode}");
+        assert!(p.binds_per_s > 0.0 && p.seconds > 0.0, "{mode}");
+        assert!(
+            (p.binds_per_s - p.binds as f64 / p.seconds).abs() < 1e-6,
+            "{mode}"
+        );
+        let l = &p.latency_ms;
+        assert!(0.0 < l.p50 && l.p50 <= l.p99, "{mode}: {l:?}");
+        // Every bind is a GET pod, a POST binding and a status PATCH, whoever binds.
+        for k in [
+            "get pods",
+            "create pods/binding",
+            "patch bindrequests/status",
+        ] {
+            let per_s = p.load.by_request.get(k).copied().unwrap_or(0.0);
+            let per_bind = per_s * p.seconds / p.binds as f64;
+            assert!(
+                (per_bind - 1.0).abs() < 1e-6,
+                "{mode}: {k} {per_bind} per bind"
+            );
+        }
+        let parts = p.load.bind_work_per_s + p.load.other_per_s;
+        assert!((p.load.total_per_s - parts).abs() < 1e-6, "{mode}");
+    }
+    let fleet = &report.points[0];
+    let central = &report.points[1];
+    assert_eq!((fleet.binders, central.binders), (6, 1));
+    // Idle: 20 s cover one or two renewals per agent; nothing else.
+    let renewals = fleet
+        .idle
+        .by_request
+        .get("update leases")
+        .copied()
+        .unwrap_or(0.0)
+        * report.idle_seconds;
+    assert!(
+        (5.5..=12.5).contains(&renewals),
+        "{renewals} renewals: {:?}",
+        fleet.idle.by_request
+    );
+    assert_eq!(
+        fleet.idle.by_request.keys().collect::<Vec<_>>(),
+        ["update leases"],
+        "idle agents send Lease renewals only"
+    );
+    assert!(fleet.idle_per_binder_with_watch_restarts_req_s <= 0.1);
+    assert_eq!(
+        central.idle.total_per_s, 0.0,
+        "{:?}",
+        central.idle.by_request
+    );
+    // Three watches per agent (BindRequests, Node, ResourceSlices); one for the central binder.
+    assert_eq!(fleet.open_watches, Some(18));
+    assert_eq!(central.open_watches, Some(1));
+    let idle_target = report
+        .targets
+        .iter()
+        .find(|t| t.name.starts_with("idle API requests/s per agent"))
+        .expect("idle target");
+    assert_eq!(idle_target.met, Some(true), "{}", idle_target.value);
+    let svg = bindlet::bench::plot::svg(&report);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline") && svg.trim_end().ends_with("</svg>")
+    );
+    assert!(report.table().contains("central"));
+}

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub backoff: Backoff,
     pub api_timeout: Duration,
     pub lease_duration: Duration,
+    /// How often the holder renews the Lease (one PUT while renewals succeed).
+    pub lease_renew: Duration,
+    /// How often a waiting agent looks at the Lease, and how soon a failed renewal is retried.
     pub lease_retry: Duration,
     /// Write KAI's `PodBound` condition on the pod after each attempt (`pods/status`).
     pub pod_bound_condition: bool,
@@ -66,7 +69,10 @@ impl AgentConfig {
             default_backoff_limit: 3,
             backoff: Backoff::default(),
             api_timeout: Duration::from_secs(10),
-            lease_duration: Duration::from_secs(15),
+            // Like a kubelet's node lease (40 s), renewed a little less often (15 s) so that
+            // renewals and watch restarts stay under 0.1 requests/s per node (lease.rs).
+            lease_duration: Duration::from_secs(40),
+            lease_renew: Duration::from_secs(15),
             lease_retry: Duration::from_secs(2),
             pod_bound_condition: true,
             plugins: PluginSettings::default(),
@@ -224,6 +230,12 @@ pub async fn run(
     if cfg.workers == 0 {
         return Err(AgentError::Config("--workers must be at least 1".into()));
     }
+    if cfg.lease_renew >= lease::renew_deadline(cfg.lease_duration) {
+        return Err(AgentError::Config(format!(
+            "--lease-renew ({:?}) must be below 2/3 of --lease-duration ({:?}): the holder stops binding then",
+            cfg.lease_renew, cfg.lease_duration
+        )));
+    }
     // The GPU inventory (NVML thread or file) lives as long as the agent's config.
     let mut cfg = cfg;
     let gpu_notices = plugins::gpu::ensure_runtime(
@@ -252,6 +264,7 @@ pub async fn run(
             namespace: cfg.lease_namespace.clone(),
             identity: cfg.identity.clone(),
             duration: cfg.lease_duration,
+            renew_period: cfg.lease_renew,
             retry_period: cfg.lease_retry,
             api_timeout: cfg.api_timeout,
             diag: stats.diag.clone(),

@@ -94,6 +94,11 @@ pub(crate) async fn process(sh: &Shared, key: &Key, cancelled: &Cancelled) -> Ne
             tracing::warn!(request = %key, error = %msg, retry_in = ?delay, "transient error; will retry");
             return Next::After(delay);
         }
+        Err(AttemptError::Cancelled) if !cancelled.is_set() => {
+            // The Lease was lost, not the request: keep it for when this agent leads again.
+            tracing::info!(request = %key, "node lease lost before binding; nothing bound");
+            return Next::After(sh.cfg.lease_retry);
+        }
         Err(AttemptError::Cancelled) => {
             tracing::info!(request = %key, "BindRequest deleted before binding; nothing bound");
             sh.stats.clear_local_retries(key);
@@ -208,7 +213,9 @@ async fn snapshot_and_run(
     let binder = KubeBinder {
         effects: &sh.effects,
     };
-    let still_wanted = || !cancelled.is_set();
+    // A holder that lost the node Lease mid-attempt does not bind (lease.rs: it stops with
+    // a third of the lease to spare, before anyone may take over).
+    let still_wanted = || !cancelled.is_set() && sh.stats.is_leading();
     let report = binding::pipeline::run(&sh.registry, &ctx, &uid, &binder, &still_wanted).await;
     sh.diag.pipeline_ran(br, &report.stages);
     let verification = NodeVerification {

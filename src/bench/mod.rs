@@ -8,7 +8,11 @@
 //! latency, from just before the BindRequest create call to the watch seeing
 //! `spec.nodeName` set. Each phase is warmed up with `--concurrency` requests first.
 
+pub mod central;
+pub mod fleet;
+pub mod host;
 mod limit;
+pub mod plot;
 pub mod process;
 pub mod report;
 mod workload;
@@ -62,6 +66,22 @@ pub struct BenchArgs {
     /// Log filter of the agent process.
     #[arg(long, default_value = "error")]
     pub agent_log_level: String,
+    /// Fleet mode: for each N of this comma-separated list, N node agents against one
+    /// server, then one central binder with KAI's defaults (QPS 50, burst 300, 10 workers)
+    /// serving the same N nodes, under the same load (`--requests`, `--concurrency`).
+    #[arg(long, value_delimiter = ',')]
+    pub fleet: Option<Vec<usize>>,
+    /// Fleet mode: workers per node agent.
+    #[arg(long, default_value_t = 16)]
+    pub fleet_workers: usize,
+    /// Fleet mode: seconds with no request at all, to measure what the binders cost the
+    /// server by themselves (several Lease renewals, 15 s each; the GPU-reservation
+    /// collector's first round, 30 s after start, falls in the default window).
+    #[arg(long, default_value_t = 60.0)]
+    pub fleet_idle_seconds: f64,
+    /// Fleet mode: also draw binds/s and API requests/s against N, as SVG, to this file.
+    #[arg(long, requires = "fleet")]
+    pub plot: Option<PathBuf>,
     /// The bindlet binary to run as the agent (default: this executable).
     #[arg(long, hide = true)]
     pub agent_bin: Option<PathBuf>,
@@ -134,6 +154,19 @@ fn own_requests(delta: &RequestCounts, polls: u64) -> RequestCounts {
     }
     own.0.insert(("list".into(), "bindrequests".into()), polls);
     own
+}
+
+/// `bench --fleet`: the fleet report (and, with `--plot`, the SVG written).
+pub async fn run_fleet(args: BenchArgs) -> Result<fleet::FleetReport, BenchError> {
+    let sizes = args.fleet.clone().unwrap_or_default();
+    let mut fleet_args = args.clone();
+    fleet_args.idle_seconds = args.fleet_idle_seconds;
+    let report = fleet::run(&fleet_args, &sizes).await?;
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&report))
+            .map_err(|e| BenchError::Io(format!("writing {}: {e}", path.display())))?;
+    }
+    Ok(report)
 }
 
 pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
@@ -425,7 +458,7 @@ async fn measure(
     let mut limit_brs = workload::prepare(
         client,
         &names.limit_ns,
-        &names.limit_node,
+        std::slice::from_ref(&names.limit_node),
         "l",
         0..warm + n,
         k,
@@ -434,7 +467,7 @@ async fn measure(
     let mut agent_brs = workload::prepare(
         client,
         &names.agent_ns,
-        &names.agent_node,
+        std::slice::from_ref(&names.agent_node),
         "a",
         0..warm + n,
         k,

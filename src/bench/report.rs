@@ -38,7 +38,7 @@ pub struct ReasonCount {
     pub count: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Machine {
     pub cpus: usize,
     /// The CPU's brand string (e.g. "AMD EPYC 7B13"); figures do not carry over between
@@ -83,7 +83,7 @@ pub struct PhaseReport {
     pub api: Option<ApiCost>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Latency {
     pub p50: f64,
     pub p90: f64,
@@ -191,7 +191,7 @@ pub struct ProcessReport {
     pub idle_cpu_percent: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TargetCheck {
     pub name: String,
     pub target: String,

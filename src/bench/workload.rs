@@ -146,11 +146,11 @@ pub fn bind_request(
 }
 
 /// Creates the pods (before any timing starts, as the scheduler would find them) and
-/// returns the BindRequests for them, in order.
+/// returns the BindRequests for them, in order, pod `i` for node `nodes[i % len]`.
 pub async fn prepare(
     client: &Client,
     ns: &str,
-    node: &str,
+    nodes: &[String],
     prefix: &str,
     range: std::ops::Range<usize>,
     claims: usize,
@@ -178,7 +178,11 @@ pub async fn prepare(
         .await?;
     created
         .into_iter()
-        .map(|(i, uid)| bind_request(ns, &pod_name(prefix, i), &uid, node, (i, claims)))
+        .map(|(i, uid)| {
+            // Spread over the nodes, pod i on node i mod N.
+            let node = nodes.get(i % nodes.len().max(1)).map_or("", String::as_str);
+            bind_request(ns, &pod_name(prefix, i), &uid, node, (i, claims))
+        })
         .collect()
 }
 

@@ -1036,17 +1036,42 @@ pub async fn collect_loop(
     leading: Arc<dyn Fn() -> bool + Send + Sync>,
     stop: CancellationToken,
 ) {
+    let interval = args.reservation_gc_interval.max(Duration::from_millis(100));
+    let mut wait = interval;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(args.reservation_gc_interval.max(Duration::from_millis(100))) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         if !leading() {
             continue;
         }
-        if let Err(e) = collect_once(&api, &args, &pending()).await {
-            tracing::warn!(error = %e, "GPU reservation garbage collection failed; retrying next round");
-        }
+        let pending = pending();
+        let busy = match collect_once(&api, &args, &pending).await {
+            Ok(removed) => !removed.is_empty() || !pending.is_empty(),
+            Err(e) => {
+                tracing::warn!(error = %e, "GPU reservation garbage collection failed; retrying next round");
+                true
+            }
+        };
+        wait = next_gc_wait(interval, wait, busy);
+    }
+}
+
+/// Rounds on a node with nothing to collect and no fraction request pending back off, up to
+/// this many intervals: every round is a LIST per node, and on an idle fleet it was a third
+/// of each agent's idle API requests (one per 30 s against the Lease's one per 15 s).
+const GC_IDLE_BACKOFF: u32 = 8;
+
+/// The wait before the next garbage-collection round: `interval` after a round that removed
+/// a pod or saw a pending fraction request (or failed), else double the last wait, capped
+/// at `GC_IDLE_BACKOFF` intervals. An unused reservation pod is then removed within
+/// 8 intervals (4 min by default) plus the grace period on an otherwise idle node.
+pub fn next_gc_wait(interval: Duration, previous: Duration, busy: bool) -> Duration {
+    if busy {
+        interval
+    } else {
+        (previous * 2).clamp(interval, interval * GC_IDLE_BACKOFF)
     }
 }
 
@@ -1106,4 +1131,31 @@ pub async fn collect_once(
 
 fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod gc_wait_tests {
+    use super::*;
+
+    #[test]
+    fn idle_garbage_collection_backs_off_and_work_resets_it() {
+        let s = Duration::from_secs;
+        // (previous wait, busy) -> next wait, with a 30 s interval
+        let table = [
+            (s(30), false, s(60)),
+            (s(60), false, s(120)),
+            (s(120), false, s(240)),
+            (s(240), false, s(240)),
+            (s(240), true, s(30)),
+            (s(60), true, s(30)),
+            (s(30), true, s(30)),
+        ];
+        for (previous, busy, want) in table {
+            assert_eq!(
+                next_gc_wait(s(30), previous, busy),
+                want,
+                "{previous:?} {busy}"
+            );
+        }
+    }
 }

@@ -596,6 +596,11 @@ impl Simulator {
         )
     }
 
+    /// Watches open now, all resources together.
+    pub fn open_watches(&self) -> usize {
+        self.shared.lock_state().open_watches()
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.lock_state().rv

@@ -249,6 +249,11 @@ impl State {
         self.watchers.clear();
     }
 
+    /// Watches open now (all resources).
+    pub fn open_watches(&self) -> usize {
+        self.watchers.len()
+    }
+
     pub fn deregister(&mut self, id: u64) {
         self.watchers.retain(|w| w.id != id);
     }

@@ -373,6 +373,7 @@ impl TestEnv {
         };
         cfg.api_timeout = Duration::from_secs(5);
         cfg.lease_duration = Duration::from_secs(2);
+        cfg.lease_renew = Duration::from_millis(500);
         cfg.lease_retry = Duration::from_millis(200);
         // GPU reservation pods go to the test's own namespace (the app label tells them
         // from the test's pods), so they are cleaned up with it.
