@@ -882,8 +882,15 @@ async fn a_claim_waits_for_its_binding_conditions_without_holding_a_worker() {
     // The only worker is free: another request binds meanwhile.
     env.pod_and_request("plain", &node).await;
     env.wait_phase("plain", Phase::Succeeded).await;
+    // The plain request's worker may still be finishing (PodBound, Events) after its
+    // status is written; the waiting request must not hold one at all.
+    common::wait_until(
+        Duration::from_secs(5),
+        "no worker holds the waiting request",
+        || async { agent.stats.diag.debug_state(&agent.stats).in_flight == 0 },
+    )
+    .await;
     let state = agent.stats.diag.debug_state(&agent.stats);
-    assert_eq!(state.in_flight, 0, "no worker holds the waiting request");
     assert_eq!(state.dra_waits.len(), 1, "{:?}", state.dra_waits);
     assert_eq!(
         state.dra_waits[0].claims,

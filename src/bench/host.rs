@@ -73,6 +73,9 @@ pub async fn run(args: HostArgs) -> Result<(), BenchError> {
                 cfg.lease_namespace = args.lease_namespace.clone();
                 cfg.identity = format!("bindlet-{node}");
                 cfg.workers = args.workers;
+                // Like the central model and the single-agent bench: neither side writes
+                // KAI's PodBound condition (one more request per bind for each).
+                cfg.pod_bound_condition = false;
                 // Its own client: its own connection pool, as a pod of its own would have.
                 let client = kube::Client::try_from(config.clone())?;
                 agents.push(agent::spawn(client, cfg));
