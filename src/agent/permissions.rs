@@ -11,6 +11,7 @@
 //! kubernetes PR 134947, `pkg/registry/resource/resourceclaim/strategy.go`). A review is
 //! the only way to learn about it before such a write.
 
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +59,10 @@ pub fn describe(call: &ApiCall) -> String {
     }
 }
 
-/// Asks about every call of the list, concurrently, and records the result. A review that
+/// Reviews in flight at once per agent.
+const CONCURRENT_REVIEWS: usize = 4;
+
+/// Asks about every call of the list, a few at a time, and records the result. A review that
 /// gets no answer makes the check `unknown` (logged; readiness does not wait on it).
 pub async fn check(
     client: kube::Client,
@@ -81,8 +85,15 @@ pub async fn check(
             (call, answer)
         }
     });
+    // A few at a time: every agent of a DaemonSet rollout asks at once, and one connection
+    // per question would be tens of thousands of connections in a large cluster.
+    let asks: Vec<_> = asks.collect();
+    let answers: Vec<_> = futures::stream::iter(asks)
+        .buffered(CONCURRENT_REVIEWS)
+        .collect()
+        .await;
     let mut missing = Vec::new();
-    for (call, answer) in futures::future::join_all(asks).await {
+    for (call, answer) in answers {
         match answer {
             Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
             Ok(_) => missing.push(describe(call)),
