@@ -188,15 +188,37 @@ async fn write_event(
         ..Default::default()
     };
     let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-    // The created Event in the answer is not needed, so it is not decoded.
-    let request = serde_json::to_vec(&event)
+    post_unread(
+        &client,
+        diag,
+        CREATE_EVENT,
+        timeout,
+        api.resource_url(),
+        &event,
+        &ns,
+    )
+    .await;
+}
+
+/// POSTs `event` to `url`, best effort: the created object in the answer is not needed, so
+/// it is not decoded; a failure is logged.
+async fn post_unread(
+    client: &Client,
+    diag: &crate::diag::Recorder,
+    what: crate::agent::api_calls::ApiCall,
+    timeout: Duration,
+    url: &str,
+    event: &impl serde::Serialize,
+    ns: &str,
+) {
+    let request = serde_json::to_vec(event)
         .map_err(kube::Error::SerdeError)
         .and_then(|body| {
-            kube::core::Request::new(api.resource_url())
+            kube::core::Request::new(url)
                 .create(&PostParams::default(), body)
                 .map_err(kube::Error::BuildRequest)
         });
-    if let Err(e) = call_as(diag, CREATE_EVENT, timeout, send_unread(&client, request)).await {
+    if let Err(e) = call_as(diag, what, timeout, send_unread(client, request)).await {
         tracing::warn!(error = %e, namespace = %ns, "could not write event");
     }
 }
@@ -276,23 +298,16 @@ async fn write_core_event(
     let event = core_event(spec, component, instance, jiff::Timestamp::now());
     let ns = event.metadata.namespace.clone().unwrap_or_default();
     let api: Api<CoreEvent> = Api::namespaced(client.clone(), &ns);
-    let request = serde_json::to_vec(&event)
-        .map_err(kube::Error::SerdeError)
-        .and_then(|body| {
-            kube::core::Request::new(api.resource_url())
-                .create(&PostParams::default(), body)
-                .map_err(kube::Error::BuildRequest)
-        });
-    if let Err(e) = call_as(
+    post_unread(
+        &client,
         diag,
         CREATE_CORE_EVENT,
         timeout,
-        send_unread(&client, request),
+        api.resource_url(),
+        &event,
+        &ns,
     )
-    .await
-    {
-        tracing::warn!(error = %e, namespace = %ns, "could not write event");
-    }
+    .await;
 }
 
 #[cfg(test)]
