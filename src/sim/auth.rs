@@ -78,16 +78,7 @@ impl AuthTable {
             spec.get("resourceAttributes"),
         );
         if nr.is_some() == ra.is_some() {
-            return Err(ApiError::invalid(
-                "SelfSubjectAccessReview",
-                "authorization.k8s.io",
-                "",
-                vec![super::status::Cause::invalid(
-                    "spec.resourceAttributes",
-                    &Value::Null,
-                    "exactly one of nonResourceAttributes or resourceAttributes must be specified",
-                )],
-            ));
+            return Err(one_kind_of_attributes("SelfSubjectAccessReview"));
         }
         let denied = ra.is_some_and(|ra| {
             let field = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or("");
@@ -165,16 +156,7 @@ impl AuthTable {
             ));
         }
         if nr.is_some() == ra.is_some() {
-            return Err(ApiError::invalid(
-                "SubjectAccessReview",
-                "authorization.k8s.io",
-                "",
-                vec![super::status::Cause::invalid(
-                    "spec.resourceAttributes",
-                    &Value::Null,
-                    "exactly one of nonResourceAttributes or resourceAttributes must be specified",
-                )],
-            ));
+            return Err(one_kind_of_attributes("SubjectAccessReview"));
         }
         let allowed = nr.is_some_and(|nr| {
             let path = nr.get("path").and_then(Value::as_str).unwrap_or("");
@@ -294,6 +276,21 @@ fn uuid_like(s: &str) -> String {
         x & 0xfff,
         (x >> 20) & 0xfff,
         x & 0xffff_ffff_ffff
+    )
+}
+
+/// kube-apiserver's answer to an access review with both or neither of
+/// `resourceAttributes` and `nonResourceAttributes`.
+fn one_kind_of_attributes(kind: &str) -> ApiError {
+    ApiError::invalid(
+        kind,
+        "authorization.k8s.io",
+        "",
+        vec![super::status::Cause::invalid(
+            "spec.resourceAttributes",
+            &Value::Null,
+            "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        )],
     )
 }
 
