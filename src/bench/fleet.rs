@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +24,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::host::{Mode, node_name};
-use super::process::{ProcSample, TempKubeconfig};
+use super::process::ProcSample;
 use super::report::{Latency, Machine, TargetCheck};
 use super::{BenchArgs, BenchError, diff, own_requests, wait_settled, workload};
-use crate::sim::{RequestCounts, SimOptions, Simulator};
+use crate::sim::{RequestCounts, Simulator};
 
 /// kube-rs's watcher asks the server to end each watch after 290 s (`WatchParams`
 /// default); the watcher then resumes from its last resourceVersion: one request per watch
@@ -274,50 +274,15 @@ pub async fn run(args: &BenchArgs, sizes: &[usize]) -> Result<FleetReport, Bench
     Ok(report)
 }
 
-/// A fresh server for one point: the simulator, or the cluster (reused; the point's own
-/// namespace and Nodes are removed afterwards).
-struct Server {
-    sim: Option<Simulator>,
-    client: Client,
-    kubeconfig: PathBuf,
-    _temp: Option<TempKubeconfig>,
-}
-
-async fn server(args: &BenchArgs) -> Result<Server, BenchError> {
-    match &args.kubeconfig {
-        None => {
-            let sim = Simulator::start(SimOptions {
-                crds: vec![crate::api::crd()],
-                ..Default::default()
-            })
-            .await?;
-            let temp = TempKubeconfig::write(&sim.kubeconfig_yaml())?;
-            Ok(Server {
-                client: sim.client(),
-                kubeconfig: temp.path.clone(),
-                _temp: Some(temp),
-                sim: Some(sim),
-            })
-        }
-        Some(_) => {
-            let target = super::connect(args).await?;
-            Ok(Server {
-                client: target.client,
-                kubeconfig: target.kubeconfig,
-                _temp: None,
-                sim: None,
-            })
-        }
-    }
-}
-
 async fn one_point(
     args: &BenchArgs,
     exe: &Path,
     n: usize,
     mode: Mode,
 ) -> Result<(FleetPoint, Option<String>), BenchError> {
-    let srv = server(args).await?;
+    // A fresh simulator per point, or the cluster (reused; the point's own namespace and
+    // Nodes are removed afterwards).
+    let srv = super::connect(args).await?;
     let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let ns = format!("bindlet-fleet-{tag}");
     let prefix = format!("bf-{tag}");
@@ -335,7 +300,7 @@ async fn one_point(
 async fn measure_point(
     args: &BenchArgs,
     exe: &Path,
-    srv: &Server,
+    srv: &super::Target,
     ns: &str,
     prefix: &str,
     nodes: &[String],
