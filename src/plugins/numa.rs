@@ -175,6 +175,9 @@ pub struct PlacementPublisher {
 pub async fn publish_loop(p: PlacementPublisher, shutdown: CancellationToken) {
     let mut written: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut last_error: Option<String> = None;
+    // The CPU→NUMA map does not change while the node runs: read once, again only until
+    // a read has succeeded.
+    let mut cpu_nodes: Option<BTreeMap<i64, u32>> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -194,14 +197,19 @@ pub async fn publish_loop(p: PlacementPublisher, shutdown: CancellationToken) {
         };
         last_error = None;
         // CPUs cannot be placed without the topology; devices and memory still can.
-        let cpu_nodes = sysfs::read_facts(&p.sysfs_root, None)
-            .map(|f| f.cpu_nodes())
-            .unwrap_or_default();
+        if cpu_nodes.is_none() {
+            match sysfs::read_facts(&p.sysfs_root, None) {
+                Ok(f) => cpu_nodes = Some(f.cpu_nodes()),
+                Err(e) => tracing::debug!(error = %e, "NUMA placement: CPUs not attributed"),
+            }
+        }
+        let empty = BTreeMap::new();
+        let cpu_nodes = cpu_nodes.as_ref().unwrap_or(&empty);
         let mut seen = BTreeSet::new();
         for pod in &answer {
             let key = (pod.namespace.clone(), pod.name.clone());
             seen.insert(key.clone());
-            let placement = numa::observed(pod, &cpu_nodes);
+            let placement = numa::observed(pod, cpu_nodes);
             if placement.is_empty() {
                 continue;
             }
