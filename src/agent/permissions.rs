@@ -87,13 +87,12 @@ pub async fn check(
     });
     // A few at a time: every agent of a DaemonSet rollout asks at once, and one connection
     // per question would be tens of thousands of connections in a large cluster.
+    // The first review without an answer ends the check (the rest are dropped unsent), so
+    // an API server that does not answer them delays the workers by one timeout, not ten.
     let asks: Vec<_> = asks.collect();
-    let answers: Vec<_> = futures::stream::iter(asks)
-        .buffered(CONCURRENT_REVIEWS)
-        .collect()
-        .await;
+    let mut answers = futures::stream::iter(asks).buffered(CONCURRENT_REVIEWS);
     let mut missing = Vec::new();
-    for (call, answer) in answers {
+    while let Some((call, answer)) = answers.next().await {
         match answer {
             Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
             Ok(_) => missing.push(describe(call)),
