@@ -89,7 +89,9 @@ pub enum AgentError {
 /// Counters and flags others (demo, tests, diagnostics) read while the agent runs.
 #[derive(Default)]
 pub struct Stats {
-    pub leading: AtomicBool,
+    /// Whether this agent holds the node Lease: the lease loop's own channel, so a worker
+    /// woken by it and `is_leading` can never disagree (no copy that lags behind).
+    pub leading: watch::Sender<bool>,
     pub synced: AtomicBool,
     pub bound: AtomicU64,
     pub already_bound: AtomicU64,
@@ -160,7 +162,7 @@ impl Stats {
         self.diag.request_gone(&key.namespace, &key.name);
     }
     pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
+        *self.leading.borrow()
     }
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Relaxed)
@@ -253,7 +255,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let queue = Arc::new(WorkQueue::new());
     stats.diag.agent_started(&cfg, queue.clone());
-    let (leading_tx, mut leading_rx) = watch::channel(false);
+    stats.leading.send_replace(false);
     // Stopped only after the workers are done, so the Lease is released last.
     let background = CancellationToken::new();
 
@@ -269,7 +271,7 @@ pub async fn run(
             api_timeout: cfg.api_timeout,
             diag: stats.diag.clone(),
         },
-        leading_tx,
+        stats.leading.clone(),
         background.clone(),
     ));
 
@@ -446,7 +448,8 @@ pub async fn run(
 
     let mut workers = JoinSet::new();
     for _ in 0..cfg.workers {
-        let (shared, queue, mut leading) = (shared.clone(), queue.clone(), leading_rx.clone());
+        let (shared, queue, mut leading) =
+            (shared.clone(), queue.clone(), stats.leading.subscribe());
         let stop = shutdown.clone();
         workers.spawn(async move {
             loop {
@@ -463,14 +466,6 @@ pub async fn run(
             }
         });
     }
-
-    let stats_leading = stats.clone();
-    tasks.spawn(async move {
-        while leading_rx.changed().await.is_ok() {
-            let l = *leading_rx.borrow();
-            stats_leading.leading.store(l, Ordering::Relaxed);
-        }
-    });
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: finishing in-flight requests");
