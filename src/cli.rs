@@ -1,13 +1,11 @@
 //! Command line: `bindlet run | demo | bind | explain | crd | version`. Every flag can also be set from
 //! the environment variable named in its help.
 
-use std::time::Duration;
+pub use crate::agent::AgentArgs;
+pub use crate::api::duration::parse_duration;
+pub use crate::kubeapi::connect as kube_client;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::agent::AgentConfig;
-use crate::binding::Backoff;
-use crate::plugins::{CheckMode, PluginSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,142 +68,6 @@ pub struct RunArgs {
     pub agent: AgentArgs,
     #[command(flatten)]
     pub diag: crate::diag::DiagArgs,
-}
-
-/// Agent tuning shared by `run` and `demo`.
-#[derive(Args, Debug, Clone)]
-pub struct AgentArgs {
-    /// Watch BindRequests in this namespace only (default: all namespaces, this node only).
-    #[arg(long, env = "BINDLET_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Namespace of the per-node Lease (normally the agent's own namespace).
-    #[arg(
-        long,
-        env = "BINDLET_LEASE_NAMESPACE",
-        default_value = "bindlet-system"
-    )]
-    pub lease_namespace: String,
-    /// Identity in the Lease (default: POD_NAME, else a random name).
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
-    /// Requests worked on at once.
-    #[arg(long, env = "BINDLET_WORKERS", default_value_t = 16)]
-    pub workers: usize,
-    /// Attempts before a request is marked Failed, when the request sets no backoffLimit.
-    #[arg(long, env = "BINDLET_DEFAULT_BACKOFF_LIMIT", default_value_t = 3)]
-    pub default_backoff_limit: i32,
-    /// First retry delay (doubles per attempt), e.g. 500ms.
-    #[arg(long, env = "BINDLET_RETRY_BASE", default_value = "500ms", value_parser = parse_duration)]
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    #[arg(long, env = "BINDLET_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
-    pub retry_max: Duration,
-    /// Timeout of every API call.
-    #[arg(long, env = "BINDLET_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub api_timeout: Duration,
-    /// How long a silent Lease holder is tolerated before another agent takes over.
-    /// A crashed holder is replaced after at most this (plus --lease-retry); a graceful stop
-    /// releases the Lease at once.
-    #[arg(long, env = "BINDLET_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
-    pub lease_duration: Duration,
-    /// How often the holder renews the Lease (one request per renewal).
-    #[arg(long, env = "BINDLET_LEASE_RENEW", default_value = "15s", value_parser = parse_duration)]
-    pub lease_renew: Duration,
-    /// How often a waiting agent looks at the Lease, and how soon a failed renewal is retried.
-    #[arg(long, env = "BINDLET_LEASE_RETRY", default_value = "2s", value_parser = parse_duration)]
-    pub lease_retry: Duration,
-    /// Node checks (cordon, taints): enforce, warn or off.
-    #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
-    pub node_checks: CheckMode,
-    /// Write KAI's pod condition `PodBound` (True/Bound, False/BindingError) after each
-    /// attempt, as KAI's binder does: one `pods/status` patch per attempt.
-    #[arg(long, env = "BINDLET_POD_BOUND_CONDITION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub pod_bound_condition: bool,
-    #[command(flatten)]
-    pub memory: crate::plugins::node::MemoryArgs,
-    #[command(flatten)]
-    pub gpu: crate::gpu::GpuArgs,
-    #[command(flatten)]
-    pub volumes: crate::plugins::volumes::VolumeArgs,
-    #[command(flatten)]
-    pub dra: crate::plugins::dra::DraArgs,
-    #[command(flatten)]
-    pub sharing: crate::plugins::gpu_sharing::SharingArgs,
-    #[command(flatten)]
-    pub numa: crate::plugins::numa::NumaArgs,
-}
-
-impl AgentArgs {
-    pub fn to_config(&self, node_name: &str) -> AgentConfig {
-        let mut cfg = AgentConfig::for_node(node_name);
-        cfg.namespace = self.namespace.clone();
-        cfg.lease_namespace = self.lease_namespace.clone();
-        if let Some(id) = &self.identity {
-            cfg.identity = id.clone();
-        }
-        cfg.workers = self.workers;
-        cfg.default_backoff_limit = self.default_backoff_limit;
-        cfg.backoff = Backoff {
-            base: self.retry_base,
-            max: self.retry_max.max(self.retry_base),
-        };
-        cfg.api_timeout = self.api_timeout;
-        cfg.lease_duration = self.lease_duration;
-        cfg.lease_renew = self.lease_renew;
-        cfg.lease_retry = self.lease_retry;
-        cfg.pod_bound_condition = self.pod_bound_condition;
-        cfg.plugins = PluginSettings {
-            node_checks: self.node_checks,
-            memory: self.memory.clone(),
-            gpu: crate::plugins::gpu::GpuSettings {
-                args: self.gpu.clone(),
-                runtime: None,
-            },
-            volumes: self.volumes.settings(),
-            dra: self.dra.settings(),
-            sharing: crate::plugins::gpu_sharing::SharingSettings {
-                args: self.sharing.clone(),
-                api: None,
-            },
-            numa: crate::plugins::numa::NumaSettings {
-                args: self.numa.clone(),
-                timeout: self.api_timeout,
-            },
-        };
-        cfg
-    }
-}
-
-/// Parses `250ms`, `10s`, `2m`, or plain seconds.
-///
-/// ```
-/// use std::time::Duration;
-/// use bindlet::cli::parse_duration;
-/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-/// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-/// assert!(parse_duration("2 weeks").is_err());
-/// ```
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration \"{s}\": expected e.g. 500ms, 10s, 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in \"{s}\": use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration \"{s}\": {e}"))
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -302,27 +164,6 @@ fn quiet_level(level: &str) -> String {
     }
 }
 
-/// A client from `kubeconfig` (else KUBECONFIG, ~/.kube/config, then in-cluster), optionally
-/// with another `context`. Shared by `run`, `bind` and `explain`.
-pub async fn kube_client(
-    kubeconfig: Option<&std::path::Path>,
-    context: Option<&str>,
-) -> anyhow::Result<kube::Client> {
-    let opts = kube::config::KubeConfigOptions {
-        context: context.map(str::to_string),
-        ..Default::default()
-    };
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)?;
-            kube::Config::from_custom_kubeconfig(kc, &opts).await?
-        }
-        None if context.is_some() => kube::Config::from_kubeconfig(&opts).await?,
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
 /// The agent runs on one thread. Its work is waiting on the API server; every blocking call
 /// (NVML, statvfs, file reads) already runs on its own thread or `spawn_blocking`. A
 /// work-stealing runtime cost it cross-thread wake-ups per request: measured with `bindlet
@@ -388,7 +229,45 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::binding::CheckMode;
+
+    #[test]
+    fn parses_bind_and_explain() {
+        let cli = Cli::try_parse_from([
+            "bindlet",
+            "bind",
+            "web",
+            "--node",
+            "n1",
+            "-n",
+            "team",
+            "--dry-run",
+            "--wait",
+            "5s",
+        ])
+        .expect("parse bind");
+        let Command::Bind(a) = cli.command else {
+            panic!("not bind")
+        };
+        assert_eq!((a.pod.as_str(), a.node.as_str()), ("web", "n1"));
+        assert_eq!(a.cluster.namespace.as_deref(), Some("team"));
+        assert!(a.dry_run && !a.direct);
+        assert_eq!(a.wait, std::time::Duration::from_secs(5));
+        assert!(
+            Cli::try_parse_from(["bindlet", "bind", "web"]).is_err(),
+            "--node is required"
+        );
+
+        let cli = Cli::try_parse_from(["bindlet", "explain", "web"]).expect("parse explain");
+        let Command::Explain(a) = cli.command else {
+            panic!("not explain")
+        };
+        assert_eq!(a.name, "web");
+        assert_eq!(a.cluster.namespace, None);
+    }
 
     #[test]
     fn durations() {

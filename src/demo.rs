@@ -19,8 +19,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::agent;
+use crate::agent::AgentArgs;
 use crate::api::{BindRequest, Phase};
-use crate::cli::AgentArgs;
 use crate::sim::{SimOptions, Simulator};
 
 #[derive(Args, Debug, Clone)]

@@ -4,7 +4,6 @@
 //! effects layer (`agent`) is the only code that talks to the API server.
 
 pub mod agent;
-pub mod api;
 pub mod bench;
 pub mod binding;
 pub mod cli;
@@ -12,8 +11,12 @@ pub mod demo;
 pub mod diag;
 pub mod dra;
 pub mod gpu;
+pub mod kubeapi;
 pub mod manual;
+pub mod node;
 pub mod numa;
 pub mod plugins;
-pub mod sim;
 pub mod volume;
+
+pub use bindlet_api as api;
+pub use bindlet_sim as sim;

@@ -1,6 +1,6 @@
-//! The effects layer: the only code that talks to the API server for the agent. Every
-//! call has a timeout; errors are classified into transient (retry without counting an
-//! attempt) and answers about the request.
+//! The agent's own API writes and reads (BindRequest status, pod binding, pod status), on
+//! top of [`crate::kubeapi`]'s timed, counted calls. Errors are classified into transient
+//! (retry without counting an attempt) and answers about the request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,103 +11,13 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Error as KubeError};
 use serde::Serialize;
 use serde_json::json;
-use thiserror::Error;
 
 use crate::api::{BindRequest, BindRequestStatus};
 use crate::binding::{BindFault, Failure};
 use crate::diag::Recorder;
-
-use super::api_calls::{self, ApiCall};
-
-/// An API call that did not produce an answer about the request.
-#[derive(Debug, Clone, Error)]
-pub enum ApiError {
-    #[error("API request timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("API server answered {code} {reason}: {message}")]
-    Status {
-        code: u16,
-        reason: String,
-        message: String,
-    },
-    #[error("API server unreachable: {0}")]
-    Transport(String),
-    #[error("cannot decode the API server's answer: {0}")]
-    Decode(String),
-}
-
-impl ApiError {
-    pub fn code(&self) -> Option<u16> {
-        match self {
-            ApiError::Status { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-
-    /// An answer that sending the same write again cannot change: the request is malformed
-    /// (400), forbidden by RBAC (403), or refused by admission or validation (422: what a
-    /// ValidatingAdmissionPolicy denial answers). Retrying it is a storm, not a retry.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self.code(), Some(400 | 403 | 422))
-    }
-}
-
-fn classify(e: KubeError) -> ApiError {
-    match e {
-        KubeError::Api(s) => ApiError::Status {
-            code: s.code,
-            reason: s.reason.clone(),
-            message: s.message.clone(),
-        },
-        KubeError::SerdeError(e) => ApiError::Decode(e.to_string()),
-        other => ApiError::Transport(other.to_string()),
-    }
-}
-
-/// Runs one API call under the agent's timeout.
-pub async fn call<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, KubeError>>,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(classify(e)),
-        Err(_) => Err(ApiError::Timeout(timeout)),
-    }
-}
-
-/// [`call`], counted in the diagnostics metrics by verb, resource and status code.
-pub async fn call_as<T>(
-    diag: &Recorder,
-    what: ApiCall,
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, KubeError>>,
-) -> Result<T, ApiError> {
-    let r = call(timeout, fut).await;
-    diag.api_request(what, r.as_ref().map(|_| ()));
-    r
-}
-
-/// [`call_as`] for `get_opt`, which turns a 404 answer into `Ok(None)`.
-pub async fn call_opt_as<T>(
-    diag: &Recorder,
-    what: ApiCall,
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<Option<T>, KubeError>>,
-) -> Result<Option<T>, ApiError> {
-    let r = call(timeout, fut).await;
-    diag.api_request_opt(what, r.as_ref().map(Option::is_some));
-    r
-}
-
-/// Sends a request whose answer the caller does not need: a non-2xx answer is still an
-/// error (kube's `Error::Api`, as `Api` methods give), but a 2xx body is left undecoded.
-pub(crate) async fn send_unread(
-    client: &Client,
-    request: Result<http::Request<Vec<u8>>, KubeError>,
-) -> Result<(), KubeError> {
-    client.request_text(request?).await.map(drop)
-}
+use crate::kubeapi::calls as api_calls;
+use crate::kubeapi::send_unread;
+pub use crate::kubeapi::{ApiError, call, call_as, call_opt_as};
 
 /// The body of a status merge patch, serialized straight from the status.
 #[derive(Serialize)]

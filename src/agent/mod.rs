@@ -1,9 +1,8 @@
 //! The node agent: watches this node's BindRequests, holds the node Lease, and runs a
 //! bounded pool of workers over a per-object queue. One shutdown token stops it all.
 
-pub mod api_calls;
+mod args;
 pub mod effects;
-pub mod events;
 pub mod lease;
 mod parking;
 pub mod permissions;
@@ -31,6 +30,9 @@ use crate::api::{BindRequest, Lenient, SELECTED_NODE_LABEL};
 use crate::binding::{self, Backoff};
 use crate::plugins::{self, PluginSettings};
 
+pub use crate::kubeapi::calls as api_calls;
+pub use crate::kubeapi::events;
+pub use args::AgentArgs;
 use effects::Effects;
 use events::EventSink;
 use queue::{Key, WorkQueue};
@@ -104,6 +106,26 @@ pub struct Stats {
     /// Requests this agent leaves alone, with the resourceVersion it decided on: the same
     /// version is not looked at again; a changed object is (once).
     left_alone: Mutex<HashMap<Key, String>>,
+}
+
+impl crate::diag::AgentView for Stats {
+    fn is_leading(&self) -> bool {
+        Stats::is_leading(self)
+    }
+    fn is_synced(&self) -> bool {
+        Stats::is_synced(self)
+    }
+    fn totals(&self) -> crate::diag::Totals {
+        crate::diag::Totals {
+            bound: self.bound.load(Ordering::Relaxed),
+            already_bound: self.already_bound.load(Ordering::Relaxed),
+            failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
+            failed_final: self.failed_final.load(Ordering::Relaxed),
+        }
+    }
+    fn recorder(&self) -> &Arc<crate::diag::Recorder> {
+        &self.diag
+    }
 }
 
 impl Stats {
@@ -254,7 +276,16 @@ pub async fn run(
     // aborts them all.
     let mut tasks = JoinSet::new();
     let queue = Arc::new(WorkQueue::new());
-    stats.diag.agent_started(&cfg, queue.clone());
+    stats.diag.agent_started(
+        crate::diag::AgentIdentity {
+            node_name: cfg.node_name.clone(),
+            identity: cfg.identity.clone(),
+            lease_name: lease::lease_name(&cfg.node_name),
+            lease_namespace: cfg.lease_namespace.clone(),
+            retry_max: cfg.backoff.max,
+        },
+        queue.clone(),
+    );
     stats.leading.send_replace(false);
     // Stopped only after the workers are done, so the Lease is released last.
     let background = CancellationToken::new();

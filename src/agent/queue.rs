@@ -251,6 +251,15 @@ impl WorkQueue {
     }
 }
 
+impl crate::diag::QueueView for WorkQueue {
+    fn depth(&self) -> usize {
+        WorkQueue::depth(self)
+    }
+    fn in_flight(&self) -> usize {
+        WorkQueue::in_flight(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

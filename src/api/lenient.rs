@@ -90,7 +90,7 @@ mod tests {
     use kube::core::{ObjectList, Resource};
 
     use super::Lenient;
-    use crate::api::BindRequest;
+    use crate::BindRequest;
 
     fn valid(name: &str) -> String {
         format!(

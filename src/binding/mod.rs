@@ -1,14 +1,15 @@
 //! Pure binding logic: request validation, pod checks, the plugin pipeline, KAI status
 //! semantics and the retry policy. Nothing here talks to the API server directly.
 
-pub mod backoff;
+mod check_mode;
 pub mod decide;
 pub mod failure;
 pub mod pipeline;
 pub mod pod_metadata;
 pub mod status;
 
-pub use backoff::Backoff;
+pub use crate::api::Backoff;
+pub use check_mode::CheckMode;
 pub use decide::{
     GpuRequest, PodState, ValidRequest, check_pod, selected_elsewhere, validate_request,
 };

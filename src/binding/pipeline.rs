@@ -5,6 +5,8 @@
 //! typed [`BindState`]; the only side effects are their own `pre_bind`/`rollback` and
 //! the [`Binder`] that posts `pods/binding`.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,21 +28,62 @@ pub struct BindContext<'a> {
     pub node: &'a Node,
 }
 
-/// Data plugins hand to later steps of the same attempt (one typed field per plugin
-/// that needs it).
-#[derive(Debug, Default)]
+/// Data plugins hand to later steps of the same attempt: one slot per type, so each plugin
+/// keeps its own typed state (what it wrote, for its rollback; what it probed, for a later
+/// plugin) and the pipeline knows none of them by name. A plugin's state type is private to
+/// it unless another plugin is meant to read it (the `gpu` plugin's probe, read by `numa`).
+#[derive(Default)]
 pub struct BindState {
-    /// The `gpu` plugin's probe, verdicts and the node's GPU bind lock.
-    pub gpu: Option<crate::plugins::gpu::GpuBindState>,
-    /// What the `volumes` plugin's pre_bind wrote (PV reservations, selected-node annotations).
-    pub volumes: crate::plugins::volumes::VolumeWrites,
-    /// What the `dra` plugin's pre_bind reserved (ResourceClaims).
-    pub dra: crate::plugins::dra::DraWrites,
-    /// The pod's extended-resource claim (KEP-5004) the `extended_resources` plugin used.
-    pub extended: crate::plugins::extended_resources::ExtendedWrites,
-    /// What the `gpu_sharing` plugin did (reservation pods, labels, ConfigMaps) and the
-    /// GPU-group locks it holds until the attempt ends.
-    pub sharing: crate::plugins::gpu_sharing::SharingWrites,
+    slots: HashMap<TypeId, (&'static str, Box<dyn Any + Send + Sync>)>,
+}
+
+impl BindState {
+    /// The slot of type `T`, created empty (`Default`) on first use.
+    pub fn slot<T: Any + Default + Send + Sync>(&mut self) -> &mut T {
+        let (_, value) = self
+            .slots
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| (std::any::type_name::<T>(), Box::new(T::default())));
+        value
+            .downcast_mut::<T>()
+            .unwrap_or_else(|| unreachable!("a slot holds the type it is keyed by"))
+    }
+
+    /// Puts `value` in its slot, replacing what was there.
+    pub fn put<T: Any + Send + Sync>(&mut self, value: T) {
+        self.slots.insert(
+            TypeId::of::<T>(),
+            (std::any::type_name::<T>(), Box::new(value)),
+        );
+    }
+
+    /// The slot of type `T`, if a step filled it.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.slots
+            .get(&TypeId::of::<T>())
+            .and_then(|(_, v)| v.downcast_ref::<T>())
+    }
+
+    /// The slot of type `T`, mutable, if a step filled it.
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.slots
+            .get_mut(&TypeId::of::<T>())
+            .and_then(|(_, v)| v.downcast_mut::<T>())
+    }
+
+    /// Empties the slot of type `T` and returns what it held.
+    pub fn take<T: Any>(&mut self) -> Option<T> {
+        let (_, v) = self.slots.remove(&TypeId::of::<T>())?;
+        v.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+impl std::fmt::Debug for BindState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.slots.values().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        f.debug_struct("BindState").field("slots", &names).finish()
+    }
 }
 
 /// A `pre_bind` step that could not complete.

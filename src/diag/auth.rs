@@ -13,8 +13,8 @@ use k8s_openapi::api::authorization::v1::{
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::agent::api_calls::{CREATE_SUBJECT_ACCESS_REVIEW, CREATE_TOKEN_REVIEW};
-use crate::agent::effects::call_as;
+use crate::kubeapi::call_as;
+use crate::kubeapi::calls::{CREATE_SUBJECT_ACCESS_REVIEW, CREATE_TOKEN_REVIEW};
 
 use super::Recorder;
 

@@ -23,8 +23,8 @@ use thiserror::Error;
 pub use auth::Decision;
 pub use facts::{GpuDevice, GpuFacts, NodeFacts, VolumeFact, VolumeFacts};
 pub use recorder::{
-    AttemptRecord, AttemptTimer, DEFAULT_HISTORY, DebugState, LeaseView, Readiness, Recorder,
-    RequestRecord, StageRecord, Totals, VerdictRecord,
+    AgentIdentity, AgentView, AttemptRecord, AttemptTimer, DEFAULT_HISTORY, DebugState, LeaseView,
+    QueueView, Readiness, Recorder, RequestRecord, StageRecord, Totals, VerdictRecord,
 };
 pub use server::{DiagServer, start};
 pub use system::{NodeResources, ProcessFacts, SystemProbe};

@@ -8,12 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::agent::api_calls::ApiCall;
-use crate::agent::effects::ApiError;
-use crate::agent::queue::WorkQueue;
-use crate::agent::{AgentConfig, Stats};
 use crate::api::{BindRequest, BindRequestStatus, NodeVerification, VerdictOutcome};
 use crate::binding::{AttemptError, Failure, Outcome};
+use crate::kubeapi::{ApiCall, ApiError, CallObserver};
 
 use super::facts::{GpuFacts, NodeFacts, VolumeFacts};
 use super::metrics::{
@@ -204,6 +201,38 @@ pub struct Totals {
     pub failed_final: u64,
 }
 
+/// What diagnostics read from the running agent. The agent implements it, so diagnostics
+/// import nothing of the agent and the dependency runs one way (agent → diag).
+pub trait AgentView: Send + Sync {
+    /// Whether this agent holds the node Lease.
+    fn is_leading(&self) -> bool;
+    /// Whether the BindRequest and Node watches have synced.
+    fn is_synced(&self) -> bool;
+    /// The agent's counters since it started.
+    fn totals(&self) -> Totals;
+    /// The recorder this agent reports to.
+    fn recorder(&self) -> &Arc<Recorder>;
+}
+
+/// The agent's work queue, as diagnostics see it.
+pub trait QueueView: Send + Sync {
+    /// Requests waiting to be worked on.
+    fn depth(&self) -> usize;
+    /// Requests a worker is on now.
+    fn in_flight(&self) -> usize;
+}
+
+/// Who the agent is, told once at start.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    pub node_name: String,
+    pub identity: String,
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// The longest retry delay (`--retry-max`): how long a pending request may go unseen.
+    pub retry_max: Duration,
+}
+
 #[derive(Default)]
 struct Inner {
     requests: VecDeque<RequestRecord>,
@@ -211,7 +240,7 @@ struct Inner {
     node: Option<String>,
     identity: Option<String>,
     lease: Option<(String, String)>,
-    queue: Option<Arc<WorkQueue>>,
+    queue: Option<Arc<dyn QueueView>>,
     lease_holder: Option<String>,
     facts: Option<Arc<dyn NodeFacts>>,
     /// The agent's longest retry delay; None until the agent starts.
@@ -303,16 +332,13 @@ impl Recorder {
     }
 
     /// Called once by the agent at start.
-    pub fn agent_started(&self, cfg: &AgentConfig, queue: Arc<WorkQueue>) {
+    pub fn agent_started(&self, who: AgentIdentity, queue: Arc<dyn QueueView>) {
         let mut i = self.lock();
-        i.node = Some(cfg.node_name.clone());
-        i.identity = Some(cfg.identity.clone());
-        i.lease = Some((
-            crate::agent::lease::lease_name(&cfg.node_name),
-            cfg.lease_namespace.clone(),
-        ));
+        i.node = Some(who.node_name);
+        i.identity = Some(who.identity);
+        i.lease = Some((who.lease_name, who.lease_namespace));
         i.queue = Some(queue);
-        i.retry_max = Some(cfg.backoff.max);
+        i.retry_max = Some(who.retry_max);
     }
 
     /// The agent stopped working on a request without writing its status (called once per
@@ -427,7 +453,7 @@ impl Recorder {
             Ok(()) => "200".to_string(),
             Err(e) => error_code(e),
         };
-        self.count_api(what, code);
+        self.count_api_request(what, code);
     }
 
     /// A `get_opt` call: `Ok(false)` was a 404 answer.
@@ -437,10 +463,10 @@ impl Recorder {
             Ok(false) => "404".to_string(),
             Err(e) => error_code(e),
         };
-        self.count_api(what, code);
+        self.count_api_request(what, code);
     }
 
-    fn count_api(&self, what: ApiCall, code: String) {
+    fn count_api_request(&self, what: ApiCall, code: String) {
         self.metrics
             .api_requests
             .get_or_create(&ApiLabels {
@@ -639,7 +665,7 @@ impl Recorder {
     }
 
     /// Readiness now: watches synced, Lease state known, GPU inventory settled.
-    pub fn readiness(&self, stats: &Stats) -> Readiness {
+    pub fn readiness(&self, stats: &dyn AgentView) -> Readiness {
         let gpus = gpu_state(&self.gpus());
         let lease_known = self.lock().lease_holder.is_some();
         let watch_synced = stats.is_synced();
@@ -655,8 +681,7 @@ impl Recorder {
     }
 
     /// Everything `/debug/state` shows.
-    pub fn debug_state(&self, stats: &Stats) -> DebugState {
-        use std::sync::atomic::Ordering::Relaxed;
+    pub fn debug_state(&self, stats: &dyn AgentView) -> DebugState {
         let readiness = self.readiness(stats);
         let (gpus, volumes) = {
             let facts = self.lock().facts.clone();
@@ -688,12 +713,7 @@ impl Recorder {
             },
             queue_depth: depth,
             in_flight,
-            totals: Totals {
-                bound: stats.bound.load(Relaxed),
-                already_bound: stats.already_bound.load(Relaxed),
-                failed_attempts: stats.failed_attempts.load(Relaxed),
-                failed_final: stats.failed_final.load(Relaxed),
-            },
+            totals: stats.totals(),
             gpus,
             volumes,
             node_resources,
@@ -715,7 +735,7 @@ impl Recorder {
 
     /// Age of the oldest request this agent attempted and has not settled; 0 while it
     /// does not hold the Lease (the holder reports it then).
-    fn oldest_pending_seconds(&self, stats: &Stats) -> f64 {
+    fn oldest_pending_seconds(&self, stats: &dyn AgentView) -> f64 {
         if !stats.is_leading() {
             return 0.0;
         }
@@ -729,7 +749,7 @@ impl Recorder {
     }
 
     /// OpenMetrics text, with the gauges refreshed from the current state.
-    pub fn encode_metrics(&self, stats: &Stats) -> String {
+    pub fn encode_metrics(&self, stats: &dyn AgentView) -> String {
         let readiness = self.readiness(stats);
         let gpus = self.gpus();
         self.metrics
@@ -811,6 +831,30 @@ fn gpu_state(g: &GpuFacts) -> &'static str {
         GpuFacts::Loading => "loading",
         GpuFacts::Unavailable { .. } => "unavailable",
         GpuFacts::Loaded { .. } => "loaded",
+    }
+}
+
+impl CallObserver for Recorder {
+    fn api_request(&self, what: ApiCall, result: Result<(), &ApiError>) {
+        Recorder::api_request(self, what, result)
+    }
+    fn api_request_opt(&self, what: ApiCall, result: Result<bool, &ApiError>) {
+        Recorder::api_request_opt(self, what, result)
+    }
+}
+
+impl<T: AgentView + ?Sized> AgentView for Arc<T> {
+    fn is_leading(&self) -> bool {
+        (**self).is_leading()
+    }
+    fn is_synced(&self) -> bool {
+        (**self).is_synced()
+    }
+    fn totals(&self) -> Totals {
+        (**self).totals()
+    }
+    fn recorder(&self) -> &Arc<Recorder> {
+        (**self).recorder()
     }
 }
 

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Stats;
+use super::recorder::AgentView;
 
 use super::auth::{Decision, KubeAuth};
 use super::{AuthMode, DiagConfig, DiagError, TlsFiles};
@@ -55,7 +55,7 @@ impl DiagServer {
 }
 
 struct Ctx {
-    stats: Arc<Stats>,
+    stats: Arc<dyn AgentView>,
     auth: Option<KubeAuth>,
 }
 
@@ -63,7 +63,7 @@ struct Ctx {
 /// `--diag-auth=kubernetes`.
 pub async fn start(
     cfg: DiagConfig,
-    stats: Arc<Stats>,
+    stats: Arc<dyn AgentView>,
     client: Option<kube::Client>,
     shutdown: CancellationToken,
 ) -> Result<DiagServer, DiagError> {
@@ -73,7 +73,11 @@ pub async fn start(
             let client = client.ok_or_else(|| {
                 DiagError::Config("--diag-auth=kubernetes needs an API client".into())
             })?;
-            Some(KubeAuth::new(client, cfg.api_timeout, stats.diag.clone()))
+            Some(KubeAuth::new(
+                client,
+                cfg.api_timeout,
+                stats.recorder().clone(),
+            ))
         }
     };
     let tls = cfg.tls.as_ref().map(load_tls).transpose()?;
@@ -217,7 +221,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match path.as_str() {
         "/livez" => return response(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" => {
-            let r = stats.diag.readiness(stats);
+            let r = stats.recorder().readiness(&**stats);
             return if r.ready {
                 response(StatusCode::OK, TEXT, "ok\n")
             } else {
@@ -254,10 +258,10 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => response(
             StatusCode::OK,
             OPENMETRICS,
-            stats.diag.encode_metrics(stats),
+            stats.recorder().encode_metrics(&**stats),
         ),
         "/debug/state" => {
-            let state = stats.diag.debug_state(stats);
+            let state = stats.recorder().debug_state(&**stats);
             match serde_json::to_vec_pretty(&state) {
                 Ok(body) => response(StatusCode::OK, "application/json", body),
                 Err(e) => response(
@@ -268,7 +272,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         _ => {
-            let state = stats.diag.debug_state(stats);
+            let state = stats.recorder().debug_state(&**stats);
             response(
                 StatusCode::OK,
                 "text/html; charset=utf-8",

@@ -23,7 +23,7 @@ use k8s_openapi::api::resource::v1::{
 };
 
 use super::find_device;
-use crate::manual::quantity::{self, Nanos};
+use crate::api::quantity::{self, Nanos};
 
 /// `driver/pool/device`.
 type DeviceId = (String, String, String);

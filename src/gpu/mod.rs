@@ -205,8 +205,8 @@ pub const DEFAULT_IGNORED_XIDS: [u64; 6] = [13, 31, 43, 45, 68, 109];
 #[derive(clap::Args, Debug, Clone)]
 pub struct GpuArgs {
     /// GPU verification before binding: enforce, warn or off.
-    #[arg(long, env = "BINDLET_GPU_VERIFICATION", value_enum, default_value_t = crate::plugins::CheckMode::Enforce)]
-    pub gpu_verification: crate::plugins::CheckMode,
+    #[arg(long, env = "BINDLET_GPU_VERIFICATION", value_enum, default_value_t = crate::binding::CheckMode::Enforce)]
+    pub gpu_verification: crate::binding::CheckMode,
     /// The NVML library, loaded at run time (a missing library is reported, not fatal).
     #[arg(
         long,
@@ -221,10 +221,10 @@ pub struct GpuArgs {
     #[arg(long, env = "BINDLET_GPU_IGNORED_XIDS", value_delimiter = ',', default_values_t = DEFAULT_IGNORED_XIDS)]
     pub gpu_ignored_xids: Vec<u64>,
     /// A GPU whose last fault is this old, with no fault persisting, is healthy again.
-    #[arg(long, env = "BINDLET_GPU_RECOVERY_AFTER", default_value = "5m", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_GPU_RECOVERY_AFTER", default_value = "5m", value_parser = crate::api::duration::parse_duration)]
     pub gpu_recovery_after: Duration,
     /// How often ECC counts, retired pages and remapped rows are re-read between binds.
-    #[arg(long, env = "BINDLET_GPU_RECHECK", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_GPU_RECHECK", default_value = "30s", value_parser = crate::api::duration::parse_duration)]
     pub gpu_recheck: Duration,
     /// The kubelet's pod-resources socket (usually
     /// `/var/lib/kubelet/pod-resources/kubelet.sock`): whole-GPU checks then use its device
@@ -236,7 +236,7 @@ pub struct GpuArgs {
 impl Default for GpuArgs {
     fn default() -> Self {
         GpuArgs {
-            gpu_verification: crate::plugins::CheckMode::Enforce,
+            gpu_verification: crate::binding::CheckMode::Enforce,
             nvml_library: PathBuf::from("libnvidia-ml.so.1"),
             gpu_inventory_file: None,
             gpu_ignored_xids: DEFAULT_IGNORED_XIDS.to_vec(),

@@ -21,10 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::CheckMode;
 use crate::binding::verdict;
 use crate::gpu::verdict::{GPU_GROUP_LABEL, RESERVED_GPU_ANNOTATION};
 use crate::gpu::{GpuSnapshot, InventoryState};
-use crate::plugins::CheckMode;
 
 pub const PLUGIN: &str = "gpu_sharing";
 /// Label key of the reservation pods' app label (its value is configurable, like KAI's).

@@ -6,20 +6,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::CheckMode;
 use crate::binding::decide::GpuRequest;
 use crate::binding::verdict;
-use crate::plugins::CheckMode;
 
 use super::podresources::PodResources;
 use super::{GpuSnapshot, InventoryState};
 
+pub use crate::api::wellknown::{GPU_RESOURCE, RESERVED_GPU_ANNOTATION};
+
 pub const PLUGIN: &str = "gpu";
-/// The extended resource whole-GPU pods request.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Label KAI puts on the pods that share a fractional GPU group (reservation pod included).
 pub const GPU_GROUP_LABEL: &str = "runai-gpu-group";
-/// Annotation of KAI's reservation pod naming the physical GPU (its UUID) of the group.
-pub const RESERVED_GPU_ANNOTATION: &str = "run.ai/reserve_for_gpu_index";
 
 /// Where the "already held" numbers came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

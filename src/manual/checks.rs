@@ -3,17 +3,12 @@
 //! `node_verdicts`; the rest follow kube-scheduler's filters (NodeName, NodeAffinity,
 //! NodeResourcesFit) so a manual placement is refused where the scheduler would refuse it.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, ResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod};
 
 use crate::api::{Verdict, VerdictOutcome};
+use crate::binding::CheckMode;
 use crate::binding::verdict;
-use crate::plugins::CheckMode;
-use crate::plugins::node::node_verdicts;
+use crate::node::{Resources, node_verdicts, pod_requests, sum_into};
 
 use super::quantity::{self, Nanos, QuantityError};
 
@@ -362,92 +357,6 @@ fn describe_term(term: &NodeSelectorTerm) -> String {
         .map(describe_requirement)
         .collect::<Vec<_>>()
         .join(" AND ")
-}
-
-/// Requests of a container: `requests`, with `limits` standing in for resources that have no
-/// request (the API server's defaulting does the same).
-fn container_requests(r: Option<&ResourceRequirements>) -> Result<Resources, QuantityError> {
-    let mut out = Resources::new();
-    let Some(r) = r else { return Ok(out) };
-    if let Some(limits) = &r.limits {
-        add_all(&mut out, limits)?;
-    }
-    if let Some(requests) = &r.requests {
-        for (k, q) in requests {
-            out.insert(k.clone(), quantity::parse(&q.0)?);
-        }
-    }
-    Ok(out)
-}
-
-fn add_all(out: &mut Resources, m: &BTreeMap<String, Quantity>) -> Result<(), QuantityError> {
-    for (k, q) in m {
-        *out.entry(k.clone()).or_default() += quantity::parse(&q.0)?;
-    }
-    Ok(())
-}
-
-fn sum_into(out: &mut Resources, add: &Resources) {
-    for (k, v) in add {
-        *out.entry(k.clone()).or_default() += v;
-    }
-}
-
-fn max_into(out: &mut Resources, other: &Resources) {
-    for (k, v) in other {
-        let e = out.entry(k.clone()).or_default();
-        *e = (*e).max(*v);
-    }
-}
-
-/// Resource name → amount.
-pub type Resources = BTreeMap<String, Nanos>;
-
-fn restartable(c: &Container) -> bool {
-    c.restart_policy.as_deref() == Some("Always")
-}
-
-/// What kube-scheduler counts for a pod: max(app containers + sidecars, each init container
-/// plus the sidecars started before it) + overhead; pod-level requests (cpu, memory,
-/// hugepages) replace the container sum where set.
-pub fn pod_requests(pod: &Pod) -> Result<Resources, QuantityError> {
-    let mut reqs = Resources::new();
-    let Some(spec) = pod.spec.as_ref() else {
-        return Ok(reqs);
-    };
-    for c in &spec.containers {
-        sum_into(&mut reqs, &container_requests(c.resources.as_ref())?);
-    }
-    let mut sidecars = Resources::new();
-    let mut init_max = Resources::new();
-    for c in spec.init_containers.as_deref().unwrap_or(&[]) {
-        let r = container_requests(c.resources.as_ref())?;
-        let effective = if restartable(c) {
-            // A sidecar keeps running beside the app containers.
-            sum_into(&mut reqs, &r);
-            sum_into(&mut sidecars, &r);
-            sidecars.clone()
-        } else {
-            let mut t = r;
-            sum_into(&mut t, &sidecars);
-            t
-        };
-        max_into(&mut init_max, &effective);
-    }
-    max_into(&mut reqs, &init_max);
-    if let Some(pod_level) = spec.resources.as_ref() {
-        let level = container_requests(Some(pod_level))?;
-        for (k, v) in level {
-            if k == "cpu" || k == "memory" || k.starts_with("hugepages-") {
-                reqs.insert(k, v);
-            }
-        }
-    }
-    if let Some(overhead) = &spec.overhead {
-        add_all(&mut reqs, overhead)?;
-    }
-    reqs.retain(|_, v| *v != 0);
-    Ok(reqs)
 }
 
 fn is_terminated(p: &Pod) -> bool {

@@ -7,7 +7,7 @@
 pub mod checks;
 pub mod cli;
 pub mod ops;
-pub mod quantity;
+pub use crate::api::quantity;
 pub mod render;
 pub mod request;
 
@@ -17,8 +17,8 @@ use std::time::Duration;
 use clap::Args;
 use thiserror::Error;
 
-use crate::agent::effects::ApiError;
-use crate::cli::parse_duration;
+use crate::api::duration::parse_duration;
+use crate::kubeapi::ApiError;
 
 pub use ops::{BindOutcome, bind, explain};
 

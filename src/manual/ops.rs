@@ -11,9 +11,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use crate::agent::effects::{ApiError, Effects, call};
+use crate::agent::effects::Effects;
 use crate::api::{BindRequest, Phase};
 use crate::binding::{self, BindFault};
+use crate::kubeapi::{ApiError, call};
 
 use super::checks::{self, Snapshot};
 use super::render::{self, EventLine};

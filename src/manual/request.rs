@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use crate::api::{BindRequest, BindRequestSpec, ReceivedGpu, SELECTED_NODE_LABEL};
 
-use super::checks::pod_requests;
+use crate::node::pod_requests;
 
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 

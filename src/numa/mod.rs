@@ -21,12 +21,12 @@ pub mod sysfs;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::api::quantity::{self, Nanos};
 use crate::api::{NumaZonePlacement, QuantityValue, Verdict, VerdictOutcome};
+use crate::binding::CheckMode;
 use crate::binding::verdict;
 use crate::gpu::GpuSnapshot;
 use crate::gpu::podresources::PodResources;
-use crate::manual::quantity::{self, Nanos};
-use crate::plugins::CheckMode;
 
 pub const PLUGIN: &str = "numa";
 /// Written by KAI's NUMA placement exporter (`pkg/npe/consts/consts.go`), read by its

@@ -33,13 +33,13 @@ use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceSl
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::reflector::Store;
 
-use crate::agent::api_calls as calls;
-use crate::agent::effects::{ApiError, call_as, send_unread};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Park, ParkedOn, Plugin, PluginError, verdict};
 use crate::dra::conditions::BindingConditions;
 use crate::dra::{self as decide, Reservation};
 use crate::gpu::GpuSnapshot;
+use crate::kubeapi::calls;
+use crate::kubeapi::{ApiError, call_as, send_unread};
 use crate::plugins::gpu::GpuRuntime;
 
 const NAME: &str = "dra";
@@ -51,7 +51,7 @@ const CONFLICT_TRIES: usize = 8;
 pub struct DraArgs {
     /// How long a pod may wait for its devices' DRA binding conditions, counted from the
     /// allocation's timestamp (kube-scheduler's bindingTimeout).
-    #[arg(long, env = "BINDLET_DRA_BINDING_TIMEOUT", default_value = "600s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_DRA_BINDING_TIMEOUT", default_value = "600s", value_parser = crate::api::duration::parse_duration)]
     pub dra_binding_timeout: Duration,
 }
 
@@ -190,7 +190,7 @@ impl DraPlugin {
 
     fn forget_waits(&self, state: &BindState, pod_uid: &str) {
         let mut w = self.waits();
-        for r in &state.dra.reserved {
+        for r in state.get::<DraWrites>().map_or(&[][..], |d| &d.reserved) {
             w.remove(&(r.claim_uid.clone(), pod_uid.to_string()));
         }
     }
@@ -341,7 +341,7 @@ impl Plugin for DraPlugin {
             let conditions =
                 binding_conditions(&label, &live, &requested, since, self.binding_timeout);
             let written = r.allocation_written;
-            state.dra.reserved.push(r);
+            state.slot::<DraWrites>().reserved.push(r);
             match conditions {
                 BindingConditions::NotDeclared => {}
                 BindingConditions::Met(lines) => {
@@ -412,7 +412,7 @@ impl Plugin for DraPlugin {
         let Some(api) = &self.api else { return };
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
         self.forget_waits(state, pod_uid);
-        let w = std::mem::take(&mut state.dra);
+        let w = state.take::<DraWrites>().unwrap_or_default();
         for r in w.reserved.iter().rev() {
             if let Err(e) = release(api, r, pod_uid).await {
                 tracing::warn!(claim = %format!("{}/{}", r.namespace, r.name), error = %e.message,

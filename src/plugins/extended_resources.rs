@@ -24,11 +24,11 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
 
-use crate::agent::api_calls as calls;
-use crate::agent::effects::{ApiError, call_as};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::dra::extended::{self as decide, ClaimPlan};
+use crate::kubeapi::calls;
+use crate::kubeapi::{ApiError, call_as};
 use crate::plugins::dra::{DraApi, DraPlugin, DraSettings, Slices, reserve};
 use crate::plugins::gpu::GpuRuntime;
 
@@ -169,7 +169,7 @@ impl Plugin for ExtendedResourcesPlugin {
                 "ResourceClaim {label} kept appearing and vanishing while creating it"
             )));
         };
-        state.extended.claim = Some(UsedClaim {
+        state.slot::<ExtendedWrites>().claim = Some(UsedClaim {
             namespace: ns.into(),
             name: name.clone(),
             uid,
@@ -226,7 +226,7 @@ impl Plugin for ExtendedResourcesPlugin {
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
         let Some(api) = &self.api else { return };
-        let Some(used) = state.extended.claim.take() else {
+        let Some(used) = state.slot::<ExtendedWrites>().claim.take() else {
             return;
         };
         let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");

@@ -17,13 +17,13 @@ use kube::api::{Api, ListParams};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::events::{EventSink, EventSpec, EventType};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::decide::GpuRequest;
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::gpu::podresources::{self, PodResources};
 use crate::gpu::verdict::{self as gv, PLUGIN};
 use crate::gpu::{GpuArgs, GpuInventory, GpuSnapshot, Transition};
+use crate::kubeapi::events::{EventSink, EventSpec, EventType};
 
 use super::CheckMode;
 
@@ -63,8 +63,8 @@ impl NodePods for ApiNodePods {
     async fn list(&self) -> Result<Vec<Pod>, String> {
         let api: Api<Pod> = Api::all(self.client.clone());
         let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
-        let what = crate::agent::api_calls::LIST_PODS;
-        crate::agent::effects::call_as(&self.diag, what, self.timeout, api.list(&lp))
+        let what = crate::kubeapi::calls::LIST_PODS;
+        crate::kubeapi::call_as(&self.diag, what, self.timeout, api.list(&lp))
             .await
             .map(|l| l.items)
             .map_err(|e| format!("listing the pods on this node: {e}"))
@@ -500,7 +500,7 @@ impl Plugin for GpuPlugin {
                 message,
             });
         }
-        state.gpu = Some(GpuBindState {
+        state.put(GpuBindState {
             snapshot: Some(snap),
             verdicts: verdicts.clone(),
             guard: Some(guard),
@@ -510,7 +510,7 @@ impl Plugin for GpuPlugin {
 
     async fn rollback(&self, _ctx: &BindContext<'_>, state: &mut BindState) {
         // Nothing was written; releasing the lock lets the next GPU bind probe.
-        if let Some(s) = state.gpu.as_mut() {
+        if let Some(s) = state.get_mut::<GpuBindState>() {
             s.guard = None;
         }
     }

@@ -30,8 +30,6 @@ use serde_json::json;
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::api_calls as calls;
-use crate::agent::effects::{ApiError, call_as, call_opt_as};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::decide::GpuRequest;
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
@@ -39,6 +37,8 @@ use crate::gpu::sharing::{
     self as decide, Assignments, GpuSource, NodeGroups, PLUGIN, ReservationScope, ReservationStep,
 };
 use crate::gpu::verdict::GPU_RESOURCE;
+use crate::kubeapi::calls;
+use crate::kubeapi::{ApiError, call_as, call_opt_as};
 
 use super::CheckMode;
 use super::gpu::{DeviceAssignments, GpuRuntime, NodePods};
@@ -86,13 +86,13 @@ pub struct SharingArgs {
     #[arg(long, env = "BINDLET_RESERVATION_RUNTIME_CLASS")]
     pub reservation_runtime_class: Option<String>,
     /// How long a bind waits for a reservation pod to get its GPU.
-    #[arg(long, env = "BINDLET_RESERVATION_TIMEOUT", default_value = "40s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_RESERVATION_TIMEOUT", default_value = "40s", value_parser = crate::api::duration::parse_duration)]
     pub reservation_timeout: Duration,
     /// How often unused reservation pods are looked for.
-    #[arg(long, env = "BINDLET_RESERVATION_GC_INTERVAL", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_RESERVATION_GC_INTERVAL", default_value = "30s", value_parser = crate::api::duration::parse_duration)]
     pub reservation_gc_interval: Duration,
     /// A reservation pod younger than this is never collected.
-    #[arg(long, env = "BINDLET_RESERVATION_GC_GRACE", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_RESERVATION_GC_GRACE", default_value = "30s", value_parser = crate::api::duration::parse_duration)]
     pub reservation_gc_grace: Duration,
     /// The NVIDIA device plugin hands GPUs out as CDI devices: NVIDIA_VISIBLE_DEVICES then
     /// names `k8s.device-plugin.nvidia.com/gpu=<UUID>`.
@@ -221,8 +221,8 @@ impl SharingApi {
         let lp = ListParams::default()
             .labels(&format!("app={}", scope.app_label))
             .fields(&format!("spec.nodeName={}", self.node));
-        let what = crate::agent::api_calls::LIST_PODS;
-        crate::agent::effects::call_as(&self.diag, what, self.timeout, api.list(&lp))
+        let what = crate::kubeapi::calls::LIST_PODS;
+        crate::kubeapi::call_as(&self.diag, what, self.timeout, api.list(&lp))
             .await
             .map(|l| l.items)
             .map_err(|e| format!("listing the reservation pods on this node: {e}"))
@@ -856,7 +856,7 @@ impl Plugin for GpuSharingPlugin {
             .as_ref()
             .and_then(|g| g.portion.clone())
             .unwrap_or_else(|| portion.to_string());
-        let w = &mut state.sharing;
+        let w = state.slot::<SharingWrites>();
         // Sorted, so two multi-group binds cannot each hold a lock the other waits for.
         let mut sorted = groups.clone();
         sorted.sort();
@@ -932,7 +932,7 @@ impl Plugin for GpuSharingPlugin {
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
         let Some(api) = &self.api else { return };
-        let w = &mut state.sharing;
+        let w = state.slot::<SharingWrites>();
         let ns = &ctx.request.namespace;
         let cms: Api<ConfigMap> = Api::namespaced(api.client.clone(), ns);
         for (name, uid) in std::mem::take(&mut w.configmaps_created) {

@@ -17,12 +17,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::api_calls::PATCH_POD;
-use crate::agent::effects::call_as;
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::gpu::podresources;
 use crate::gpu::{GpuSnapshot, InventoryState};
+use crate::kubeapi::call_as;
+use crate::kubeapi::calls::PATCH_POD;
 use crate::numa::{self, NodeView, OBSERVED_ANNOTATION, PLUGIN, sysfs};
 use crate::plugins::gpu::GpuRuntime;
 
@@ -41,7 +41,7 @@ pub struct NumaArgs {
     #[arg(long, env = "BINDLET_PUBLISH_NUMA_PLACEMENT")]
     pub publish_numa_placement: bool,
     /// How often the kubelet's pod-resources socket is read for --publish-numa-placement.
-    #[arg(long, env = "BINDLET_NUMA_PLACEMENT_PERIOD", default_value = "1s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_NUMA_PLACEMENT_PERIOD", default_value = "1s", value_parser = crate::api::duration::parse_duration)]
     pub numa_placement_period: Duration,
 }
 
@@ -125,7 +125,9 @@ impl Plugin for NumaPlugin {
             )]);
         }
         // The gpu plugin's probe of this attempt, else a fresh one; none without a backend.
-        let probed = state.gpu.as_ref().and_then(|g| g.snapshot.clone());
+        let probed = state
+            .get::<super::gpu::GpuBindState>()
+            .and_then(|g| g.snapshot.clone());
         let snap: Option<GpuSnapshot> = match (probed, &self.runtime) {
             (Some(s), _) => Some(s),
             (None, Some(rt)) => Some(rt.snapshot().await),

@@ -24,10 +24,10 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::agent::api_calls as calls;
-use crate::agent::effects::{ApiError, call_as};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
+use crate::kubeapi::calls;
+use crate::kubeapi::{ApiError, call_as};
 use crate::volume::check::{self, Finding, VolumeMode};
 use crate::volume::claims::{
     self, BIND_COMPLETED_ANNOTATION, BOUND_BY_CONTROLLER_ANNOTATION, NO_PROVISIONER, PvSource,
@@ -50,7 +50,7 @@ pub struct VolumeArgs {
     #[arg(long, env = "BINDLET_VOLUME_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
     pub volume_checks: CheckMode,
     /// How long to wait for a dynamically provisioned WaitForFirstConsumer claim to be bound.
-    #[arg(long, env = "BINDLET_VOLUME_BINDING_TIMEOUT", default_value = "120s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "BINDLET_VOLUME_BINDING_TIMEOUT", default_value = "120s", value_parser = crate::api::duration::parse_duration)]
     pub volume_binding_timeout: Duration,
     /// Where the node's root filesystem is visible to the agent (e.g. /host in a DaemonSet
     /// that mounts the host's / there); PV and hostPath paths are looked up below it.
@@ -594,7 +594,10 @@ impl Plugin for VolumesPlugin {
             ));
         };
         for c in &claim_uses {
-            out.extend(self.claim(ctx, api, c, &mut state.volumes).await?);
+            out.extend(
+                self.claim(ctx, api, c, state.slot::<VolumeWrites>())
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -604,7 +607,7 @@ impl Plugin for VolumesPlugin {
     /// the PV controller finishes the binding if this write is lost.
     async fn post_bind(&self, _ctx: &BindContext<'_>, state: &BindState) {
         let Some(api) = &self.api else { return };
-        for r in &state.volumes.reserved {
+        for r in state.get::<VolumeWrites>().map_or(&[][..], |w| &w.reserved) {
             if let Err(e) = complete_claim(api, r).await {
                 tracing::warn!(claim = %format!("{}/{}", r.namespace, r.claim), pv = %r.pv, error = %e.message,
                     "could not set the claim's volumeName; the PV controller will");
@@ -614,7 +617,7 @@ impl Plugin for VolumesPlugin {
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
         let Some(api) = &self.api else { return };
-        let w = std::mem::take(&mut state.volumes);
+        let w = state.take::<VolumeWrites>().unwrap_or_default();
         for r in w.reserved.iter().rev() {
             if let Err(e) = release_pv(api, r).await {
                 tracing::warn!(pv = %r.pv, error = %e.message, "could not release a reserved PersistentVolume");

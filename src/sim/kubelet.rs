@@ -91,9 +91,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::podresources_server::{self, ListedPod};
-use crate::binding::Backoff;
-use crate::gpu::verdict::{GPU_RESOURCE, RESERVED_GPU_ANNOTATION};
-use crate::manual::quantity;
+use bindlet_api::Backoff;
+use bindlet_api::quantity;
+use bindlet_api::wellknown::{GPU_RESOURCE, RESERVED_GPU_ANNOTATION};
 
 /// Reason of a refused pod, as the kubelet writes it.
 pub const UNEXPECTED_ADMISSION_ERROR: &str = "UnexpectedAdmissionError";

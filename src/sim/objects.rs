@@ -452,7 +452,7 @@ pub(crate) fn init_pod_status(obj: &mut Value) {
 /// ignored; Guaranteed needs cpu and memory limits in every container and requests equal to
 /// limits.
 fn qos_class(obj: &Value) -> &'static str {
-    use crate::manual::quantity;
+    use bindlet_api::quantity;
     const QOS: [&str; 2] = ["cpu", "memory"];
     let spec = obj.get("spec");
     let mut requests: std::collections::BTreeMap<&str, quantity::Nanos> = Default::default();

@@ -1,6 +1,6 @@
 //! The server side of the kubelet's PodResourcesLister v1 API for the simulated kubelet:
 //! gRPC over HTTP/2 cleartext on a unix socket, `List` only. Like the client
-//! ([`crate::gpu::podresources`]) it avoids a gRPC stack: a unary call is one HTTP/2 POST
+//! (the agent's `gpu::podresources`) it avoids a gRPC stack: a unary call is one HTTP/2 POST
 //! whose body is one length-prefixed message and whose answer ends with a `grpc-status`
 //! trailer.
 
@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gpu::podresources::{LIST_PATH, encode, grpc_frame, grpc_unframe};
+use bindlet_api::podresources::{LIST_PATH, encode, grpc_frame, grpc_unframe};
 
 /// The service the socket serves (the part of the path before the method).
 const SERVICE: &str = "v1.PodResourcesLister";
@@ -25,12 +25,12 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 /// gRPC status codes used here.
 const OK: &str = "0";
-const INTERNAL: &str = "13";
-const UNIMPLEMENTED: &str = "12";
+pub const INTERNAL: &str = "13";
+pub const UNIMPLEMENTED: &str = "12";
 
 /// One pod of a `List` answer: namespace, name, and per container its name and GPU ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ListedPod {
+pub struct ListedPod {
     pub namespace: String,
     pub name: String,
     pub containers: Vec<(String, Vec<String>)>,
@@ -40,7 +40,7 @@ pub(crate) struct ListedPod {
 /// devices has one `ContainerDevices` entry for `resource`, or, when `numa` knows the
 /// devices' NUMA nodes, one entry per device with its topology (the kubelet reports
 /// topology per device instance).
-pub(crate) fn list_response(
+pub fn list_response(
     resource: &str,
     pods: &[ListedPod],
     numa: &std::collections::BTreeMap<String, i64>,
@@ -75,13 +75,13 @@ pub(crate) fn list_response(
 }
 
 /// Produces the encoded `List` answer at the time of each call.
-pub(crate) type Answer = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+pub type Answer = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Accepts connections until `shutdown`; each connection is served until it ends or
 /// `shutdown`.
-pub(crate) async fn serve(listener: UnixListener, answer: Answer, shutdown: CancellationToken) {
+pub async fn serve(listener: UnixListener, answer: Answer, shutdown: CancellationToken) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -176,9 +176,7 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::podresources::{self, PodResourcesError, decode_list_response};
-    use http_body_util::Full;
-    use std::time::Duration;
+    use bindlet_api::podresources::decode_list_response;
 
     fn pod(ns: &str, name: &str, containers: &[(&str, &[&str])]) -> ListedPod {
         ListedPod {
@@ -213,109 +211,5 @@ mod tests {
             ("web", "b")
         );
         assert!(decoded[1].containers[0].devices.is_empty());
-    }
-
-    fn start(dir: &std::path::Path, answer: Answer) -> (std::path::PathBuf, CancellationToken) {
-        let path = dir.join("kubelet.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let token = CancellationToken::new();
-        tokio::spawn(serve(listener, answer, token.clone()));
-        (path, token)
-    }
-
-    /// Calls `path` on the socket; returns the HTTP status and grpc-status/grpc-message
-    /// from headers or trailers.
-    async fn call(
-        socket: &std::path::Path,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> (u16, Option<String>, Option<String>) {
-        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        let conn = tokio::spawn(conn);
-        let req = http::Request::post(format!("http://localhost{path}"))
-            .header(http::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let (parts, body) = resp.into_parts();
-        let collected = body.collect().await.unwrap();
-        let trailers = collected.trailers().cloned().unwrap_or_default();
-        let get = |name: &str| {
-            trailers
-                .get(name)
-                .or_else(|| parts.headers.get(name))
-                .map(|v| v.to_str().unwrap().to_string())
-        };
-        let out = (status, get("grpc-status"), get("grpc-message"));
-        conn.abort();
-        out
-    }
-
-    #[tokio::test]
-    async fn answers_list_and_refuses_other_methods() {
-        let dir = tempfile::tempdir().unwrap();
-        let pods = vec![pod("ml", "a", &[("main", &["GPU-0"])])];
-        let (socket, token) = start(
-            dir.path(),
-            Arc::new(move || list_response("nvidia.com/gpu", &pods, &Default::default())),
-        );
-        let listed = podresources::list(&socket, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(
-            listed[0].device_ids("nvidia.com/gpu").collect::<Vec<_>>(),
-            ["GPU-0"]
-        );
-
-        let (status, code, message) = call(
-            &socket,
-            "/v1.PodResourcesLister/GetAllocatableResources",
-            "application/grpc",
-            grpc_frame(&[]),
-        )
-        .await;
-        assert_eq!((status, code.as_deref()), (200, Some(UNIMPLEMENTED)));
-        assert_eq!(
-            message.as_deref(),
-            Some("unknown method GetAllocatableResources for service v1.PodResourcesLister")
-        );
-        let (_, code, message) = call(
-            &socket,
-            "/v1alpha1.PodResourcesLister/List",
-            "application/grpc",
-            grpc_frame(&[]),
-        )
-        .await;
-        assert_eq!(code.as_deref(), Some(UNIMPLEMENTED));
-        assert_eq!(
-            message.as_deref(),
-            Some("unknown service v1alpha1.PodResourcesLister")
-        );
-        // A body that is not one gRPC frame.
-        let (_, code, _) = call(&socket, LIST_PATH, "application/grpc", vec![0, 0]).await;
-        assert_eq!(code.as_deref(), Some(INTERNAL));
-        // Not gRPC at all.
-        let (status, code, _) = call(&socket, LIST_PATH, "application/json", Vec::new()).await;
-        assert_eq!((status, code), (415, None));
-
-        // After shutdown the socket no longer answers.
-        token.cancel();
-        tokio::task::yield_now().await;
-        let r = podresources::list(&socket, Duration::from_millis(500)).await;
-        assert!(
-            matches!(
-                r,
-                Err(PodResourcesError::Http { .. }
-                    | PodResourcesError::Timeout { .. }
-                    | PodResourcesError::Connect { .. })
-            ),
-            "{r:?}"
-        );
     }
 }

@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::volume::claims::{
+use bindlet_api::wellknown::{
     BIND_COMPLETED_ANNOTATION, BOUND_BY_CONTROLLER_ANNOTATION, SELECTED_NODE_ANNOTATION,
     claim_class,
 };

@@ -12,14 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use super::check::VolumeMode;
 use super::quantity::{format_bytes, parse_bytes};
 
-/// Set on a claim to ask for provisioning on a node (WaitForFirstConsumer).
-pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
-/// Set by the PV controller once it has finished binding a claim.
-pub const BIND_COMPLETED_ANNOTATION: &str = "pv.kubernetes.io/bind-completed";
-/// Marks a binding made by a controller (not pre-bound by a user), so it may be undone.
-pub const BOUND_BY_CONTROLLER_ANNOTATION: &str = "pv.kubernetes.io/bound-by-controller";
-/// The provisioner name of classes whose PVs are created by hand.
-pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
+pub use crate::api::wellknown::{
+    BIND_COMPLETED_ANNOTATION, BOUND_BY_CONTROLLER_ANNOTATION, NO_PROVISIONER,
+    SELECTED_NODE_ANNOTATION, claim_class,
+};
 
 /// The node-local source of a PV, when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,14 +57,6 @@ pub fn pv_capacity(pv: &PersistentVolume) -> Option<u64> {
         .as_ref()?
         .get("storage")
         .and_then(|q| parse_bytes(&q.0))
-}
-
-/// The claim's class: `""` means "no class" (only class-less PVs match).
-pub fn claim_class(pvc: &PersistentVolumeClaim) -> &str {
-    pvc.spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.as_deref())
-        .unwrap_or("")
 }
 
 pub fn annotation<'a>(

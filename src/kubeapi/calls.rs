@@ -3,7 +3,7 @@
 //! This is the single source of truth the shipped RBAC (`daemonset/rbac.yaml`) is checked
 //! against in both directions (`tests/diag_manifests.rs`), and the simulator-backed test
 //! checks that the agent makes no request outside it. Call sites name one of these
-//! constants when they go through [`super::effects::call_as`]; watches name theirs in a
+//! constants when they go through [`super::call_as`]; watches name theirs in a
 //! comment beside the watcher. Adding an API call means adding it here first.
 
 /// One API call: group (`""` for core), resource (with `/subresource`), verb.

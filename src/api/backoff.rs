@@ -22,7 +22,7 @@ impl Backoff {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use bindlet::binding::Backoff;
+    /// use bindlet_api::Backoff;
     /// let b = Backoff { base: Duration::from_millis(500), max: Duration::from_secs(60) };
     /// assert_eq!(b.delay(1), Duration::from_millis(500));
     /// assert_eq!(b.delay(3), Duration::from_secs(2));

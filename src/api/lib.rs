@@ -1,13 +1,24 @@
-//! KAI-compatible `scheduling.run.ai/v1alpha2` BindRequest types and bindlet's CRD.
+//! KAI-compatible `scheduling.run.ai/v1alpha2` BindRequest types and bindlet's CRD, and the
+//! Kubernetes rules every other crate of the workspace shares: one quantity parser, the
+//! kubelet pod-resources wire format, well-known names, and per-object backoff.
 //!
 //! The types accept every object KAI's CRD accepts and serialize it back unchanged; bindlet's
 //! CRD keeps KAI's group, names and fields and only adds optional ones.
+//!
+//! The bottom of the crate graph: it depends on no other crate of the workspace.
 
 mod allocation;
+mod backoff;
 mod bindrequest;
 mod device_request;
+pub mod duration;
 mod lenient;
+pub mod podresources;
+pub mod quantity;
 mod schema;
+pub mod wellknown;
+
+pub use backoff::Backoff;
 
 pub use allocation::{
     AllocationConversionError, AllocationResult, DeviceAllocationConfiguration,

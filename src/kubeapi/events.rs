@@ -21,8 +21,8 @@ use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::api_calls::{CREATE_CORE_EVENT, CREATE_EVENT};
-use super::effects::{call_as, send_unread};
+use super::calls::{ApiCall, CREATE_CORE_EVENT, CREATE_EVENT};
+use super::{CallObserver, NoObserver, call_as, send_unread};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -66,7 +66,7 @@ impl EventSink {
         timeout: Duration,
         shutdown: CancellationToken,
     ) -> (EventSink, tokio::task::JoinHandle<()>) {
-        let diag = Arc::default();
+        let diag = Arc::new(NoObserver);
         Self::start_with_recorder(client, controller, instance, timeout, shutdown, diag)
     }
 
@@ -77,7 +77,7 @@ impl EventSink {
         instance: String,
         timeout: Duration,
         shutdown: CancellationToken,
-        diag: Arc<crate::diag::Recorder>,
+        diag: Arc<dyn CallObserver>,
     ) -> (EventSink, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Queued>(BUFFER);
         let counter = Arc::new(AtomicU64::new(0));
@@ -158,7 +158,7 @@ fn receiver_stream(
 
 async fn write_event(
     client: Client,
-    diag: &crate::diag::Recorder,
+    diag: &dyn CallObserver,
     controller: &str,
     instance: &str,
     timeout: Duration,
@@ -204,8 +204,8 @@ async fn write_event(
 /// it is not decoded; a failure is logged.
 async fn post_unread(
     client: &Client,
-    diag: &crate::diag::Recorder,
-    what: crate::agent::api_calls::ApiCall,
+    diag: &dyn CallObserver,
+    what: ApiCall,
     timeout: Duration,
     url: &str,
     event: &impl serde::Serialize,
@@ -289,7 +289,7 @@ fn core_event(spec: EventSpec, component: &str, instance: &str, now: jiff::Times
 
 async fn write_core_event(
     client: Client,
-    diag: &crate::diag::Recorder,
+    diag: &dyn CallObserver,
     component: &str,
     instance: &str,
     timeout: Duration,

@@ -200,7 +200,7 @@ mod auth;
 mod http;
 pub mod kubelet;
 mod objects;
-mod podresources_server;
+pub mod podresources_server;
 pub mod provisioner;
 mod registry;
 mod schema;

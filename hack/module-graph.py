@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The import graph between the top-level modules of the bindlet crate (src/*.rs and
+src/*/ that are not member crates), from `crate::<module>` paths outside comments. Prints
+every edge with the files that make it, then the cycles (strongly connected components of
+more than one module). Exit status 1 when there is a cycle.
+
+Crates of the workspace are kept apart by Cargo itself (`cargo tree`); this covers the
+modules inside the one crate that is not split further.
+
+    hack/module-graph.py
+"""
+import collections
+import pathlib
+import re
+import sys
+
+SRC = pathlib.Path("src")
+MEMBER_CRATES = {p.parent.name for p in SRC.glob("*/Cargo.toml")}
+
+
+def top_module(path: pathlib.Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".rs")
+
+
+def code(text: str) -> str:
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return "\n".join(line.split("//")[0] for line in text.split("\n"))
+
+
+def main() -> int:
+    modules = set()
+    edges = collections.defaultdict(set)
+    for path in SRC.rglob("*.rs"):
+        top = top_module(path)
+        if top in MEMBER_CRATES or top in ("lib", "main"):
+            continue
+        modules.add(top)
+        text = code(path.read_text())
+        # `use crate::{a, b::c}` and `crate::x::y` anywhere.
+        targets = set(re.findall(r"\bcrate::(\w+)", text))
+        for group in re.findall(r"\bcrate::\{([^}]*)\}", text):
+            targets |= set(re.findall(r"(?:^|,)\s*(\w+)", group))
+        for t in targets:
+            if t != top:
+                edges[(top, t)].add(str(path))
+    graph = collections.defaultdict(set)
+    for (a, b) in edges:
+        if b in modules:
+            graph[a].add(b)
+    for (a, b), files in sorted(edges.items()):
+        if b in modules:
+            print(f"{a} -> {b}   ({', '.join(sorted(files))})")
+
+    # Tarjan's strongly connected components.
+    index, low, on, stack, sccs, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            sccs.append(comp)
+
+    for v in sorted(modules):
+        if v not in index:
+            visit(v)
+    cycles = [sorted(c) for c in sccs if len(c) > 1]
+    for c in cycles:
+        print("cycle: " + " <-> ".join(c))
+    print(f"{len(modules)} modules, {sum(len(s) for s in graph.values())} edges, {len(cycles)} cycles")
+    return 1 if cycles else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

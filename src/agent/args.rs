@@ -1,0 +1,115 @@
+//! The agent's flags (shared by `run` and `demo`) and the configuration they make.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::api::duration::parse_duration;
+use crate::binding::{Backoff, CheckMode};
+use crate::plugins::PluginSettings;
+
+use super::AgentConfig;
+
+/// Agent tuning shared by `run` and `demo`.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Watch BindRequests in this namespace only (default: all namespaces, this node only).
+    #[arg(long, env = "BINDLET_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespace of the per-node Lease (normally the agent's own namespace).
+    #[arg(
+        long,
+        env = "BINDLET_LEASE_NAMESPACE",
+        default_value = "bindlet-system"
+    )]
+    pub lease_namespace: String,
+    /// Identity in the Lease (default: POD_NAME, else a random name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Requests worked on at once.
+    #[arg(long, env = "BINDLET_WORKERS", default_value_t = 16)]
+    pub workers: usize,
+    /// Attempts before a request is marked Failed, when the request sets no backoffLimit.
+    #[arg(long, env = "BINDLET_DEFAULT_BACKOFF_LIMIT", default_value_t = 3)]
+    pub default_backoff_limit: i32,
+    /// First retry delay (doubles per attempt), e.g. 500ms.
+    #[arg(long, env = "BINDLET_RETRY_BASE", default_value = "500ms", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "BINDLET_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// Timeout of every API call.
+    #[arg(long, env = "BINDLET_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+    /// How long a silent Lease holder is tolerated before another agent takes over.
+    /// A crashed holder is replaced after at most this (plus --lease-retry); a graceful stop
+    /// releases the Lease at once.
+    #[arg(long, env = "BINDLET_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the holder renews the Lease (one request per renewal).
+    #[arg(long, env = "BINDLET_LEASE_RENEW", default_value = "15s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+    /// How often a waiting agent looks at the Lease, and how soon a failed renewal is retried.
+    #[arg(long, env = "BINDLET_LEASE_RETRY", default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry: Duration,
+    /// Node checks (cordon, taints): enforce, warn or off.
+    #[arg(long, env = "BINDLET_NODE_CHECKS", value_enum, default_value_t = CheckMode::Enforce)]
+    pub node_checks: CheckMode,
+    /// Write KAI's pod condition `PodBound` (True/Bound, False/BindingError) after each
+    /// attempt, as KAI's binder does: one `pods/status` patch per attempt.
+    #[arg(long, env = "BINDLET_POD_BOUND_CONDITION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_bound_condition: bool,
+    #[command(flatten)]
+    pub memory: crate::plugins::node::MemoryArgs,
+    #[command(flatten)]
+    pub gpu: crate::gpu::GpuArgs,
+    #[command(flatten)]
+    pub volumes: crate::plugins::volumes::VolumeArgs,
+    #[command(flatten)]
+    pub dra: crate::plugins::dra::DraArgs,
+    #[command(flatten)]
+    pub sharing: crate::plugins::gpu_sharing::SharingArgs,
+    #[command(flatten)]
+    pub numa: crate::plugins::numa::NumaArgs,
+}
+
+impl AgentArgs {
+    pub fn to_config(&self, node_name: &str) -> AgentConfig {
+        let mut cfg = AgentConfig::for_node(node_name);
+        cfg.namespace = self.namespace.clone();
+        cfg.lease_namespace = self.lease_namespace.clone();
+        if let Some(id) = &self.identity {
+            cfg.identity = id.clone();
+        }
+        cfg.workers = self.workers;
+        cfg.default_backoff_limit = self.default_backoff_limit;
+        cfg.backoff = Backoff {
+            base: self.retry_base,
+            max: self.retry_max.max(self.retry_base),
+        };
+        cfg.api_timeout = self.api_timeout;
+        cfg.lease_duration = self.lease_duration;
+        cfg.lease_renew = self.lease_renew;
+        cfg.lease_retry = self.lease_retry;
+        cfg.pod_bound_condition = self.pod_bound_condition;
+        cfg.plugins = PluginSettings {
+            node_checks: self.node_checks,
+            memory: self.memory.clone(),
+            gpu: crate::plugins::gpu::GpuSettings {
+                args: self.gpu.clone(),
+                runtime: None,
+            },
+            volumes: self.volumes.settings(),
+            dra: self.dra.settings(),
+            sharing: crate::plugins::gpu_sharing::SharingSettings {
+                args: self.sharing.clone(),
+                api: None,
+            },
+            numa: crate::plugins::numa::NumaSettings {
+                args: self.numa.clone(),
+                timeout: self.api_timeout,
+            },
+        };
+        cfg
+    }
+}
