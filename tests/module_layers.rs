@@ -149,7 +149,9 @@ fn every_module_imports_only_from_layers_below_it() {
         .flat_map(|l| l.iter().map(|m| m.to_string()))
         .collect();
     for gone in listed.difference(&seen) {
-        violations.push(format!("LAYERS lists {gone}, which is not a module any more"));
+        violations.push(format!(
+            "LAYERS lists {gone}, which is not a module any more"
+        ));
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
@@ -157,8 +159,8 @@ fn every_module_imports_only_from_layers_below_it() {
 #[test]
 fn each_crate_uses_only_the_workspace_crates_below_it() {
     for (dir, allowed) in CRATES {
-        let manifest = std::fs::read_to_string(root().join(dir).join("Cargo.toml"))
-            .expect("read Cargo.toml");
+        let manifest =
+            std::fs::read_to_string(root().join(dir).join("Cargo.toml")).expect("read Cargo.toml");
         let deps = manifest
             .split("\n[")
             .filter(|section| {
@@ -201,7 +203,13 @@ fn the_core_decisions_need_no_api_client() {
             if file.file_name().is_some_and(|n| n == "tests.rs") {
                 continue;
             }
-            for banned in ["kube::Client", "kube::Api", "kube::runtime", "tokio::", "hyper::"] {
+            for banned in [
+                "kube::Client",
+                "kube::Api",
+                "kube::runtime",
+                "tokio::",
+                "hyper::",
+            ] {
                 if text.contains(banned) {
                     violations.push(format!("{} uses {banned}", file.display()));
                 }

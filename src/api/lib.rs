@@ -16,6 +16,7 @@ mod lenient;
 pub mod podresources;
 pub mod quantity;
 mod schema;
+pub mod selector;
 pub mod wellknown;
 
 pub use backoff::Backoff;

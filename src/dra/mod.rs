@@ -3,9 +3,8 @@
 //! it for the pod (or to undo that). No I/O: the plugin reads, these decide, the plugin writes.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod};
+use k8s_openapi::api::core::v1::{Node, NodeSelector, Pod};
 use k8s_openapi::api::resource::v1::{
     AllocationResult, Device, ResourceClaim, ResourceClaimConsumerReference, ResourceClaimStatus,
     ResourceSlice,
@@ -61,44 +60,7 @@ pub fn claim_name(pod: &Pod, pod_claim: &str) -> Result<String, String> {
     })
 }
 
-/// Whether a node selector (terms ORed, requirements ANDed) selects `node`.
-pub fn node_selector_matches(sel: &NodeSelector, node: &Node) -> bool {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let fields = BTreeMap::from([(
-        "metadata.name".to_string(),
-        node.metadata.name.clone().unwrap_or_default(),
-    )]);
-    sel.node_selector_terms.iter().any(|t| {
-        let exprs = t.match_expressions.as_deref().unwrap_or(&[]);
-        let fs = t.match_fields.as_deref().unwrap_or(&[]);
-        // An empty term selects nothing.
-        (!exprs.is_empty() || !fs.is_empty())
-            && exprs.iter().all(|r| requirement_matches(r, labels))
-            && fs.iter().all(|r| requirement_matches(r, &fields))
-    })
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let values = r.values.as_deref().unwrap_or(&[]);
-    let have = labels.get(&r.key);
-    let num = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => have.is_some_and(|v| values.contains(v)),
-        "NotIn" => have.is_none_or(|v| !values.contains(v)),
-        "Exists" => have.is_some(),
-        "DoesNotExist" => have.is_none(),
-        "Gt" | "Lt" => match (
-            have.and_then(|v| num(v)),
-            values.first().and_then(|v| num(v)),
-        ) {
-            (Some(h), Some(w)) if r.operator == "Gt" => h > w,
-            (Some(h), Some(w)) => h < w,
-            _ => false,
-        },
-        _ => false,
-    }
-}
+pub use crate::api::selector::node_selector_matches;
 
 /// Whether a slice (or, with per-device node selection, one of its devices) is available
 /// on `node`: published for it by name, for all nodes, or through a selector matching it.

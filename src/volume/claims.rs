@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim,
-};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::api::selector;
 
 use super::check::VolumeMode;
 use super::quantity::{format_bytes, parse_bytes};
@@ -80,7 +80,7 @@ pub fn node_affinity_matches(pv: &PersistentVolume, node: &Node) -> Result<(), S
     if sel
         .node_selector_terms
         .iter()
-        .any(|t| term_matches(t, node))
+        .any(|t| selector::term_matches(t, node).is_ok())
     {
         return Ok(());
     }
@@ -94,45 +94,6 @@ pub fn node_affinity_matches(pv: &PersistentVolume, node: &Node) -> Result<(), S
         },
         node.metadata.name.as_deref().unwrap_or("")
     ))
-}
-
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = term.match_fields.as_deref().unwrap_or(&[]);
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let mut field_map = BTreeMap::new();
-    field_map.insert(
-        "metadata.name".to_string(),
-        node.metadata.name.clone().unwrap_or_default(),
-    );
-    exprs.iter().all(|r| requirement_matches(r, labels))
-        && fields.iter().all(|r| requirement_matches(r, &field_map))
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let values = r.values.as_deref().unwrap_or(&[]);
-    let have = labels.get(&r.key);
-    let num = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => have.is_some_and(|v| values.contains(v)),
-        "NotIn" => have.is_none_or(|v| !values.contains(v)),
-        "Exists" => have.is_some(),
-        "DoesNotExist" => have.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(h), Some(w)) = (
-                have.and_then(|v| num(v)),
-                values.first().and_then(|v| num(v)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" { h > w } else { h < w }
-        }
-        _ => false,
-    }
 }
 
 fn describe_term(t: &NodeSelectorTerm) -> String {

@@ -1,4 +1,7 @@
-//! Kubernetes resource quantities (`10Gi`, `500M`, `1.5Ti`, `2e9`) as whole bytes.
+//! Kubernetes resource quantities (`10Gi`, `500M`, `1.5Ti`, `2e9`) as whole bytes, on top of
+//! the one quantity parser ([`crate::api::quantity`]).
+
+use crate::api::quantity;
 
 /// Parses a quantity into bytes, rounding a fractional byte up (a claim for `0.5` needs one
 /// byte). `None` for malformed or negative quantities, or values beyond `u64`.
@@ -11,53 +14,12 @@
 /// assert_eq!(parse_bytes("ten"), None);
 /// ```
 pub fn parse_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let q = q.strip_prefix('+').unwrap_or(q);
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    if num.is_empty() || num.matches('.').count() > 1 {
+    // The one quantity parser (exact, in nano-units), then whole bytes rounded up.
+    let nanos = quantity::parse(q).ok()?;
+    if nanos < 0 {
         return None;
     }
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if int.is_empty() && frac.is_empty() {
-        return None;
-    }
-    let digits = format!("{int}{frac}");
-    let mantissa: u128 = digits.parse().ok()?;
-    let mut den: u128 = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
-    let mut mul: u128 = 1;
-    match suffix {
-        "" => {}
-        "Ki" => mul = 1 << 10,
-        "Mi" => mul = 1 << 20,
-        "Gi" => mul = 1 << 30,
-        "Ti" => mul = 1 << 40,
-        "Pi" => mul = 1 << 50,
-        "Ei" => mul = 1 << 60,
-        "n" => den = den.checked_mul(1_000_000_000)?,
-        "u" => den = den.checked_mul(1_000_000)?,
-        "m" => den = den.checked_mul(1_000)?,
-        "k" => mul = 1_000,
-        "M" => mul = 1_000_000,
-        "G" => mul = 1_000_000_000,
-        "T" => mul = 1_000_000_000_000,
-        "P" => mul = 1_000_000_000_000_000,
-        "E" => mul = 1_000_000_000_000_000_000,
-        s if s.starts_with(['e', 'E']) => {
-            let exp: i32 = s[1..].parse().ok()?;
-            let p = 10u128.checked_pow(exp.unsigned_abs())?;
-            if exp >= 0 {
-                mul = p;
-            } else {
-                den = den.checked_mul(p)?;
-            }
-        }
-        _ => return None,
-    }
-    let num = mantissa.checked_mul(mul)?;
-    u64::try_from(num.div_ceil(den)).ok()
+    u64::try_from(quantity::ceil_div(nanos, 1_000_000_000)).ok()
 }
 
 /// Bytes in binary units with one decimal where it matters: `3.1 GiB`, `10 GiB`, `512 B`.
