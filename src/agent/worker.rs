@@ -5,6 +5,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodCondition};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::api::refs::{object_ref, reference_to};
 use crate::api::{BindRequest, BindRequestStatus, Lenient, NodeVerification, Phase};
 use crate::binding::{
     self, AttemptError, BindContext, BindFault, Binder, Failure, Outcome, PodState, pod_metadata,
@@ -415,14 +416,11 @@ fn log_and_emit(
                 &sh.cfg.node_name,
                 reason,
             ) {
-                let pod = ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    namespace: Some(key.namespace.clone()),
-                    name: br.spec.pod_name.clone(),
-                    uid: br.owner_pod_uid().map(str::to_string),
-                    ..Default::default()
-                };
+                let pod = reference_to::<Pod>(
+                    Some(key.namespace.clone()),
+                    br.spec.pod_name.clone(),
+                    br.owner_pod_uid().map(str::to_string),
+                );
                 sh.events.emit_as_component(
                     event(pod, EventType::Warning, r.reason, r.message),
                     pod_metadata::KAI_BINDER_COMPONENT,
@@ -451,13 +449,11 @@ async fn report_undecodable(sh: &Shared, key: &Key, error: &str) -> Next {
         .await
     {
         Ok(_) => {
-            let r = ObjectReference {
-                api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
-                kind: Some("BindRequest".into()),
-                namespace: Some(key.namespace.clone()),
-                name: Some(key.name.clone()),
-                ..Default::default()
-            };
+            let r = reference_to::<BindRequest>(
+                Some(key.namespace.clone()),
+                Some(key.name.clone()),
+                None,
+            );
             sh.events
                 .emit(event(r, EventType::Warning, "MalformedRequest", reason));
             Next::Forget
@@ -558,23 +554,9 @@ fn event(regarding: ObjectReference, type_: EventType, reason: &str, note: Strin
 }
 
 fn pod_ref(pod: &Pod) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        namespace: pod.metadata.namespace.clone(),
-        name: pod.metadata.name.clone(),
-        uid: pod.metadata.uid.clone(),
-        ..Default::default()
-    }
+    object_ref(pod)
 }
 
 fn request_ref(br: &BindRequest) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
-        kind: Some("BindRequest".into()),
-        namespace: br.metadata.namespace.clone(),
-        name: br.metadata.name.clone(),
-        uid: br.metadata.uid.clone(),
-        ..Default::default()
-    }
+    object_ref(br)
 }

@@ -15,6 +15,7 @@ pub mod duration;
 mod lenient;
 pub mod podresources;
 pub mod quantity;
+pub mod refs;
 mod schema;
 pub mod selector;
 pub mod wellknown;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event as CoreEvent;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, ListParams, PostParams};
@@ -226,14 +226,11 @@ async fn write_event(
         reason: Some(reason.into()),
         note: Some(note.into()),
         type_: Some("Normal".into()),
-        regarding: Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: Some(ns.clone()),
-            name: pod.metadata.name.clone(),
-            uid: pod.metadata.uid.clone(),
-            ..Default::default()
-        }),
+        regarding: Some(crate::api::refs::reference_to::<Pod>(
+            Some(ns.clone()),
+            pod.metadata.name.clone(),
+            pod.metadata.uid.clone(),
+        )),
         reporting_controller: Some("bindlet".into()),
         reporting_instance: Some("bindlet-cli".into()),
         ..Default::default()

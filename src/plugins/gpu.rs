@@ -346,12 +346,11 @@ pub async fn forward_notices(
 pub fn notice_event(n: GpuNotice, node: &str) -> EventSpec {
     match n {
         GpuNotice::Health(t) => EventSpec {
-            regarding: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(node.to_string()),
-                ..Default::default()
-            },
+            regarding: crate::api::refs::reference_to::<k8s_openapi::api::core::v1::Node>(
+                None,
+                Some(node.to_string()),
+                None,
+            ),
             type_: if t.healthy {
                 EventType::Normal
             } else {
@@ -488,14 +487,7 @@ impl Plugin for GpuPlugin {
                 .collect::<Vec<_>>()
                 .join("; ");
             let _ = tx.send(GpuNotice::Verdict {
-                pod: ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    namespace: ctx.pod.metadata.namespace.clone(),
-                    name: ctx.pod.metadata.name.clone(),
-                    uid: ctx.pod.metadata.uid.clone(),
-                    ..Default::default()
-                },
+                pod: crate::api::refs::object_ref(ctx.pod),
                 ok,
                 message,
             });
