@@ -246,20 +246,7 @@ pub async fn run(
     shutdown: CancellationToken,
     stats: Arc<Stats>,
 ) -> Result<(), AgentError> {
-    if cfg.node_name.is_empty() {
-        return Err(AgentError::Config(
-            "the node name is empty (--node-name / NODE_NAME)".into(),
-        ));
-    }
-    if cfg.workers == 0 {
-        return Err(AgentError::Config("--workers must be at least 1".into()));
-    }
-    if cfg.lease_renew >= lease::renew_deadline(cfg.lease_duration) {
-        return Err(AgentError::Config(format!(
-            "--lease-renew ({:?}) must be below 2/3 of --lease-duration ({:?}): the holder stops binding then",
-            cfg.lease_renew, cfg.lease_duration
-        )));
-    }
+    validate_config(&cfg)?;
     // The GPU inventory (NVML thread or file) lives as long as the agent's config.
     let mut cfg = cfg;
     let gpu_notices = plugins::gpu::ensure_runtime(
@@ -276,20 +263,184 @@ pub async fn run(
     // aborts them all.
     let mut tasks = JoinSet::new();
     let queue = Arc::new(WorkQueue::new());
-    stats.diag.agent_started(
-        crate::diag::AgentIdentity {
-            node_name: cfg.node_name.clone(),
-            identity: cfg.identity.clone(),
-            lease_name: lease::lease_name(&cfg.node_name),
-            lease_namespace: cfg.lease_namespace.clone(),
-            retry_max: cfg.backoff.max,
-        },
-        queue.clone(),
-    );
+    stats.diag.agent_started(identity(&cfg), queue.clone());
     stats.leading.send_replace(false);
     // Stopped only after the workers are done, so the Lease is released last.
     let background = CancellationToken::new();
 
+    spawn_lease(&mut tasks, &client, &cfg, &stats, &background);
+
+    let parking = Arc::new(parking::ParkingLot::new(
+        client.clone(),
+        queue.clone(),
+        background.clone(),
+    ));
+    let checked_rx = spawn_permission_check(&mut tasks, &client, &cfg, &stats);
+    let (requests, node_store, node_slices) = spawn_watches(
+        &mut tasks,
+        &client,
+        &cfg,
+        &queue,
+        &stats,
+        &parking,
+        &background,
+    );
+
+    let (shared, slices_ready, events_task) = assemble(
+        &mut tasks,
+        Parts {
+            client: &client,
+            cfg: &cfg,
+            stats: &stats,
+            gpu_notices,
+            requests,
+            node_store,
+            node_slices,
+            parking,
+            background: &background,
+        },
+    )?;
+
+    wait_until_synced(&shared, &stats, &cfg, slices_ready, checked_rx, &shutdown).await;
+
+    let workers = spawn_workers(&shared, &queue, &stats, cfg.workers, &shutdown);
+
+    shutdown.cancelled().await;
+    drain(
+        queue,
+        workers,
+        background,
+        events_task,
+        tasks,
+        cfg.api_timeout,
+    )
+    .await;
+    Ok(())
+}
+
+/// The workers' shared state, the slice cache and the Event writers' task.
+type Assembled = (
+    Arc<worker::Shared>,
+    Store<ResourceSlice>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// What the workers' shared state is made of.
+struct Parts<'a> {
+    client: &'a Client,
+    cfg: &'a AgentConfig,
+    stats: &'a Arc<Stats>,
+    gpu_notices: Option<tokio::sync::mpsc::UnboundedReceiver<plugins::gpu::GpuNotice>>,
+    requests: Store<Lenient<BindRequest>>,
+    node_store: Store<Node>,
+    node_slices: Store<ResourceSlice>,
+    parking: Arc<parking::ParkingLot>,
+    background: &'a CancellationToken,
+}
+
+/// The Event writers, the plugins with their API access and background loops, and the state
+/// every worker shares; also the slice cache, whose sync the workers wait for (bounded), and
+/// the Event writers' task, which ends once they have flushed.
+fn assemble(tasks: &mut JoinSet<()>, p: Parts<'_>) -> Result<Assembled, AgentError> {
+    let Parts {
+        client,
+        cfg,
+        stats,
+        gpu_notices,
+        requests,
+        node_store,
+        node_slices,
+        parking,
+        background,
+    } = p;
+    let (events, events_task) = EventSink::start_with_recorder(
+        client.clone(),
+        "bindlet".to_string(),
+        cfg.identity.clone(),
+        cfg.api_timeout,
+        background.clone(),
+        stats.diag.clone(),
+    );
+    let mut plugin_settings = cfg.plugins.clone().with_api(
+        client.clone(),
+        &cfg.node_name,
+        cfg.api_timeout,
+        stats.diag.clone(),
+    );
+    spawn_plugin_loops(
+        tasks,
+        PluginLoops {
+            client,
+            cfg,
+            settings: &plugin_settings,
+            requests: &requests,
+            stats,
+            gpu_notices,
+            events: &events,
+            background,
+        },
+    )?;
+    let slices_ready = node_slices.clone();
+    plugin_settings.dra.api = plugin_settings
+        .dra
+        .api
+        .map(|a| a.with_node_slices(node_slices));
+    let shared = Arc::new(worker::Shared {
+        registry: plugins::standard(&plugin_settings),
+        effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),
+        diag: stats.diag.clone(),
+        events,
+        requests,
+        node: node_store,
+        stats: stats.clone(),
+        cfg: cfg.clone(),
+        parking,
+    });
+    Ok((shared, slices_ready, events_task))
+}
+
+/// Who this agent is, for the diagnostics.
+fn identity(cfg: &AgentConfig) -> crate::diag::AgentIdentity {
+    crate::diag::AgentIdentity {
+        node_name: cfg.node_name.clone(),
+        identity: cfg.identity.clone(),
+        lease_name: lease::lease_name(&cfg.node_name),
+        lease_namespace: cfg.lease_namespace.clone(),
+        retry_max: cfg.backoff.max,
+    }
+}
+
+/// The permission self-check, beside the cache sync: the workers start only once it is
+/// done (each review has the API timeout), so a missing permission is reported before any
+/// bind. The receiver fires when it is done.
+fn spawn_permission_check(
+    tasks: &mut JoinSet<()>,
+    client: &Client,
+    cfg: &AgentConfig,
+    stats: &Stats,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (checked_tx, checked_rx) = tokio::sync::oneshot::channel::<()>();
+    let check = permissions::check_at_start(
+        client.clone(),
+        cfg.lease_namespace.clone(),
+        cfg.api_timeout,
+        stats.diag.clone(),
+    );
+    tasks.spawn(async move {
+        check.await;
+        let _ = checked_tx.send(());
+    });
+    checked_rx
+}
+
+/// The node Lease loop: keeps `stats.leading` true while this agent holds the Lease.
+fn spawn_lease(
+    tasks: &mut JoinSet<()>,
+    client: &Client,
+    cfg: &AgentConfig,
+    stats: &Stats,
+    background: &CancellationToken,
+) {
     tasks.spawn(lease::run(
         client.clone(),
         lease::LeaseConfig {
@@ -305,25 +456,23 @@ pub async fn run(
         stats.leading.clone(),
         background.clone(),
     ));
+}
 
-    let parking = Arc::new(parking::ParkingLot::new(
-        client.clone(),
-        queue.clone(),
-        background.clone(),
-    ));
-    // Runs beside the cache sync; the workers start only once it is done (each review has
-    // the API timeout), so a missing permission is reported before any bind.
-    let (checked_tx, checked_rx) = tokio::sync::oneshot::channel::<()>();
-    let check = permissions::check_at_start(
-        client.clone(),
-        cfg.lease_namespace.clone(),
-        cfg.api_timeout,
-        stats.diag.clone(),
-    );
-    tasks.spawn(async move {
-        check.await;
-        let _ = checked_tx.send(());
-    });
+/// The watches of this node's BindRequests, its Node and its ResourceSlices, each into a
+/// cache; BindRequest events feed the queue.
+fn spawn_watches(
+    tasks: &mut JoinSet<()>,
+    client: &Client,
+    cfg: &AgentConfig,
+    queue: &Arc<WorkQueue>,
+    stats: &Arc<Stats>,
+    parking: &Arc<parking::ParkingLot>,
+    background: &CancellationToken,
+) -> (
+    Store<Lenient<BindRequest>>,
+    Store<Node>,
+    Store<ResourceSlice>,
+) {
     let (requests, requests_writer) = reflector::store::<Lenient<BindRequest>>();
     let (node_store, node_writer) = reflector::store::<Node>();
     tasks.spawn(watch_requests(
@@ -352,15 +501,78 @@ pub async fn run(
         slices_writer,
         background.clone(),
     ));
+    (requests, node_store, node_slices)
+}
 
-    let (events, events_task) = EventSink::start_with_recorder(
-        client.clone(),
-        "bindlet".to_string(),
-        cfg.identity.clone(),
-        cfg.api_timeout,
-        background.clone(),
-        stats.diag.clone(),
-    );
+/// Ends the agent: no new work, in-flight requests finished, then the background tasks
+/// (Events flushed, the Lease released last), bounded by twice the API timeout.
+async fn drain(
+    queue: Arc<WorkQueue>,
+    mut workers: JoinSet<()>,
+    background: CancellationToken,
+    events_task: tokio::task::JoinHandle<()>,
+    mut tasks: JoinSet<()>,
+    api_timeout: Duration,
+) {
+    tracing::info!("shutting down: finishing in-flight requests");
+    queue.shutdown();
+    while workers.join_next().await.is_some() {}
+    background.cancel();
+    let _ = events_task.await;
+    // The lease task releases the Lease now that no worker runs; wait for it, bounded.
+    let _ = tokio::time::timeout(api_timeout * 2, async {
+        while let Some(t) = tasks.join_next().await {
+            let _ = t;
+        }
+    })
+    .await;
+    tasks.abort_all();
+    tracing::info!("agent stopped");
+}
+
+fn validate_config(cfg: &AgentConfig) -> Result<(), AgentError> {
+    if cfg.node_name.is_empty() {
+        return Err(AgentError::Config(
+            "the node name is empty (--node-name / NODE_NAME)".into(),
+        ));
+    }
+    if cfg.workers == 0 {
+        return Err(AgentError::Config("--workers must be at least 1".into()));
+    }
+    if cfg.lease_renew >= lease::renew_deadline(cfg.lease_duration) {
+        return Err(AgentError::Config(format!(
+            "--lease-renew ({:?}) must be below 2/3 of --lease-duration ({:?}): the holder stops binding then",
+            cfg.lease_renew, cfg.lease_duration
+        )));
+    }
+    Ok(())
+}
+
+/// What the plugins' background loops are started with.
+struct PluginLoops<'a> {
+    client: &'a Client,
+    cfg: &'a AgentConfig,
+    settings: &'a PluginSettings,
+    requests: &'a Store<Lenient<BindRequest>>,
+    stats: &'a Arc<Stats>,
+    gpu_notices: Option<tokio::sync::mpsc::UnboundedReceiver<plugins::gpu::GpuNotice>>,
+    events: &'a EventSink,
+    background: &'a CancellationToken,
+}
+
+/// The plugins' background loops: GPU facts and health notices, the reservation-pod
+/// collector of `gpu_sharing`, the NUMA placement publisher. They stop with `background`.
+fn spawn_plugin_loops(tasks: &mut JoinSet<()>, p: PluginLoops<'_>) -> Result<(), AgentError> {
+    let PluginLoops {
+        client,
+        cfg,
+        settings,
+        requests,
+        stats,
+        gpu_notices,
+        events,
+        background,
+    } = p;
     if let Some(rt) = cfg.plugins.gpu.runtime.clone() {
         stats.diag.set_facts(rt.clone());
         tasks.spawn(plugins::gpu::refresh_facts(
@@ -377,14 +589,8 @@ pub async fn run(
             background.clone(),
         ));
     }
-    let mut plugin_settings = cfg.plugins.clone().with_api(
-        client.clone(),
-        &cfg.node_name,
-        cfg.api_timeout,
-        stats.diag.clone(),
-    );
-    if let Some(api) = plugin_settings.sharing.api.clone()
-        && plugin_settings.sharing.args.gpu_sharing
+    if let Some(api) = settings.sharing.api.clone()
+        && settings.sharing.args.gpu_sharing
     {
         let store = requests.clone();
         let default_limit = cfg.default_backoff_limit;
@@ -400,7 +606,7 @@ pub async fn run(
         let leading_stats = stats.clone();
         tasks.spawn(plugins::gpu_sharing::collect_loop(
             api,
-            plugin_settings.sharing.args.clone(),
+            settings.sharing.args.clone(),
             pending,
             Arc::new(move || leading_stats.is_leading()),
             background.clone(),
@@ -429,27 +635,23 @@ pub async fn run(
             }
         }
     }
-    let slices_ready = node_slices.clone();
-    plugin_settings.dra.api = plugin_settings
-        .dra
-        .api
-        .map(|a| a.with_node_slices(node_slices));
-    let shared = Arc::new(worker::Shared {
-        registry: plugins::standard(&plugin_settings),
-        effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),
-        diag: stats.diag.clone(),
-        events,
-        requests,
-        node: node_store,
-        stats: stats.clone(),
-        cfg: cfg.clone(),
-        parking,
-    });
+    Ok(())
+}
 
+/// Waits until both caches hold a full list (a request must not fail with "node not found"
+/// only because the Node watch has not delivered yet), the slice cache for a bounded time,
+/// and the permission self-check; then marks the agent synced.
+async fn wait_until_synced(
+    shared: &worker::Shared,
+    stats: &Stats,
+    cfg: &AgentConfig,
+    slices_ready: Store<ResourceSlice>,
+    checked_rx: tokio::sync::oneshot::Receiver<()>,
+    shutdown: &CancellationToken,
+) {
     // Workers start once both caches hold a full list: a request must not fail with
     // "node not found" only because the Node watch has not delivered yet.
     let (requests_ready, node_ready) = (shared.requests.clone(), shared.node.clone());
-    let stats_synced = stats.clone();
     let node_name = cfg.node_name.clone();
     let synced = tokio::select! {
         r = async { requests_ready.wait_until_ready().await.and(node_ready.wait_until_ready().await) } => r.is_ok(),
@@ -473,12 +675,21 @@ pub async fn run(
         }
     }
     if synced {
-        stats_synced.synced.store(true, Ordering::Relaxed);
+        stats.synced.store(true, Ordering::Relaxed);
         tracing::info!(node = %node_name, "caches synced (BindRequests and Node)");
     }
+}
 
+/// The workers: only the Lease holder's take requests from the queue.
+fn spawn_workers(
+    shared: &Arc<worker::Shared>,
+    queue: &Arc<WorkQueue>,
+    stats: &Stats,
+    n: usize,
+    shutdown: &CancellationToken,
+) -> JoinSet<()> {
     let mut workers = JoinSet::new();
-    for _ in 0..cfg.workers {
+    for _ in 0..n {
         let (shared, queue, mut leading) =
             (shared.clone(), queue.clone(), stats.leading.subscribe());
         let stop = shutdown.clone();
@@ -497,23 +708,7 @@ pub async fn run(
             }
         });
     }
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: finishing in-flight requests");
-    queue.shutdown();
-    while workers.join_next().await.is_some() {}
-    background.cancel();
-    let _ = events_task.await;
-    // The lease task releases the Lease now that no worker runs; wait for it, bounded.
-    let _ = tokio::time::timeout(cfg.api_timeout * 2, async {
-        while let Some(t) = tasks.join_next().await {
-            let _ = t;
-        }
-    })
-    .await;
-    tasks.abort_all();
-    tracing::info!("agent stopped");
-    Ok(())
+    workers
 }
 
 /// Backoff for re-establishing watches: capped at a few seconds, because a watch that is
