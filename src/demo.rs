@@ -228,8 +228,76 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     .await?;
     let client = sim.client();
     let node = args.node_name.clone();
-    // The demo node's GPUs come from a file unless one is given.
     let mut args = args;
+    let scratch = std::env::temp_dir().join(format!("bindlet-demo-{}", std::process::id()));
+    let (demo_file, kubelet_socket) = prepare_node_files(&mut args, &scratch)?;
+    let mut cfg = args.agent.to_config(&node);
+    if args.agent.identity.is_none() {
+        cfg.identity = format!("bindlet-demo-{node}");
+    }
+    let cases = plan(args.pods);
+    println!(
+        "bindlet demo: simulated control plane at {}; agent for node {node} with {} workers; {} BindRequests",
+        sim.url(),
+        cfg.workers,
+        cases.len()
+    );
+
+    let (kubelet, provisioner) =
+        start_node_services(&client, &node, &cfg, kubelet_socket, &scratch).await?;
+    let bound_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let pod_watch = tokio::spawn(record_bind_times(client.clone(), bound_at.clone()));
+
+    let recorder = Arc::new(crate::diag::Recorder::new(args.diag.diag_history));
+    let stats = Arc::new(agent::Stats::with_recorder(recorder));
+    let agent = agent::spawn_with_stats(client.clone(), cfg.clone(), stats);
+    let diag = start_diag(&args, &sim, &agent, cfg.api_timeout).await?;
+    let t0 = Instant::now();
+    while !(agent.stats.is_leading() && agent.stats.is_synced()) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the agent did not acquire its node lease and sync within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut items = items_of(&cases);
+    setup_storage(&client, &node, &items, &scratch).await?;
+    setup_dra(&client, &node, &items).await?;
+    setup_extended_resources(&client).await?;
+    let (brs, start) = create_requests(&client, &node, &mut items).await?;
+    let driver = tokio::spawn(play_dra_driver(client.clone(), node.clone()));
+
+    let results = wait_settled(&brs, &items, cfg.default_backoff_limit, start).await?;
+    let elapsed = start.elapsed();
+    let extended_ok = report_extended_resources(&client, &items).await?;
+    let ok = summarize(&items, &results, &bound_at, agent.stats.as_ref(), elapsed) && extended_ok;
+
+    if args.keep_running {
+        keep_running(&sim, diag.as_ref()).await?;
+    }
+    agent.stop().await?;
+    pod_watch.abort();
+    driver.abort();
+    // Every client of the simulator stops before it does.
+    drop(provisioner);
+    drop(kubelet);
+    tokio::task::yield_now().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    sim.shutdown().await;
+    if let Some(p) = demo_file {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(ok)
+}
+
+/// The simulated node's local files: the GPU inventory (unless one is given), the kubelet's
+/// pod-resources socket path and a fake sysfs with two NUMA zones (unless a sysfs is given).
+/// Returns the inventory file to remove at the end, if the demo wrote it, and the socket.
+fn prepare_node_files(
+    args: &mut DemoArgs,
+    scratch: &std::path::Path,
+) -> anyhow::Result<(Option<std::path::PathBuf>, std::path::PathBuf)> {
+    // The demo node's GPUs come from a file unless one is given.
     let demo_file = if args.agent.gpu.gpu_inventory_file.is_none() {
         let p = std::env::temp_dir().join(format!("bindlet-demo-{}-gpus.yaml", std::process::id()));
         std::fs::write(&p, demo_inventory())?;
@@ -239,8 +307,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         None
     };
     // The simulated kubelet serves its device assignments here (unless a socket is given).
-    let scratch = std::env::temp_dir().join(format!("bindlet-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    std::fs::create_dir_all(scratch)?;
     let kubelet_socket = scratch.join("kubelet.sock");
     if args.agent.gpu.kubelet_pod_resources_socket.is_none() {
         args.agent.gpu.kubelet_pod_resources_socket = Some(kubelet_socket.clone());
@@ -261,20 +328,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         args.agent.numa.sysfs_root = root;
         args.agent.numa.publish_numa_placement = true;
     }
-    let mut cfg = args.agent.to_config(&node);
-    if args.agent.identity.is_none() {
-        cfg.identity = format!("bindlet-demo-{node}");
-    }
-    let cases = plan(args.pods);
-    println!(
-        "bindlet demo: simulated control plane at {}; agent for node {node} with {} workers; {} BindRequests",
-        sim.url(),
-        cfg.workers,
-        cases.len()
-    );
+    Ok((demo_file, kubelet_socket))
+}
 
+/// The cluster around the node: namespaces, the reservation service account KAI installs,
+/// the existing shared GPU groups, the node's simulated kubelet and a volume provisioner.
+async fn start_node_services(
+    client: &Client,
+    node: &str,
+    cfg: &agent::AgentConfig,
+    kubelet_socket: std::path::PathBuf,
+    scratch: &std::path::Path,
+) -> anyhow::Result<(
+    crate::sim::kubelet::Kubelet,
+    crate::sim::provisioner::Provisioner,
+)> {
     let reservation_ns = cfg.plugins.sharing.args.reservation_namespace.clone();
-    setup_cluster(&client, &node, &[&cfg.lease_namespace, &reservation_ns]).await?;
+    setup_cluster(client, node, &[&cfg.lease_namespace, &reservation_ns]).await?;
     // KAI installs its reservation pods' service account; without it the API server's
     // ServiceAccount admission refuses those pods.
     let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(
@@ -283,13 +353,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     Api::namespaced(client.clone(), &reservation_ns)
         .create(&PostParams::default(), &sa)
         .await?;
-    create_shared_groups(&client, &node, &cfg.plugins.sharing.args).await?;
+    create_shared_groups(client, node, &cfg.plugins.sharing.args).await?;
     // The node's kubelet: admits pods, hands out the GPUs the device plugin would report
     // healthy and free (not the faulty GPU 5, not GPU 7 held by the existing group).
     let kubelet = crate::sim::kubelet::spawn(
         client.clone(),
         crate::sim::kubelet::KubeletConfig {
-            node: node.clone(),
+            node: node.to_string(),
             gpus: (0..8)
                 .map(|i| format!("GPU-{i:08x}-demo"))
                 .filter(|u| u != UNHEALTHY_GPU && u != FULL_GPU)
@@ -313,21 +383,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             delay: Duration::from_millis(100),
         },
     );
-    let bound_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let pod_watch = tokio::spawn(record_bind_times(client.clone(), bound_at.clone()));
+    Ok((kubelet, provisioner))
+}
 
-    let recorder = Arc::new(crate::diag::Recorder::new(args.diag.diag_history));
-    let stats = Arc::new(agent::Stats::with_recorder(recorder));
-    let agent = agent::spawn_with_stats(client.clone(), cfg.clone(), stats);
-    let diag = start_diag(&args, &sim, &agent, cfg.api_timeout).await?;
-    let t0 = Instant::now();
-    while !(agent.stats.is_leading() && agent.stats.is_synced()) {
-        if t0.elapsed() > Duration::from_secs(30) {
-            anyhow::bail!("the agent did not acquire its node lease and sync within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+/// One item per planned case, the GPU-sharing ones spread over groups.
+fn items_of(cases: &[Case]) -> Vec<Item> {
     let mut items: Vec<Item> = cases
         .iter()
         .enumerate()
@@ -345,13 +405,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     {
         it.group = Some(format!("demo-group-{}", k / SHARES_PER_GROUP));
     }
-    setup_storage(&client, &node, &items, &scratch).await?;
-    setup_dra(&client, &node, &items).await?;
-    setup_extended_resources(&client).await?;
-    // Pods first (as the scheduler sees them), then the BindRequests in one burst.
+    items
+}
+
+/// Creates the pods (as the scheduler sees them, the deleted case removed again), then the
+/// BindRequests in one burst, recording when each was created. Returns when the burst began.
+async fn create_requests(
+    client: &Client,
+    node: &str,
+    items: &mut [Item],
+) -> anyhow::Result<(Api<BindRequest>, Instant)> {
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let uids: HashMap<String, String> = futures::stream::iter(items.iter())
-        .map(|it| create_pod(&pods, it, &node))
+        .map(|it| create_pod(&pods, it, node))
         .buffer_unordered(32)
         .try_collect()
         .await?;
@@ -364,7 +430,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .map(|(i, it)| {
             let uid = uids.get(&it.name).cloned().unwrap_or_default();
             let brs = brs.clone();
-            let node = node.clone();
+            let node = node.to_string();
             async move {
                 let at = Instant::now();
                 brs.create(&PostParams::default(), &bind_request(it, &uid, &node)?)
@@ -378,8 +444,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     for (i, at) in created {
         items[i].created_at = Some(at);
     }
-    let driver = tokio::spawn(play_dra_driver(client.clone(), node.clone()));
+    Ok((brs, start))
+}
 
+/// Polls until every request the agent should settle has settled, or the deadline.
+async fn wait_settled(
+    brs: &Api<BindRequest>,
+    items: &[Item],
+    default_backoff_limit: i32,
+    start: Instant,
+) -> anyhow::Result<HashMap<String, BindRequest>> {
     // Wait until everything this agent should settle has settled.
     let deadline = Duration::from_secs(60) + Duration::from_millis(20 * items.len() as u64);
     let mut last_progress = Instant::now();
@@ -393,7 +467,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 None => true,
                 Some(_) => by_name
                     .get(&it.name)
-                    .is_some_and(|b| crate::binding::is_settled(b, cfg.default_backoff_limit)),
+                    .is_some_and(|b| crate::binding::is_settled(b, default_backoff_limit)),
             })
             .count();
         if settled == items.len() || start.elapsed() > deadline {
@@ -407,43 +481,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprint!("\r");
-    let elapsed = start.elapsed();
-    let extended_ok = report_extended_resources(&client, &items).await?;
-    let ok = summarize(&items, &results, &bound_at, agent.stats.as_ref(), elapsed) && extended_ok;
+    Ok(results)
+}
 
-    if args.keep_running {
-        println!(
-            "\nkeep-running: the simulated control plane stays up at {}{} (Ctrl-C to stop)",
-            sim.url(),
-            diag.as_ref()
-                .map(|d| format!(", diagnostics at {}/debug", d.url()))
-                .unwrap_or_default()
-        );
-        // A kubeconfig for it, so `bindlet bind` / `bindlet explain` can be tried against the demo.
-        let kubeconfig =
-            std::env::temp_dir().join(format!("bindlet-demo-{}.kubeconfig", std::process::id()));
-        std::fs::write(&kubeconfig, sim.kubeconfig_yaml())?;
-        println!(
-            "kubeconfig: {} (e.g. bindlet explain --kubeconfig {} -n {NAMESPACE} <name>)",
-            kubeconfig.display(),
-            kubeconfig.display()
-        );
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = std::fs::remove_file(&kubeconfig);
-    }
-    agent.stop().await?;
-    pod_watch.abort();
-    driver.abort();
-    // Every client of the simulator stops before it does.
-    drop(provisioner);
-    drop(kubelet);
-    tokio::task::yield_now().await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    sim.shutdown().await;
-    if let Some(p) = demo_file {
-        let _ = std::fs::remove_file(p);
-    }
-    Ok(ok)
+/// `--keep-running`: prints where the control plane and diagnostics are, writes a
+/// kubeconfig for `bindlet bind` / `explain`, and waits for Ctrl-C.
+async fn keep_running(
+    sim: &Simulator,
+    diag: Option<&crate::diag::DiagServer>,
+) -> anyhow::Result<()> {
+    println!(
+        "\nkeep-running: the simulated control plane stays up at {}{} (Ctrl-C to stop)",
+        sim.url(),
+        diag.as_ref()
+            .map(|d| format!(", diagnostics at {}/debug", d.url()))
+            .unwrap_or_default()
+    );
+    // A kubeconfig for it, so `bindlet bind` / `bindlet explain` can be tried against the demo.
+    let kubeconfig =
+        std::env::temp_dir().join(format!("bindlet-demo-{}.kubeconfig", std::process::id()));
+    std::fs::write(&kubeconfig, sim.kubeconfig_yaml())?;
+    println!(
+        "kubeconfig: {} (e.g. bindlet explain --kubeconfig {} -n {NAMESPACE} <name>)",
+        kubeconfig.display(),
+        kubeconfig.display()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = std::fs::remove_file(&kubeconfig);
+    Ok(())
 }
 
 /// Serves diagnostics for the demo's agent (stopped with it) and prints the address.
