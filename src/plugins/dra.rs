@@ -196,6 +196,196 @@ impl DraPlugin {
     }
 }
 
+impl DraPlugin {
+    /// The checks of one allocation before anything is written: the allocation is for this
+    /// node and its devices are published and healthy, no untolerated device taint, and
+    /// shared devices and partitions stay within capacity (under the capacity lock, held
+    /// until the attempt's reservations are written).
+    #[allow(clippy::too_many_arguments)]
+    async fn check_entry<'p>(
+        &'p self,
+        api: &DraApi,
+        ctx: &BindContext<'_>,
+        label: &str,
+        claim: &str,
+        requested: &AllocationResult,
+        checks: &mut EntryChecks<'p>,
+        out: &mut Vec<Verdict>,
+    ) -> Result<(), PluginError> {
+        let checked = self
+            .verify_here(
+                api,
+                label,
+                requested,
+                ctx.node,
+                &mut checks.slices,
+                &mut checks.gpus,
+            )
+            .await?;
+        out.extend(
+            checked
+                .into_iter()
+                .map(|line| verdict(NAME, "allocation", VerdictOutcome::Pass, line)),
+        );
+        // Taints may have come after scheduling (a driver marking a device unhealthy).
+        // DeviceTaintRules are not read (see README, DRA): only the slices' taints.
+        let tainted = decide::taints::check_device_taints(
+            label,
+            requested,
+            ctx.node,
+            &checks.slices.items,
+            &[],
+        )
+        .map_err(PluginError::refused)?;
+        out.extend(
+            tainted
+                .into_iter()
+                .map(|line| verdict(NAME, "taints", VerdictOutcome::Pass, line)),
+        );
+        if checks.capacity_guard.is_none()
+            && decide::capacity::needs_capacity_check(requested, ctx.node, &checks.slices.items)
+        {
+            checks.capacity_guard = Some(self.capacity_lock.lock().await);
+            checks.others = api.list_claims().await?;
+        }
+        if checks.capacity_guard.is_some() {
+            let ns = ctx.request.namespace.as_str();
+            let uid = checks
+                .others
+                .iter()
+                .find(|c| {
+                    c.metadata.namespace.as_deref() == Some(ns)
+                        && c.metadata.name.as_deref() == Some(claim)
+                })
+                .and_then(|c| c.metadata.uid.clone())
+                .unwrap_or_default();
+            let within = decide::capacity::check_capacity(
+                label,
+                &uid,
+                requested,
+                ctx.node,
+                &checks.slices.items,
+                &checks.others,
+            )
+            .map_err(PluginError::refused)?;
+            out.extend(
+                within
+                    .into_iter()
+                    .map(|line| verdict(NAME, "capacity", VerdictOutcome::Pass, line)),
+            );
+        }
+        Ok(())
+    }
+
+    /// Remembers that the pod's attempt waits on this claim (and whether it wrote the
+    /// allocation), so the resumed attempt counts the timeout from the first wait.
+    fn remember_wait(
+        &self,
+        key: (String, String),
+        allocation_written: bool,
+        since: std::time::Instant,
+    ) {
+        let mut waits = self.waits();
+        // Entries of requests deleted while they waited are never resumed: forget them
+        // once no wait can last that long.
+        let keep = self.binding_timeout * 2 + Duration::from_secs(60);
+        waits.retain(|_, w| w.since.elapsed() < keep);
+        waits.insert(
+            key,
+            Waiting {
+                allocation_written,
+                since,
+            },
+        );
+    }
+}
+
+/// What the checks of one attempt's allocations share.
+struct EntryChecks<'a> {
+    gpus: Option<GpuSnapshot>,
+    slices: Slices,
+    /// Set once an allocation names a shared device or a partition: the lock, and every
+    /// claim of the cluster (claims carry no node to select them by).
+    capacity_guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+    others: Vec<ResourceClaim>,
+}
+
+/// Claims whose binding conditions are not all True yet, for the attempt's [`Park`].
+#[derive(Default)]
+struct Waits {
+    waiting: Vec<String>,
+    park_on: Vec<ParkedOn>,
+    shortest: Option<Duration>,
+}
+
+impl Waits {
+    fn add(
+        &mut self,
+        label: &str,
+        ns: &str,
+        claim: &str,
+        live: &ResourceClaim,
+        pending: &[String],
+        remaining: Duration,
+    ) {
+        self.waiting
+            .push(format!("claim {label} ({})", pending.join(", ")));
+        self.park_on.push(ParkedOn {
+            namespace: ns.to_string(),
+            name: claim.to_string(),
+            resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
+        });
+        self.shortest = Some(self.shortest.map_or(remaining, |s| s.min(remaining)));
+    }
+
+    fn into_park(self) -> Option<Park> {
+        let remaining = self.shortest?;
+        Some(Park {
+            claims: self.park_on,
+            waiting_for: format!("binding conditions: {}", self.waiting.join("; ")),
+            remaining,
+        })
+    }
+}
+
+/// One `resourceClaimAllocations` entry: its name, its allocation, and the claim it names.
+fn parse_entry<'e>(
+    e: &'e crate::api::ResourceClaimAllocation,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Result<(&'e str, AllocationResult, String), PluginError> {
+    let entry = e.name.as_deref().unwrap_or("");
+    let Some(mirror) = e.allocation.clone() else {
+        return Err(PluginError::refused(format!(
+            "resourceClaimAllocations entry {entry} has no allocation"
+        )));
+    };
+    let requested = AllocationResult::try_from(mirror).map_err(|err| {
+        PluginError::refused(format!(
+            "resourceClaimAllocations entry {entry}: invalid allocation: {err}"
+        ))
+    })?;
+    let claim = decide::claim_name(pod, entry)
+        .map_err(|why| PluginError::refused(format!("claim {entry}: {why} (will retry)")))?;
+    Ok((entry, requested, claim))
+}
+
+/// The reservation's verdict.
+fn reservation_verdict(label: &str, wrote: bool, allocation_written: bool) -> Verdict {
+    verdict(
+        NAME,
+        "reservation",
+        VerdictOutcome::Pass,
+        format!(
+            "claim {label} {}",
+            match (wrote, allocation_written) {
+                (false, _) => "was already reserved for the pod",
+                (true, true) => "allocated and reserved for the pod",
+                (true, false) => "reserved for the pod",
+            }
+        ),
+    )
+}
+
 /// The ResourceSlices seen so far: this node's first (from the agent's watch cache, no
 /// request); all slices are listed only when a device is not found there (all-nodes,
 /// node-selector or per-device pools, or a slice the cache has not seen yet). Those are
@@ -244,79 +434,20 @@ impl Plugin for DraPlugin {
         let ns = ctx.request.namespace.as_str();
         let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
-        // Taken at the first allocation that names a GPU, and then shared by the others.
-        let mut gpus: Option<GpuSnapshot> = None;
-        let mut slices = Slices::of_node(api, ctx.node_name).await?;
+        let mut checks = EntryChecks {
+            // Taken at the first allocation that names a GPU, then shared by the others.
+            gpus: None,
+            slices: Slices::of_node(api, ctx.node_name).await?,
+            capacity_guard: None,
+            others: Vec::new(),
+        };
         let mut out = Vec::new();
-        // Set once an allocation names a shared device or a partition: the lock, and every
-        // claim of the cluster (claims carry no node to select them by).
-        let mut capacity_guard = None;
-        let mut others: Vec<ResourceClaim> = Vec::new();
-        // Claims whose binding conditions are not all True yet.
-        let (mut waiting, mut park_on, mut shortest) = (Vec::new(), Vec::new(), None);
+        let mut waits = Waits::default();
         for e in entries {
-            let entry = e.name.as_deref().unwrap_or("");
-            let Some(mirror) = e.allocation.clone() else {
-                return Err(PluginError::refused(format!(
-                    "resourceClaimAllocations entry {entry} has no allocation"
-                )));
-            };
-            let requested = AllocationResult::try_from(mirror).map_err(|err| {
-                PluginError::refused(format!(
-                    "resourceClaimAllocations entry {entry}: invalid allocation: {err}"
-                ))
-            })?;
-            let claim = decide::claim_name(ctx.pod, entry).map_err(|why| {
-                PluginError::refused(format!("claim {entry}: {why} (will retry)"))
-            })?;
+            let (entry, requested, claim) = parse_entry(e, ctx.pod)?;
             let label = format!("{ns}/{claim}");
-            let checked = self
-                .verify_here(api, &label, &requested, ctx.node, &mut slices, &mut gpus)
+            self.check_entry(api, ctx, &label, &claim, &requested, &mut checks, &mut out)
                 .await?;
-            for line in checked {
-                out.push(verdict(NAME, "allocation", VerdictOutcome::Pass, line));
-            }
-            // Taints may have come after scheduling (a driver marking a device unhealthy).
-            // DeviceTaintRules are not read (see README, DRA): only the slices' taints.
-            let tainted = decide::taints::check_device_taints(
-                &label,
-                &requested,
-                ctx.node,
-                &slices.items,
-                &[],
-            )
-            .map_err(PluginError::refused)?;
-            for line in tainted {
-                out.push(verdict(NAME, "taints", VerdictOutcome::Pass, line));
-            }
-            if capacity_guard.is_none()
-                && decide::capacity::needs_capacity_check(&requested, ctx.node, &slices.items)
-            {
-                capacity_guard = Some(self.capacity_lock.lock().await);
-                others = api.list_claims().await?;
-            }
-            if capacity_guard.is_some() {
-                let uid = others
-                    .iter()
-                    .find(|c| {
-                        c.metadata.namespace.as_deref() == Some(ns)
-                            && c.metadata.name.as_deref() == Some(claim.as_str())
-                    })
-                    .and_then(|c| c.metadata.uid.clone())
-                    .unwrap_or_default();
-                let within = decide::capacity::check_capacity(
-                    &label,
-                    &uid,
-                    &requested,
-                    ctx.node,
-                    &slices.items,
-                    &others,
-                )
-                .map_err(PluginError::refused)?;
-                for line in within {
-                    out.push(verdict(NAME, "capacity", VerdictOutcome::Pass, line));
-                }
-            }
             let (mut r, wrote, live) =
                 reserve(api, ns, &claim, entry, &requested, pod_name, pod_uid).await?;
             let wait_key = (r.claim_uid.clone(), pod_uid.to_string());
@@ -324,19 +455,7 @@ impl Plugin for DraPlugin {
             if let Some(w) = earlier {
                 r.allocation_written |= w.allocation_written;
             }
-            out.push(verdict(
-                NAME,
-                "reservation",
-                VerdictOutcome::Pass,
-                format!(
-                    "claim {label} {}",
-                    match (wrote, r.allocation_written) {
-                        (false, _) => "was already reserved for the pod",
-                        (true, true) => "allocated and reserved for the pod",
-                        (true, false) => "reserved for the pod",
-                    }
-                ),
-            ));
+            out.push(reservation_verdict(&label, wrote, r.allocation_written));
             let since = earlier.map_or_else(std::time::Instant::now, |w| w.since);
             let conditions =
                 binding_conditions(&label, &live, &requested, since, self.binding_timeout);
@@ -345,14 +464,9 @@ impl Plugin for DraPlugin {
             match conditions {
                 BindingConditions::NotDeclared => {}
                 BindingConditions::Met(lines) => {
-                    for line in lines {
-                        out.push(verdict(
-                            NAME,
-                            "binding conditions",
-                            VerdictOutcome::Pass,
-                            line,
-                        ));
-                    }
+                    out.extend(lines.into_iter().map(|line| {
+                        verdict(NAME, "binding conditions", VerdictOutcome::Pass, line)
+                    }));
                 }
                 // The rollback that follows clears the allocation this agent wrote, so the
                 // scheduler can allocate again (kube-scheduler does the same on giving up).
@@ -367,41 +481,15 @@ impl Plugin for DraPlugin {
                     )));
                 }
                 BindingConditions::Waiting { pending, remaining } => {
-                    let mut waits = self.waits();
-                    // Entries of requests deleted while they waited are never resumed:
-                    // forget them once no wait can last that long.
-                    let keep = self.binding_timeout * 2 + Duration::from_secs(60);
-                    waits.retain(|_, w| w.since.elapsed() < keep);
-                    waits.insert(
-                        wait_key,
-                        Waiting {
-                            allocation_written: written,
-                            since,
-                        },
-                    );
-                    drop(waits);
-                    waiting.push(format!("claim {label} ({})", pending.join(", ")));
-                    park_on.push(ParkedOn {
-                        namespace: ns.to_string(),
-                        name: claim.clone(),
-                        resource_version: live
-                            .metadata
-                            .resource_version
-                            .clone()
-                            .unwrap_or_default(),
-                    });
-                    shortest = Some(shortest.map_or(remaining, |s: Duration| s.min(remaining)));
+                    self.remember_wait(wait_key, written, since);
+                    waits.add(&label, ns, &claim, &live, &pending, remaining);
                 }
             }
         }
-        if let Some(remaining) = shortest {
-            return Err(PluginError::parked(Park {
-                claims: park_on,
-                waiting_for: format!("binding conditions: {}", waiting.join("; ")),
-                remaining,
-            }));
+        match waits.into_park() {
+            Some(park) => Err(PluginError::parked(park)),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
     async fn post_bind(&self, ctx: &BindContext<'_>, state: &BindState) {
