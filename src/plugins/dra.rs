@@ -369,10 +369,20 @@ fn parse_entry<'e>(
     Ok((entry, requested, claim))
 }
 
-/// The reservation's verdict.
-fn reservation_verdict(label: &str, wrote: bool, allocation_written: bool) -> Verdict {
+/// This plugin's verdict about a reservation.
+fn reserved_verdict(label: &str, wrote: bool, r: &ReservedClaim) -> Verdict {
+    reservation_verdict(NAME, label, wrote, r.allocation_written)
+}
+
+/// The reservation's verdict, for `plugin`.
+pub(crate) fn reservation_verdict(
+    plugin: &str,
+    label: &str,
+    wrote: bool,
+    allocation_written: bool,
+) -> Verdict {
     verdict(
-        NAME,
+        plugin,
         "reservation",
         VerdictOutcome::Pass,
         format!(
@@ -455,7 +465,7 @@ impl Plugin for DraPlugin {
             if let Some(w) = earlier {
                 r.allocation_written |= w.allocation_written;
             }
-            out.push(reservation_verdict(&label, wrote, r.allocation_written));
+            out.push(reserved_verdict(&label, wrote, &r));
             let since = earlier.map_or_else(std::time::Instant::now, |w| w.since);
             let conditions =
                 binding_conditions(&label, &live, &requested, since, self.binding_timeout);

@@ -29,7 +29,7 @@ use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::dra::extended::{self as decide, ClaimPlan};
 use crate::kubeapi::calls;
 use crate::kubeapi::{ApiError, call_as};
-use crate::plugins::dra::{DraApi, DraPlugin, DraSettings, Slices, reserve};
+use crate::plugins::dra::{DraApi, DraPlugin, DraSettings, Slices, reservation_verdict, reserve};
 use crate::plugins::gpu::GpuRuntime;
 
 const NAME: &str = "extended_resources";
@@ -97,78 +97,13 @@ impl Plugin for ExtendedResourcesPlugin {
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
 
         // The allocation is checked before any claim is read or written.
-        let mut slices = Slices::of_node(api, ctx.node_name).await?;
-        let mut gpus = None;
-        let checked = self
-            .dra
-            .verify_here(
-                api,
-                &format!("{ns}/{}", decide::claim_name(pod_name, pod_uid)),
-                &req.allocation,
-                ctx.node,
-                &mut slices,
-                &mut gpus,
-            )
+        let mut out = self
+            .check_allocation(api, ctx, &req, pod_name, pod_uid)
             .await?;
-        let mut out: Vec<Verdict> = checked
-            .into_iter()
-            .map(|line| verdict(NAME, "allocation", VerdictOutcome::Pass, line))
-            .collect();
-        // Device taints, as for every claim (KEP-5055): a driver may taint a device after
-        // scheduling. DeviceTaintRules are not read (see README, DRA).
-        let tainted = crate::dra::taints::check_device_taints(
-            &format!("{ns}/{}", decide::claim_name(pod_name, pod_uid)),
-            &req.allocation,
-            ctx.node,
-            &slices.items,
-            &[],
-        )
-        .map_err(PluginError::refused)?;
-        out.extend(
-            tainted
-                .into_iter()
-                .map(|line| verdict(NAME, "taints", VerdictOutcome::Pass, line)),
-        );
-        let (name, mut found) = find_claim(api, ctx.pod, ns, pod_name, pod_uid).await?;
+        let (name, found) = find_claim(api, ctx.pod, ns, pod_name, pod_uid).await?;
         let label = format!("{ns}/{name}");
 
-        let mut how = None;
-        for _ in 0..CONFLICT_TRIES {
-            match decide::plan_claim(found.as_ref(), ns, pod_name, pod_uid, &req) {
-                ClaimPlan::Use => {
-                    let uid = found
-                        .as_ref()
-                        .and_then(|c| c.metadata.uid.clone())
-                        .unwrap_or_default();
-                    how = Some(("found", uid));
-                    break;
-                }
-                ClaimPlan::Create(claim) => match create_claim(api, ns, &claim).await? {
-                    Some(created) => {
-                        how = Some(("created", created.metadata.uid.unwrap_or_default()));
-                        break;
-                    }
-                    // Created meanwhile (an answer lost to a timeout, or a restart): re-read.
-                    None => found = api.get_claim(ns, &name).await?,
-                },
-                ClaimPlan::RemoveStale(why) => {
-                    let uid = found
-                        .as_ref()
-                        .and_then(|c| c.metadata.uid.clone())
-                        .unwrap_or_default();
-                    remove_claim(api, ns, &name, &uid).await?;
-                    return Err(PluginError::transient(format!(
-                        "{why}; removed it, the next attempt creates it anew"
-                    )));
-                }
-                ClaimPlan::Refuse(why) => return Err(PluginError::refused(why)),
-            }
-        }
-        let Some((how, uid)) = how else {
-            return Err(PluginError::transient(format!(
-                "ResourceClaim {label} kept appearing and vanishing while creating it"
-            )));
-        };
+        let (how, uid) = obtain_claim(api, found, ns, &name, pod_name, pod_uid, &req).await?;
         state.slot::<ExtendedWrites>().claim = Some(UsedClaim {
             namespace: ns.into(),
             name: name.clone(),
@@ -191,18 +126,11 @@ impl Plugin for ExtendedResourcesPlugin {
             pod_uid,
         )
         .await?;
-        out.push(verdict(
+        out.push(reservation_verdict(
             NAME,
-            "reservation",
-            VerdictOutcome::Pass,
-            format!(
-                "claim {label} {}",
-                match (wrote, reserved.allocation_written) {
-                    (false, _) => "was already reserved for the pod",
-                    (true, true) => "allocated and reserved for the pod",
-                    (true, false) => "reserved for the pod",
-                }
-            ),
+            &label,
+            wrote,
+            reserved.allocation_written,
         ));
 
         let wrote = write_pod_status(api, ctx.pod, ns, pod_name, &name, &req.mappings).await?;
@@ -239,6 +167,108 @@ impl Plugin for ExtendedResourcesPlugin {
                 "could not remove the pod's extended-resource claim");
         }
     }
+}
+
+impl ExtendedResourcesPlugin {
+    /// The allocation's checks, as for every claim: for this node, devices published and
+    /// healthy, and no untolerated device taint (KEP-5055: a driver may taint a device after
+    /// scheduling; DeviceTaintRules are not read, see README, DRA).
+    async fn check_allocation(
+        &self,
+        api: &DraApi,
+        ctx: &BindContext<'_>,
+        req: &decide::ExtendedRequest,
+        pod_name: &str,
+        pod_uid: &str,
+    ) -> Result<Vec<Verdict>, PluginError> {
+        let ns = ctx.request.namespace.as_str();
+        let mut slices = Slices::of_node(api, ctx.node_name).await?;
+        let mut gpus = None;
+        let checked = self
+            .dra
+            .verify_here(
+                api,
+                &format!("{ns}/{}", decide::claim_name(pod_name, pod_uid)),
+                &req.allocation,
+                ctx.node,
+                &mut slices,
+                &mut gpus,
+            )
+            .await?;
+        let mut out: Vec<Verdict> = checked
+            .into_iter()
+            .map(|line| verdict(NAME, "allocation", VerdictOutcome::Pass, line))
+            .collect();
+        // Device taints, as for every claim (KEP-5055): a driver may taint a device after
+        // scheduling. DeviceTaintRules are not read (see README, DRA).
+        let tainted = crate::dra::taints::check_device_taints(
+            &format!("{ns}/{}", decide::claim_name(pod_name, pod_uid)),
+            &req.allocation,
+            ctx.node,
+            &slices.items,
+            &[],
+        )
+        .map_err(PluginError::refused)?;
+        out.extend(
+            tainted
+                .into_iter()
+                .map(|line| verdict(NAME, "taints", VerdictOutcome::Pass, line)),
+        );
+        Ok(out)
+    }
+}
+
+/// The pod's claim, found or created: how it was obtained ("found", "created") and its
+/// UID. A stale claim of the pod's is removed and the attempt retried (transient).
+async fn obtain_claim(
+    api: &DraApi,
+    found: Option<ResourceClaim>,
+    ns: &str,
+    name: &str,
+    pod_name: &str,
+    pod_uid: &str,
+    req: &decide::ExtendedRequest,
+) -> Result<(&'static str, String), PluginError> {
+    let label = format!("{ns}/{name}");
+    let mut found = found;
+    let mut how = None;
+    for _ in 0..CONFLICT_TRIES {
+        match decide::plan_claim(found.as_ref(), ns, pod_name, pod_uid, req) {
+            ClaimPlan::Use => {
+                let uid = found
+                    .as_ref()
+                    .and_then(|c| c.metadata.uid.clone())
+                    .unwrap_or_default();
+                how = Some(("found", uid));
+                break;
+            }
+            ClaimPlan::Create(claim) => match create_claim(api, ns, &claim).await? {
+                Some(created) => {
+                    how = Some(("created", created.metadata.uid.unwrap_or_default()));
+                    break;
+                }
+                // Created meanwhile (an answer lost to a timeout, or a restart): re-read.
+                None => found = api.get_claim(ns, name).await?,
+            },
+            ClaimPlan::RemoveStale(why) => {
+                let uid = found
+                    .as_ref()
+                    .and_then(|c| c.metadata.uid.clone())
+                    .unwrap_or_default();
+                remove_claim(api, ns, name, &uid).await?;
+                return Err(PluginError::transient(format!(
+                    "{why}; removed it, the next attempt creates it anew"
+                )));
+            }
+            ClaimPlan::Refuse(why) => return Err(PluginError::refused(why)),
+        }
+    }
+    let Some((how, uid)) = how else {
+        return Err(PluginError::transient(format!(
+            "ResourceClaim {label} kept appearing and vanishing while creating it"
+        )));
+    };
+    Ok((how, uid))
 }
 
 /// The pod's claim name and the live claim of that name, if any: the claim the pod status
