@@ -1,7 +1,9 @@
 //! bindlet: a node-local binding agent for KAI-Scheduler BindRequests.
 //!
-//! Decisions are pure functions over snapshots (`binding`, `plugins`); the
-//! effects layer (`agent`) is the only code that talks to the API server.
+//! Decisions are pure functions over snapshots (`binding`, `node`, `gpu`, `volume`, `dra`,
+//! `numa`); `kubeapi` is the one door to the API server, used by the plugins' adapters
+//! (`plugins`), the agent (`agent`) and the diagnostics' own reviews. The modules form
+//! layers (README, Architecture; checked by `tests/module_layers.rs`).
 
 pub mod agent;
 pub mod bench;
