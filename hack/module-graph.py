@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
-"""The import graph between the top-level modules of the bindlet crate (src/*.rs and
-src/*/ that are not member crates), from `crate::<module>` paths outside comments. Prints
+"""The import graph between the top-level modules of one crate (default src, the bindlet
+crate; src/agent for bindlet-agent), skipping folders that are crates of their own, from
+`crate::<module>` paths outside comments. Prints
 every edge with the files that make it, then the cycles (strongly connected components of
 more than one module). Exit status 1 when there is a cycle.
 
 Crates of the workspace are kept apart by Cargo itself (`cargo tree`); this covers the
 modules inside the one crate that is not split further.
 
-    hack/module-graph.py
+    hack/module-graph.py [CRATE_DIR]
 """
 import collections
 import pathlib
 import re
 import sys
 
-SRC = pathlib.Path("src")
+SRC = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "src")
 MEMBER_CRATES = {p.parent.name for p in SRC.glob("*/Cargo.toml")}
 
 

@@ -1,57 +1,125 @@
 //! The architecture, checked: the crates of the workspace and the top-level modules of the
-//! `bindlet` crate form layers, and code may only import from layers below its own (README,
-//! Architecture). Cargo already refuses a cycle between crates; this test also refuses an
+//! `bindlet-agent` and `bindlet` crates form layers, and code may only import from layers
+//! below its own (README, Architecture). Cargo already refuses a cycle between crates; this test also refuses an
 //! upward edge between crates and any edge between modules that the table below does not
 //! allow, so the layering cannot erode one `use` at a time.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// The top-level modules of the `bindlet` crate, bottom layer first. A module may import
-/// (`crate::<module>`) only modules of lower layers.
-const LAYERS: &[&[&str]] = &[
-    // Pure rules and the one door to the API server.
-    &["binding", "kubeapi", "volume"],
-    // Pure decisions over local facts, and the diagnostics recorder.
-    &["gpu", "node", "diag"],
-    &["dra", "numa"],
-    // Plugins: each one's API adapter over the decisions above.
-    &["plugins"],
-    // The agent: watches, queue, workers, Lease.
-    &["agent"],
-    // What runs the agent or talks to a cluster for a person.
-    &["bench", "demo", "manual"],
-    &["cli"],
+/// The top-level modules of each crate that has several, bottom layer first: a module may
+/// import (`crate::<module>`) only modules of lower layers of its crate. Names a crate
+/// re-exports from the crates below it (`api`, `sim`, `agent`, ...) are below everything.
+const CRATE_LAYERS: &[(&str, &[&[&str]])] = &[
+    (
+        "src/agent",
+        &[
+            // Pure rules and the one door to the API server.
+            &["binding", "kubeapi", "volume"],
+            // Pure decisions over local facts, and the diagnostics recorder.
+            &["gpu", "node", "diag"],
+            &["dra", "numa"],
+            // Plugins: each one's API adapter over the decisions above.
+            &["plugins"],
+            // The agent: watches, queue, workers, Lease.
+            &["daemon"],
+        ],
+    ),
+    (
+        "src",
+        &[
+            // What runs the agent or talks to a cluster for a person.
+            &["bench", "demo", "manual"],
+            &["cli"],
+        ],
+    ),
 ];
 
-/// The crates of the workspace, bottom first, with the workspace crates each may use.
-const CRATES: &[(&str, &[&str])] = &[
-    ("src/api", &[]),
-    ("src/sim", &["bindlet-api"]),
-    (".", &["bindlet-api", "bindlet-sim"]),
+/// The crates of the workspace, bottom first: the workspace crates each may use, and those
+/// it may use in its tests only.
+const CRATES: &[(&str, &[&str], &[&str])] = &[
+    ("src/api", &[], &[]),
+    ("src/sim", &["bindlet-api"], &[]),
+    // The pod-resources client is tested against the simulated kubelet's server.
+    ("src/agent", &["bindlet-api"], &["bindlet-sim"]),
+    (".", &["bindlet-agent", "bindlet-api", "bindlet-sim"], &[]),
 ];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn layer_of(module: &str) -> Option<usize> {
-    LAYERS.iter().position(|l| l.contains(&module))
+/// The source without comments and string or char literals, so a doc link or a message
+/// naming a higher module is not an import.
+fn code(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == 'r' && matches!(next, Some('"' | '#')) && !ident_before(&chars, i) {
+            // Raw string: r"..." or r#"..."#.
+            let hashes = chars[i + 1..].iter().take_while(|&&h| h == '#').count();
+            if chars.get(i + 1 + hashes) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            i += 2 + hashes;
+            while i < chars.len() {
+                if chars[i] == '"' && chars[i + 1..].iter().take(hashes).all(|&h| h == '#') {
+                    i += 1 + hashes;
+                    break;
+                }
+                i += 1;
+            }
+            out.push_str("\"\"");
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if c == '\'' && (chars.get(i + 2) == Some(&'\'') || next == Some('\\')) {
+            // A char literal ('x' or an escape), not a lifetime.
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("' '");
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
 }
 
-/// The source without comments, so a doc link to a higher module is not an import.
-fn code(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("/*") {
-        out.push_str(&rest[..i]);
-        rest = rest[i..].find("*/").map_or("", |j| &rest[i + j + 2..]);
-    }
-    out.push_str(rest);
-    out.lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
+fn ident_before(chars: &[char], i: usize) -> bool {
+    i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')
 }
 
 /// The modules `text` names as `crate::<module>` or inside `crate::{...}`.
@@ -100,83 +168,90 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn every_module_imports_only_from_layers_below_it() {
-    let src = root().join("src");
-    let member_crates: BTreeSet<String> = CRATES
-        .iter()
-        .filter(|(dir, _)| *dir != ".")
-        .filter_map(|(dir, _)| dir.strip_prefix("src/").map(str::to_string))
-        .collect();
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut violations = Vec::new();
-    let mut seen = BTreeSet::new();
-    for file in files {
-        let rel = file.strip_prefix(&src).expect("under src");
-        let first = rel.iter().next().and_then(|c| c.to_str()).unwrap_or("");
-        let module = first.trim_end_matches(".rs");
-        if member_crates.contains(module) || module == "lib" || module == "main" {
-            continue;
-        }
-        seen.insert(module.to_string());
-        let Some(own) = layer_of(module) else {
-            violations.push(format!("module {module} is in no layer of LAYERS"));
-            continue;
-        };
-        let text = std::fs::read_to_string(&file).expect("read");
-        for target in imported(&code(&text)) {
-            if target == module {
+    for (dir, layers) in CRATE_LAYERS {
+        let crate_root = root().join(dir);
+        let layer_of = |m: &str| layers.iter().position(|l| l.contains(&m));
+        // Directories of other crates inside this one's folder (src/agent inside src).
+        let nested: BTreeSet<String> = std::fs::read_dir(&crate_root)
+            .expect("read crate dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("Cargo.toml").exists())
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            .collect();
+        let mut files = Vec::new();
+        rust_files(&crate_root, &mut files);
+        let mut seen = BTreeSet::new();
+        for file in files {
+            let rel = file.strip_prefix(&crate_root).expect("under the crate");
+            let first = rel.iter().next().and_then(|c| c.to_str()).unwrap_or("");
+            let module = first.trim_end_matches(".rs");
+            if nested.contains(module) || matches!(module, "lib" | "main") {
                 continue;
             }
-            // `crate::api` and `crate::sim` are the member crates, re-exported by lib.rs.
-            if member_crates.contains(&target) {
+            seen.insert(module.to_string());
+            let Some(own) = layer_of(module) else {
+                violations.push(format!("{dir}: module {module} is in no layer"));
                 continue;
-            }
-            match layer_of(&target) {
-                Some(t) if t < own => {}
-                Some(_) => violations.push(format!(
-                    "{} imports crate::{target}, which is not in a layer below {module}",
-                    rel.display()
-                )),
-                None => violations.push(format!(
-                    "{} imports crate::{target}, a module in no layer",
-                    rel.display()
-                )),
+            };
+            let text = std::fs::read_to_string(&file).expect("read");
+            for target in imported(&code(&text)) {
+                if target == module {
+                    continue;
+                }
+                match layer_of(&target) {
+                    Some(t) if t < own => {}
+                    Some(_) => violations.push(format!(
+                        "{dir}/{} imports crate::{target}, which is not in a layer below {module}",
+                        rel.display()
+                    )),
+                    // Not a module of this crate: a name re-exported from a crate below.
+                    None => {}
+                }
             }
         }
-    }
-    let listed: BTreeSet<String> = LAYERS
-        .iter()
-        .flat_map(|l| l.iter().map(|m| m.to_string()))
-        .collect();
-    for gone in listed.difference(&seen) {
-        violations.push(format!(
-            "LAYERS lists {gone}, which is not a module any more"
-        ));
+        for layer in layers.iter() {
+            for m in layer.iter() {
+                if !seen.contains(*m) {
+                    violations.push(format!("{dir}: the layers list {m}, which is not a module"));
+                }
+            }
+        }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
 
 #[test]
 fn each_crate_uses_only_the_workspace_crates_below_it() {
-    for (dir, allowed) in CRATES {
-        let manifest =
-            std::fs::read_to_string(root().join(dir).join("Cargo.toml")).expect("read Cargo.toml");
-        let deps = manifest
+    let workspace_deps = |manifest: &str, sections: &[&str]| -> BTreeSet<String> {
+        manifest
             .split("\n[")
-            .filter(|section| {
-                section.starts_with("dependencies]")
-                    || section.starts_with("dev-dependencies]")
-                    || section.starts_with("build-dependencies]")
-            })
+            .filter(|section| sections.iter().any(|s| section.starts_with(s)))
             .flat_map(str::lines)
             .filter_map(|l| l.split(['=', '.']).next())
             .map(str::trim)
             .filter(|name| name.starts_with("bindlet"))
-            .collect::<BTreeSet<_>>();
-        let allowed: BTreeSet<&str> = allowed.iter().copied().collect();
+            .map(str::to_string)
+            .collect()
+    };
+    for (dir, allowed, for_tests) in CRATES {
+        let manifest =
+            std::fs::read_to_string(root().join(dir).join("Cargo.toml")).expect("read Cargo.toml");
+        let deps = workspace_deps(&manifest, &["dependencies]", "build-dependencies]"]);
+        let allowed: BTreeSet<String> = allowed.iter().map(|s| s.to_string()).collect();
         assert!(
             deps.is_subset(&allowed),
             "{dir} uses {deps:?}; only {allowed:?} lie below it"
+        );
+        let dev = workspace_deps(&manifest, &["dev-dependencies]"]);
+        let dev_allowed: BTreeSet<String> = allowed
+            .iter()
+            .cloned()
+            .chain(for_tests.iter().map(|s| s.to_string()))
+            .collect();
+        assert!(
+            dev.is_subset(&dev_allowed),
+            "{dir}'s tests use {dev:?}; only {dev_allowed:?} are allowed"
         );
     }
 }
@@ -185,7 +260,7 @@ fn each_crate_uses_only_the_workspace_crates_below_it() {
 fn the_core_decisions_need_no_api_client() {
     // The pure layers name no kube client, watch or runtime type: their inputs are
     // snapshots. (kube's derive and k8s-openapi types are data and allowed.)
-    let src = root().join("src");
+    let src = root().join("src/agent");
     let mut violations = Vec::new();
     for module in ["binding", "volume", "node", "dra", "numa"] {
         let mut files = Vec::new();

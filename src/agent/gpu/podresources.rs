@@ -104,7 +104,7 @@ mod tests {
     //! test lives with the client rather than with the server.
     use super::*;
     use crate::gpu::podresources;
-    use crate::sim::podresources_server::{
+    use bindlet_sim::podresources_server::{
         Answer, INTERNAL, ListedPod, UNIMPLEMENTED, list_response, serve,
     };
     use hyper_util::rt::{TokioExecutor, TokioIo};
