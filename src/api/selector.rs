@@ -12,7 +12,8 @@ pub fn node_selector_matches(sel: &NodeSelector, node: &Node) -> bool {
         .any(|t| term_matches(t, node).is_ok())
 }
 
-fn node_label<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
+/// The value of the node's label `key`, if it has one.
+pub fn node_label<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
     node.metadata
         .labels
         .as_ref()

@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm, Pod};
 
-use crate::api::selector::{describe_requirement, term_matches};
+use crate::api::selector::{describe_requirement, node_label, term_matches};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::CheckMode;
 use crate::binding::verdict;
@@ -168,14 +168,6 @@ fn ready_verdict(node: &Node) -> Verdict {
             "node reports no Ready condition".into(),
         ),
     }
-}
-
-fn node_label<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
-    node.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(key))
-        .map(String::as_str)
 }
 
 fn node_selector_verdict(pod: &Pod, node: &Node) -> Verdict {

@@ -40,6 +40,20 @@ pub struct ListedPod {
 /// devices has one `ContainerDevices` entry for `resource`, or, when `numa` knows the
 /// devices' NUMA nodes, one entry per device with its topology (the kubelet reports
 /// topology per device instance).
+impl ListedPod {
+    /// A pod with `containers` as (name, device IDs) pairs.
+    pub fn new(namespace: &str, name: &str, containers: &[(&str, &[&str])]) -> Self {
+        ListedPod {
+            namespace: namespace.into(),
+            name: name.into(),
+            containers: containers
+                .iter()
+                .map(|(c, ids)| (c.to_string(), ids.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        }
+    }
+}
+
 pub fn list_response(
     resource: &str,
     pods: &[ListedPod],
@@ -179,14 +193,7 @@ mod tests {
     use bindlet_api::podresources::decode_list_response;
 
     fn pod(ns: &str, name: &str, containers: &[(&str, &[&str])]) -> ListedPod {
-        ListedPod {
-            namespace: ns.into(),
-            name: name.into(),
-            containers: containers
-                .iter()
-                .map(|(c, ids)| (c.to_string(), ids.iter().map(|s| s.to_string()).collect()))
-                .collect(),
-        }
+        ListedPod::new(ns, name, containers)
     }
 
     #[test]

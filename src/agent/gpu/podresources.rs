@@ -113,14 +113,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     fn pod(ns: &str, name: &str, containers: &[(&str, &[&str])]) -> ListedPod {
-        ListedPod {
-            namespace: ns.into(),
-            name: name.into(),
-            containers: containers
-                .iter()
-                .map(|(c, ids)| (c.to_string(), ids.iter().map(|s| s.to_string()).collect()))
-                .collect(),
-        }
+        ListedPod::new(ns, name, containers)
     }
 
     fn start(dir: &std::path::Path, answer: Answer) -> (std::path::PathBuf, CancellationToken) {
