@@ -618,9 +618,11 @@ fn spawn_plugin_loops(tasks: &mut JoinSet<()>, p: PluginLoops<'_>) -> Result<(),
             Some(socket) => {
                 tasks.spawn(plugins::numa::publish_loop(
                     plugins::numa::PlacementPublisher {
-                        client: client.clone(),
-                        timeout: cfg.api_timeout,
-                        diag: stats.diag.clone(),
+                        kube: crate::kubeapi::Kube::new(
+                            client.clone(),
+                            cfg.api_timeout,
+                            stats.diag.clone(),
+                        ),
                         socket,
                         sysfs_root: numa_args.sysfs_root.clone(),
                         period: numa_args.numa_placement_period,

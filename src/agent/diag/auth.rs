@@ -13,7 +13,7 @@ use k8s_openapi::api::authorization::v1::{
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::kubeapi::call_as;
+use crate::kubeapi::Kube;
 use crate::kubeapi::calls::{CREATE_SUBJECT_ACCESS_REVIEW, CREATE_TOKEN_REVIEW};
 
 use super::Recorder;
@@ -33,17 +33,13 @@ pub enum Decision {
 /// Checks bearer tokens against the API server.
 #[derive(Clone)]
 pub struct KubeAuth {
-    client: Client,
-    timeout: Duration,
-    diag: Arc<Recorder>,
+    kube: Kube,
 }
 
 impl KubeAuth {
     pub fn new(client: Client, timeout: Duration, diag: Arc<Recorder>) -> Self {
         KubeAuth {
-            client,
-            timeout,
-            diag,
+            kube: Kube::new(client, timeout, diag),
         }
     }
 
@@ -58,15 +54,12 @@ impl KubeAuth {
             },
             ..Default::default()
         };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let api: Api<TokenReview> = Api::all(self.kube.client.clone());
         let pp = PostParams::default();
-        let answer = call_as(
-            &self.diag,
-            CREATE_TOKEN_REVIEW,
-            self.timeout,
-            api.create(&pp, &review),
-        )
-        .await;
+        let answer = self
+            .kube
+            .call(CREATE_TOKEN_REVIEW, api.create(&pp, &review))
+            .await;
         let status = match answer {
             Ok(r) => r.status.unwrap_or_default(),
             Err(e) => return Decision::Unavailable(format!("TokenReview: {e}")),
@@ -89,14 +82,11 @@ impl KubeAuth {
             },
             ..Default::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = call_as(
-            &self.diag,
-            CREATE_SUBJECT_ACCESS_REVIEW,
-            self.timeout,
-            api.create(&pp, &sar),
-        )
-        .await;
+        let api: Api<SubjectAccessReview> = Api::all(self.kube.client.clone());
+        let answer = self
+            .kube
+            .call(CREATE_SUBJECT_ACCESS_REVIEW, api.create(&pp, &sar))
+            .await;
         match answer {
             Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => Decision::Allowed,
             Ok(_) => Decision::Forbidden,

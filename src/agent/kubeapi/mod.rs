@@ -15,6 +15,52 @@ use thiserror::Error;
 
 pub use calls::ApiCall;
 
+/// What every piece of code that talks to the server holds: the client, the agent's
+/// per-call timeout and the observer that counts each call. One type instead of a
+/// `{client, timeout, recorder}` triple per plugin.
+#[derive(Clone)]
+pub struct Kube {
+    pub client: Client,
+    pub timeout: Duration,
+    pub observer: Arc<dyn CallObserver>,
+}
+
+impl Kube {
+    pub fn new(client: Client, timeout: Duration, observer: Arc<dyn CallObserver>) -> Self {
+        Kube {
+            client,
+            timeout,
+            observer,
+        }
+    }
+
+    /// [`call_as`] with this handle's timeout and observer.
+    pub async fn call<T>(
+        &self,
+        what: ApiCall,
+        fut: impl std::future::Future<Output = Result<T, KubeError>>,
+    ) -> Result<T, ApiError> {
+        call_as(&*self.observer, what, self.timeout, fut).await
+    }
+
+    /// [`call_opt_as`] with this handle's timeout and observer.
+    pub async fn call_opt<T>(
+        &self,
+        what: ApiCall,
+        fut: impl std::future::Future<Output = Result<Option<T>, KubeError>>,
+    ) -> Result<Option<T>, ApiError> {
+        call_opt_as(&*self.observer, what, self.timeout, fut).await
+    }
+}
+
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why no client could be made.
 #[derive(Debug, Error)]
 pub enum ConnectError {

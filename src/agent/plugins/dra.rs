@@ -39,7 +39,7 @@ use crate::dra::conditions::BindingConditions;
 use crate::dra::{self as decide, Reservation};
 use crate::gpu::GpuSnapshot;
 use crate::kubeapi::calls;
-use crate::kubeapi::{ApiError, call_as, send_unread};
+use crate::kubeapi::{ApiError, Kube, send_unread};
 use crate::plugins::gpu::GpuRuntime;
 
 const NAME: &str = "dra";
@@ -86,9 +86,7 @@ impl Default for DraSettings {
 /// The API client the plugin uses, with the agent's per-call timeout.
 #[derive(Clone)]
 pub struct DraApi {
-    pub(crate) client: kube::Client,
-    pub(crate) timeout: Duration,
-    pub(crate) diag: Arc<crate::diag::Recorder>,
+    pub(crate) kube: Kube,
     /// The agent's watch-backed cache of this node's ResourceSlices (`spec.nodeName`), so a
     /// bind reads them for free; `None` (e.g. outside the agent) lists them per bind.
     node_slices: Option<Store<ResourceSlice>>,
@@ -97,9 +95,7 @@ pub struct DraApi {
 impl DraApi {
     pub fn new(client: kube::Client, timeout: Duration, diag: Arc<crate::diag::Recorder>) -> Self {
         DraApi {
-            client,
-            timeout,
-            diag,
+            kube: Kube::new(client, timeout, diag),
             node_slices: None,
         }
     }
@@ -130,7 +126,7 @@ impl DraApi {
 impl std::fmt::Debug for DraApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DraApi")
-            .field("timeout", &self.timeout)
+            .field("kube", &self.kube)
             .finish_non_exhaustive()
     }
 }
@@ -664,16 +660,15 @@ impl DraApi {
     /// Every ResourceClaim (the capacity check needs the claims allocated on this node's
     /// shared devices; a claim names no node to select it by).
     async fn list_claims(&self) -> Result<Vec<ResourceClaim>, PluginError> {
-        let api: Api<ResourceClaim> = Api::all(self.client.clone());
-        call_as(
-            &self.diag,
-            calls::LIST_RESOURCE_CLAIMS,
-            self.timeout,
-            api.list(&ListParams::default()),
-        )
-        .await
-        .map(|l| l.items)
-        .map_err(|e| PluginError::transient(format!("listing ResourceClaims: {e}")))
+        let api: Api<ResourceClaim> = Api::all(self.kube.client.clone());
+        self.kube
+            .call(
+                calls::LIST_RESOURCE_CLAIMS,
+                api.list(&ListParams::default()),
+            )
+            .await
+            .map(|l| l.items)
+            .map_err(|e| PluginError::transient(format!("listing ResourceClaims: {e}")))
     }
 
     pub(crate) async fn get_claim(
@@ -681,15 +676,11 @@ impl DraApi {
         ns: &str,
         name: &str,
     ) -> Result<Option<ResourceClaim>, PluginError> {
-        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
-        call_as(
-            &self.diag,
-            calls::GET_RESOURCE_CLAIM,
-            self.timeout,
-            api.get_opt(name),
-        )
-        .await
-        .map_err(|e| PluginError::transient(format!("reading ResourceClaim {ns}/{name}: {e}")))
+        let api: Api<ResourceClaim> = Api::namespaced(self.kube.client.clone(), ns);
+        self.kube
+            .call(calls::GET_RESOURCE_CLAIM, api.get_opt(name))
+            .await
+            .map_err(|e| PluginError::transient(format!("reading ResourceClaim {ns}/{name}: {e}")))
     }
 
     /// This node's slices (`spec.nodeName`), or all of them.
@@ -697,20 +688,16 @@ impl DraApi {
         &self,
         node: Option<&str>,
     ) -> Result<Vec<Arc<ResourceSlice>>, PluginError> {
-        let api: Api<ResourceSlice> = Api::all(self.client.clone());
+        let api: Api<ResourceSlice> = Api::all(self.kube.client.clone());
         let lp = match node {
             Some(n) => ListParams::default().fields(&format!("spec.nodeName={n}")),
             None => ListParams::default(),
         };
-        call_as(
-            &self.diag,
-            calls::LIST_RESOURCE_SLICES,
-            self.timeout,
-            api.list(&lp),
-        )
-        .await
-        .map(|l| l.items.into_iter().map(Arc::new).collect())
-        .map_err(|e| PluginError::transient(format!("listing ResourceSlices: {e}")))
+        self.kube
+            .call(calls::LIST_RESOURCE_SLICES, api.list(&lp))
+            .await
+            .map(|l| l.items.into_iter().map(Arc::new).collect())
+            .map_err(|e| PluginError::transient(format!("listing ResourceSlices: {e}")))
     }
 
     /// PUT of the claim's status, guarded by the resourceVersion it carries. `false` when the
@@ -722,7 +709,7 @@ impl DraApi {
         name: &str,
         claim: &ResourceClaim,
     ) -> Result<bool, PluginError> {
-        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<ResourceClaim> = Api::namespaced(self.kube.client.clone(), ns);
         // The updated claim in the answer is not needed (a retry re-reads), so it is not
         // decoded.
         let request = serde_json::to_vec(claim)
@@ -732,13 +719,13 @@ impl DraApi {
                     .replace_subresource("status", name, &PostParams::default(), body)
                     .map_err(kube::Error::BuildRequest)
             });
-        match call_as(
-            &self.diag,
-            calls::UPDATE_RESOURCE_CLAIM_STATUS,
-            self.timeout,
-            send_unread(&self.client, request),
-        )
-        .await
+        match self
+            .kube
+            .call(
+                calls::UPDATE_RESOURCE_CLAIM_STATUS,
+                send_unread(&self.kube.client, request),
+            )
+            .await
         {
             Ok(()) => Ok(true),
             Err(ApiError::Status {

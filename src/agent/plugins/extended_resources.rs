@@ -27,8 +27,8 @@ use serde_json::json;
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::dra::extended::{self as decide, ClaimPlan};
+use crate::kubeapi::ApiError;
 use crate::kubeapi::calls;
-use crate::kubeapi::{ApiError, call_as};
 use crate::plugins::dra::{DraApi, DraPlugin, DraSettings, Slices, reservation_verdict, reserve};
 use crate::plugins::gpu::GpuRuntime;
 
@@ -317,17 +317,17 @@ async fn create_claim(
     ns: &str,
     claim: &ResourceClaim,
 ) -> Result<Option<ResourceClaim>, PluginError> {
-    let claims: Api<ResourceClaim> = Api::namespaced(api.client.clone(), ns);
+    let claims: Api<ResourceClaim> = Api::namespaced(api.kube.client.clone(), ns);
     let name = claim.metadata.name.as_deref().unwrap_or("");
     let mut created = None;
-    let r = call_as(
-        &api.diag,
-        calls::CREATE_RESOURCE_CLAIM,
-        api.timeout,
-        claims.create(&PostParams::default(), claim),
-    )
-    .await
-    .map(|c| created = Some(c));
+    let r = api
+        .kube
+        .call(
+            calls::CREATE_RESOURCE_CLAIM,
+            claims.create(&PostParams::default(), claim),
+        )
+        .await
+        .map(|c| created = Some(c));
     if written(r, &format!("creating ResourceClaim {ns}/{name}"))? {
         Ok(created)
     } else {
@@ -387,8 +387,9 @@ async fn clear_pod_status(
 }
 
 async fn get_pod(api: &DraApi, ns: &str, name: &str) -> Result<Option<Pod>, PluginError> {
-    let pods: Api<Pod> = Api::namespaced(api.client.clone(), ns);
-    call_as(&api.diag, calls::GET_POD, api.timeout, pods.get_opt(name))
+    let pods: Api<Pod> = Api::namespaced(api.kube.client.clone(), ns);
+    api.kube
+        .call(calls::GET_POD, pods.get_opt(name))
         .await
         .map_err(|e| PluginError::transient(format!("reading pod {ns}/{name}: {e}")))
 }
@@ -402,19 +403,19 @@ async fn patch_pod_status(
     pod_name: &str,
     value: Option<PodExtendedResourceClaimStatus>,
 ) -> Result<bool, PluginError> {
-    let pods: Api<Pod> = Api::namespaced(api.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(api.kube.client.clone(), ns);
     let body = json!({
         "metadata": { "resourceVersion": pod.metadata.resource_version },
         "status": { "extendedResourceClaimStatus": value },
     });
-    let r = call_as(
-        &api.diag,
-        calls::PATCH_POD_STATUS,
-        api.timeout,
-        pods.patch_status(pod_name, &PatchParams::default(), &Patch::Merge(&body)),
-    )
-    .await
-    .map(drop);
+    let r = api
+        .kube
+        .call(
+            calls::PATCH_POD_STATUS,
+            pods.patch_status(pod_name, &PatchParams::default(), &Patch::Merge(&body)),
+        )
+        .await
+        .map(drop);
     written(r, &format!("writing pod {ns}/{pod_name} status"))
 }
 
@@ -424,7 +425,7 @@ async fn patch_pod_status(
 /// first is kube-scheduler's order: a claim deleted with it would stay Terminating while
 /// reservedFor names the pod, since the resourceclaim controller keeps the finalizer then.
 async fn remove_claim(api: &DraApi, ns: &str, name: &str, uid: &str) -> Result<(), PluginError> {
-    let claims: Api<ResourceClaim> = Api::namespaced(api.client.clone(), ns);
+    let claims: Api<ResourceClaim> = Api::namespaced(api.kube.client.clone(), ns);
     for _ in 0..CONFLICT_TRIES {
         let Some(live) = api.get_claim(ns, name).await? else {
             return Ok(());
@@ -440,14 +441,14 @@ async fn remove_claim(api: &DraApi, ns: &str, name: &str, uid: &str) -> Result<(
                     "finalizers": if rest.is_empty() { None } else { Some(rest) },
                 }
             });
-            let r = call_as(
-                &api.diag,
-                calls::PATCH_RESOURCE_CLAIM,
-                api.timeout,
-                claims.patch(name, &PatchParams::default(), &Patch::Merge(&body)),
-            )
-            .await
-            .map(drop);
+            let r = api
+                .kube
+                .call(
+                    calls::PATCH_RESOURCE_CLAIM,
+                    claims.patch(name, &PatchParams::default(), &Patch::Merge(&body)),
+                )
+                .await
+                .map(drop);
             if !written(
                 r,
                 &format!("removing the finalizer of ResourceClaim {ns}/{name}"),
@@ -466,14 +467,11 @@ async fn remove_claim(api: &DraApi, ns: &str, name: &str, uid: &str) -> Result<(
             }),
             ..DeleteParams::default()
         };
-        let r = call_as(
-            &api.diag,
-            calls::DELETE_RESOURCE_CLAIM,
-            api.timeout,
-            claims.delete(name, &dp),
-        )
-        .await
-        .map(drop);
+        let r = api
+            .kube
+            .call(calls::DELETE_RESOURCE_CLAIM, claims.delete(name, &dp))
+            .await
+            .map(drop);
         match r {
             Err(ApiError::Status { code: 404, .. }) => return Ok(()),
             r => {

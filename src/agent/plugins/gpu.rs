@@ -52,19 +52,18 @@ pub trait NodePods: Send + Sync {
 
 /// Lists `spec.nodeName=<node>` pods from the API server: one request, this node only.
 pub struct ApiNodePods {
-    pub client: Client,
+    pub kube: crate::kubeapi::Kube,
     pub node: String,
-    pub timeout: Duration,
-    pub diag: Arc<crate::diag::Recorder>,
 }
 
 #[async_trait::async_trait]
 impl NodePods for ApiNodePods {
     async fn list(&self) -> Result<Vec<Pod>, String> {
-        let api: Api<Pod> = Api::all(self.client.clone());
+        let api: Api<Pod> = Api::all(self.kube.client.clone());
         let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
         let what = crate::kubeapi::calls::LIST_PODS;
-        crate::kubeapi::call_as(&self.diag, what, self.timeout, api.list(&lp))
+        self.kube
+            .call(what, api.list(&lp))
             .await
             .map(|l| l.items)
             .map_err(|e| format!("listing the pods on this node: {e}"))
@@ -310,10 +309,8 @@ pub fn ensure_runtime(
         Err(e) => Arc::new(Unavailable(e.to_string())) as Arc<dyn GpuInventory>,
     };
     let pods = Arc::new(ApiNodePods {
-        client: client.clone(),
+        kube: crate::kubeapi::Kube::new(client.clone(), timeout, diag),
         node: node.to_string(),
-        timeout,
-        diag,
     });
     let mut rt = GpuRuntime::new(inventory, pods, Some(tx));
     if let Some(path) = &a.kubelet_pod_resources_socket {

@@ -38,7 +38,7 @@ use crate::gpu::sharing::{
 };
 use crate::gpu::verdict::GPU_RESOURCE;
 use crate::kubeapi::calls;
-use crate::kubeapi::{ApiError, call_as, call_opt_as};
+use crate::kubeapi::{ApiError, Kube};
 
 use super::CheckMode;
 use super::gpu::{DeviceAssignments, GpuRuntime, NodePods};
@@ -202,10 +202,8 @@ impl GroupLocks {
 /// The plugin's API access and the node-wide state it shares with garbage collection.
 #[derive(Clone)]
 pub struct SharingApi {
-    client: kube::Client,
+    kube: Kube,
     node: String,
-    timeout: Duration,
-    diag: Arc<crate::diag::Recorder>,
     pods: Arc<dyn NodePods>,
     assignments: Option<Arc<dyn DeviceAssignments>>,
     pub locks: Arc<GroupLocks>,
@@ -217,12 +215,13 @@ impl SharingApi {
     /// The reservation pods on this node: `scope`'s namespace and app label, this node's
     /// `spec.nodeName`.
     async fn reservation_pods(&self, scope: &ReservationScope) -> Result<Vec<Pod>, String> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &scope.namespace);
+        let api: Api<Pod> = Api::namespaced(self.kube.client.clone(), &scope.namespace);
         let lp = ListParams::default()
             .labels(&format!("app={}", scope.app_label))
             .fields(&format!("spec.nodeName={}", self.node));
         let what = crate::kubeapi::calls::LIST_PODS;
-        crate::kubeapi::call_as(&self.diag, what, self.timeout, api.list(&lp))
+        self.kube
+            .call(what, api.list(&lp))
             .await
             .map(|l| l.items)
             .map_err(|e| format!("listing the reservation pods on this node: {e}"))
@@ -233,7 +232,7 @@ impl std::fmt::Debug for SharingApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharingApi")
             .field("node", &self.node)
-            .field("timeout", &self.timeout)
+            .field("kube", &self.kube)
             .finish_non_exhaustive()
     }
 }
@@ -246,20 +245,17 @@ impl SharingApi {
         diag: Arc<crate::diag::Recorder>,
         socket: Option<std::path::PathBuf>,
     ) -> Self {
+        let kube = Kube::new(client, timeout, diag);
         let pods = Arc::new(super::gpu::ApiNodePods {
-            client: client.clone(),
+            kube: kube.clone(),
             node: node.to_string(),
-            timeout,
-            diag: diag.clone(),
         });
         let assignments = socket.map(|path| {
             Arc::new(super::gpu::SocketAssignments { path, timeout }) as Arc<dyn DeviceAssignments>
         });
         SharingApi {
-            client,
+            kube,
             node: node.to_string(),
-            timeout,
-            diag,
             pods,
             assignments,
             locks: Arc::default(),
@@ -290,17 +286,13 @@ impl SharingApi {
     }
 
     fn pods_in(&self, ns: &str) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), ns)
+        Api::namespaced(self.kube.client.clone(), ns)
     }
 
     async fn get_pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, ApiError> {
-        call_opt_as(
-            &self.diag,
-            calls::GET_POD,
-            self.timeout,
-            self.pods_in(ns).get_opt(name),
-        )
-        .await
+        self.kube
+            .call_opt(calls::GET_POD, self.pods_in(ns).get_opt(name))
+            .await
     }
 
     /// Deletes a pod if it is still the one with `uid`; gone already is success.
@@ -313,13 +305,10 @@ impl SharingApi {
             }),
             ..Default::default()
         };
-        match call_as(
-            &self.diag,
-            calls::DELETE_POD,
-            self.timeout,
-            self.pods_in(ns).delete(name, &dp),
-        )
-        .await
+        match self
+            .kube
+            .call(calls::DELETE_POD, self.pods_in(ns).delete(name, &dp))
+            .await
         {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.code(), Some(404) | Some(409)) => Ok(()),
@@ -497,13 +486,13 @@ impl GpuSharingPlugin {
         let ns = &self.args.reservation_namespace;
         let pod = decide::reservation::pod(&self.args.pod_settings(), &api.node, group, source);
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let created = call_as(
-            &api.diag,
-            calls::CREATE_POD,
-            api.timeout,
-            api.pods_in(ns).create(&PostParams::default(), &pod),
-        )
-        .await;
+        let created = api
+            .kube
+            .call(
+                calls::CREATE_POD,
+                api.pods_in(ns).create(&PostParams::default(), &pod),
+            )
+            .await;
         match created {
             Ok(created) => {
                 tracing::info!(group, pod = %name, "created GPU reservation pod");
@@ -696,18 +685,17 @@ impl GpuSharingPlugin {
         ctx: &BindContext<'_>,
         body: serde_json::Value,
     ) -> Result<(), ApiError> {
-        call_as(
-            &api.diag,
-            calls::PATCH_POD,
-            api.timeout,
-            api.pods_in(&ctx.request.namespace).patch(
-                &ctx.request.pod_name,
-                &PatchParams::default(),
-                &Patch::Merge(body),
-            ),
-        )
-        .await
-        .map(|_| ())
+        api.kube
+            .call(
+                calls::PATCH_POD,
+                api.pods_in(&ctx.request.namespace).patch(
+                    &ctx.request.pod_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(body),
+                ),
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Creates the ConfigMap owned by the pod, or brings an existing one up to date (KAI's
@@ -720,7 +708,7 @@ impl GpuSharingPlugin {
         w: &mut SharingWrites,
     ) -> Result<(), PluginError> {
         let ns = &ctx.request.namespace;
-        let cms: Api<ConfigMap> = Api::namespaced(api.client.clone(), ns);
+        let cms: Api<ConfigMap> = Api::namespaced(api.kube.client.clone(), ns);
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Pod".into(),
@@ -732,14 +720,11 @@ impl GpuSharingPlugin {
             PluginError::transient(format!("writing ConfigMap {ns}/{}: {e}", plan.name))
         };
         for _ in 0..CONFLICT_TRIES {
-            let existing = call_opt_as(
-                &api.diag,
-                calls::GET_CONFIGMAP,
-                api.timeout,
-                cms.get_opt(&plan.name),
-            )
-            .await
-            .map_err(fail)?;
+            let existing = api
+                .kube
+                .call_opt(calls::GET_CONFIGMAP, cms.get_opt(&plan.name))
+                .await
+                .map_err(fail)?;
             let result = match existing {
                 None => {
                     let cm = ConfigMap {
@@ -752,17 +737,16 @@ impl GpuSharingPlugin {
                         data: Some(plan.data.clone()),
                         ..Default::default()
                     };
-                    call_as(
-                        &api.diag,
-                        calls::CREATE_CONFIGMAP,
-                        api.timeout,
-                        cms.create(&PostParams::default(), &cm),
-                    )
-                    .await
-                    .map(|c| {
-                        w.configmaps_created
-                            .push((plan.name.clone(), c.metadata.uid.unwrap_or_default()));
-                    })
+                    api.kube
+                        .call(
+                            calls::CREATE_CONFIGMAP,
+                            cms.create(&PostParams::default(), &cm),
+                        )
+                        .await
+                        .map(|c| {
+                            w.configmaps_created
+                                .push((plan.name.clone(), c.metadata.uid.unwrap_or_default()));
+                        })
                 }
                 Some(mut cm) => {
                     let old = cm.data.take().unwrap_or_default();
@@ -778,14 +762,13 @@ impl GpuSharingPlugin {
                     cm.data = Some(data);
                     cm.metadata.owner_references = Some(vec![owner.clone()]);
                     // The resourceVersion read above guards the write: 409 → read again.
-                    call_as(
-                        &api.diag,
-                        calls::UPDATE_CONFIGMAP,
-                        api.timeout,
-                        cms.replace(&plan.name, &PostParams::default(), &cm),
-                    )
-                    .await
-                    .map(|_| ())
+                    api.kube
+                        .call(
+                            calls::UPDATE_CONFIGMAP,
+                            cms.replace(&plan.name, &PostParams::default(), &cm),
+                        )
+                        .await
+                        .map(|_| ())
                 }
             };
             match result {
@@ -934,7 +917,7 @@ impl Plugin for GpuSharingPlugin {
         let Some(api) = &self.api else { return };
         let w = state.slot::<SharingWrites>();
         let ns = &ctx.request.namespace;
-        let cms: Api<ConfigMap> = Api::namespaced(api.client.clone(), ns);
+        let cms: Api<ConfigMap> = Api::namespaced(api.kube.client.clone(), ns);
         for (name, uid) in std::mem::take(&mut w.configmaps_created) {
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {
@@ -943,13 +926,10 @@ impl Plugin for GpuSharingPlugin {
                 }),
                 ..Default::default()
             };
-            let r = call_as(
-                &api.diag,
-                calls::DELETE_CONFIGMAP,
-                api.timeout,
-                cms.delete(&name, &dp),
-            )
-            .await;
+            let r = api
+                .kube
+                .call(calls::DELETE_CONFIGMAP, cms.delete(&name, &dp))
+                .await;
             if let Err(e) = r
                 && !matches!(e.code(), Some(404) | Some(409))
             {

@@ -69,9 +69,7 @@ impl PluginSettings {
         self.dra.api = Some(dra::DraApi::new(client.clone(), timeout, diag.clone()));
         self.numa.timeout = timeout;
         self.volumes.api = Some(volumes::ApiAccess {
-            client,
-            timeout,
-            diag,
+            kube: crate::kubeapi::Kube::new(client, timeout, diag),
         });
         self
     }

@@ -21,7 +21,6 @@ use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::gpu::podresources;
 use crate::gpu::{GpuSnapshot, InventoryState};
-use crate::kubeapi::call_as;
 use crate::kubeapi::calls::PATCH_POD;
 use crate::numa::{self, NodeView, OBSERVED_ANNOTATION, PLUGIN, sysfs};
 use crate::plugins::gpu::GpuRuntime;
@@ -163,9 +162,7 @@ impl Plugin for NumaPlugin {
 /// What the publisher needs: the API client with the agent's timeout and recorder, and
 /// where to read placements from.
 pub struct PlacementPublisher {
-    pub client: kube::Client,
-    pub timeout: Duration,
-    pub diag: Arc<crate::diag::Recorder>,
+    pub kube: crate::kubeapi::Kube,
     pub socket: PathBuf,
     pub sysfs_root: PathBuf,
     pub period: Duration,
@@ -185,7 +182,7 @@ pub async fn publish_loop(p: PlacementPublisher, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(p.period) => {}
         }
-        let answer = match podresources::list(&p.socket, p.timeout).await {
+        let answer = match podresources::list(&p.socket, p.kube.timeout).await {
             Ok(a) => a,
             Err(e) => {
                 let e = e.to_string();
@@ -219,14 +216,14 @@ pub async fn publish_loop(p: PlacementPublisher, shutdown: CancellationToken) {
             if written.get(&key) == Some(&value) {
                 continue;
             }
-            let api: Api<Pod> = Api::namespaced(p.client.clone(), &pod.namespace);
+            let api: Api<Pod> = Api::namespaced(p.kube.client.clone(), &pod.namespace);
             let patch = serde_json::json!({
                 "metadata": { "annotations": { OBSERVED_ANNOTATION: value } }
             });
             let params = PatchParams::default();
             let merge = Patch::Merge(&patch);
             let sent = api.patch(&pod.name, &params, &merge);
-            match call_as(&p.diag, PATCH_POD, p.timeout, sent).await {
+            match p.kube.call(PATCH_POD, sent).await {
                 Ok(_) => {
                     tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), placement = %value, "published NUMA placement");
                     written.insert(key, value);

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::kubeapi::calls;
-use crate::kubeapi::{ApiError, call_as};
+use crate::kubeapi::{ApiError, Kube};
 use crate::volume::check::{self, Finding, VolumeMode};
 use crate::volume::claims::{
     self, BIND_COMPLETED_ANNOTATION, BOUND_BY_CONTROLLER_ANNOTATION, NO_PROVISIONER, PvSource,
@@ -91,20 +91,9 @@ impl Default for VolumeSettings {
 }
 
 /// The API client the plugin uses, with the agent's per-call timeout.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ApiAccess {
-    pub(super) client: kube::Client,
-    pub(super) timeout: Duration,
-    /// Counts every call in the agent's API metrics.
-    pub(super) diag: std::sync::Arc<crate::diag::Recorder>,
-}
-
-impl std::fmt::Debug for ApiAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiAccess")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
+    pub(super) kube: Kube,
 }
 
 /// A PV whose `claimRef` this attempt wrote.
@@ -193,7 +182,7 @@ impl VolumesPlugin {
             fs_timeout: settings
                 .api
                 .as_ref()
-                .map_or(Duration::from_secs(10), |a| a.timeout),
+                .map_or(Duration::from_secs(10), |a| a.kube.timeout),
             api: settings.api.clone(),
             facts: Arc::new(HostFs::new(settings.host_root.clone())),
         }
@@ -750,42 +739,36 @@ impl ApiAccess {
         ns: &str,
         name: &str,
     ) -> Result<Option<PersistentVolumeClaim>, PluginError> {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-        call_as(&self.diag, calls::GET_PVC, self.timeout, api.get_opt(name))
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.kube.client.clone(), ns);
+        self.kube
+            .call(calls::GET_PVC, api.get_opt(name))
             .await
             .map_err(|e| api_failure(&format!("reading claim {ns}/{name}"), e))
     }
 
     async fn get_pv(&self, name: &str) -> Result<Option<PersistentVolume>, PluginError> {
-        let api: Api<PersistentVolume> = Api::all(self.client.clone());
-        call_as(&self.diag, calls::GET_PV, self.timeout, api.get_opt(name))
+        let api: Api<PersistentVolume> = Api::all(self.kube.client.clone());
+        self.kube
+            .call(calls::GET_PV, api.get_opt(name))
             .await
             .map_err(|e| api_failure(&format!("reading PersistentVolume {name}"), e))
     }
 
     async fn get_class(&self, name: &str) -> Result<Option<StorageClass>, PluginError> {
-        let api: Api<StorageClass> = Api::all(self.client.clone());
-        call_as(
-            &self.diag,
-            calls::GET_STORAGE_CLASS,
-            self.timeout,
-            api.get_opt(name),
-        )
-        .await
-        .map_err(|e| api_failure(&format!("reading StorageClass {name}"), e))
+        let api: Api<StorageClass> = Api::all(self.kube.client.clone());
+        self.kube
+            .call(calls::GET_STORAGE_CLASS, api.get_opt(name))
+            .await
+            .map_err(|e| api_failure(&format!("reading StorageClass {name}"), e))
     }
 
     async fn list_pvs(&self) -> Result<Vec<PersistentVolume>, PluginError> {
-        let api: Api<PersistentVolume> = Api::all(self.client.clone());
-        call_as(
-            &self.diag,
-            calls::LIST_PVS,
-            self.timeout,
-            api.list(&ListParams::default()),
-        )
-        .await
-        .map(|l| l.items)
-        .map_err(|e| api_failure("listing PersistentVolumes", e))
+        let api: Api<PersistentVolume> = Api::all(self.kube.client.clone());
+        self.kube
+            .call(calls::LIST_PVS, api.list(&ListParams::default()))
+            .await
+            .map(|l| l.items)
+            .map_err(|e| api_failure("listing PersistentVolumes", e))
     }
 
     /// A guarded merge patch; `None` when the object changed (409) or vanished (404).
@@ -794,15 +777,14 @@ impl ApiAccess {
         name: &str,
         body: &Value,
     ) -> Result<Option<PersistentVolume>, PluginError> {
-        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        let api: Api<PersistentVolume> = Api::all(self.kube.client.clone());
         guarded(
-            call_as(
-                &self.diag,
-                calls::PATCH_PV,
-                self.timeout,
-                api.patch(name, &PatchParams::default(), &Patch::Merge(body)),
-            )
-            .await,
+            self.kube
+                .call(
+                    calls::PATCH_PV,
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(body)),
+                )
+                .await,
             &format!("writing PersistentVolume {name}"),
         )
     }
@@ -813,15 +795,14 @@ impl ApiAccess {
         name: &str,
         body: &Value,
     ) -> Result<Option<PersistentVolumeClaim>, PluginError> {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.kube.client.clone(), ns);
         guarded(
-            call_as(
-                &self.diag,
-                calls::PATCH_PVC,
-                self.timeout,
-                api.patch(name, &PatchParams::default(), &Patch::Merge(body)),
-            )
-            .await,
+            self.kube
+                .call(
+                    calls::PATCH_PVC,
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(body)),
+                )
+                .await,
             &format!("writing claim {ns}/{name}"),
         )
     }
