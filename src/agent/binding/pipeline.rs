@@ -251,74 +251,14 @@ pub async fn run(
         rolled_back: Vec::new(),
     };
 
-    let t = Instant::now();
-    for plugin in &registry.plugins {
-        report.verdicts.extend(plugin.validate(ctx));
-    }
-    report.stages.push(("validate", t.elapsed()));
-    if let Some(fail) = report
-        .verdicts
-        .iter()
-        .find(|v| v.outcome == VerdictOutcome::Fail)
-    {
-        report.result = Err(AttemptError::Failed(Failure::Refused {
-            plugin: fail.plugin.clone(),
-            check: fail.check.clone(),
-            message: fail.message.clone(),
-        }));
+    if !validate_all(registry, ctx, &mut report) {
         return report;
     }
-
     let mut state = BindState::default();
-    let mut started = 0;
     let t = Instant::now();
-    for plugin in &registry.plugins {
-        started += 1;
-        match plugin.pre_bind(ctx, &mut state).await {
-            Ok(verdicts) => {
-                // Checks that need local facts (e.g. a fresh GPU probe) refuse here.
-                let refusal = verdicts
-                    .iter()
-                    .find(|v| v.outcome == VerdictOutcome::Fail)
-                    .map(|f| Failure::Refused {
-                        plugin: f.plugin.clone(),
-                        check: f.check.clone(),
-                        message: f.message.clone(),
-                    });
-                report.verdicts.extend(verdicts);
-                if let Some(refusal) = refusal {
-                    report.stages.push(("pre_bind", t.elapsed()));
-                    report.result = Err(AttemptError::Failed(refusal));
-                    rollback(registry, started, ctx, &mut state, &mut report).await;
-                    return report;
-                }
-            }
-            Err(PluginError {
-                park: Some(park), ..
-            }) => {
-                // The waiting plugin keeps its writes (they are what the wait is for: a
-                // driver acts on the allocation); the plugins before it are undone and redo
-                // their work when the request is resumed.
-                report.stages.push(("pre_bind", t.elapsed()));
-                report.result = Err(AttemptError::Parked(park));
-                rollback(registry, started - 1, ctx, &mut state, &mut report).await;
-                return report;
-            }
-            Err(e) => {
-                report.stages.push(("pre_bind", t.elapsed()));
-                report.result = Err(if e.transient {
-                    AttemptError::Transient(format!("{}: {}", plugin.name(), e.message))
-                } else {
-                    AttemptError::Failed(Failure::PreBindFailed {
-                        plugin: plugin.name().to_string(),
-                        message: e.message,
-                    })
-                });
-                rollback(registry, started, ctx, &mut state, &mut report).await;
-                return report;
-            }
-        }
-    }
+    let Some(started) = pre_bind_all(registry, ctx, &mut state, &mut report, t).await else {
+        return report;
+    };
     report.stages.push(("pre_bind", t.elapsed()));
 
     if !still_wanted() {
@@ -347,6 +287,89 @@ pub async fn run(
     }
     report.stages.push(("post_bind", t.elapsed()));
     report
+}
+
+/// Every plugin's `validate`, into the report; false (the report says why) when one fails.
+fn validate_all(registry: &Registry, ctx: &BindContext<'_>, report: &mut PipelineReport) -> bool {
+    let t = Instant::now();
+    for plugin in &registry.plugins {
+        report.verdicts.extend(plugin.validate(ctx));
+    }
+    report.stages.push(("validate", t.elapsed()));
+    if let Some(fail) = report
+        .verdicts
+        .iter()
+        .find(|v| v.outcome == VerdictOutcome::Fail)
+    {
+        report.result = Err(AttemptError::Failed(Failure::Refused {
+            plugin: fail.plugin.clone(),
+            check: fail.check.clone(),
+            message: fail.message.clone(),
+        }));
+        return false;
+    }
+    true
+}
+
+/// Every plugin's `pre_bind`, in order. Returns how many ran, or `None` when one refused,
+/// failed or parks the attempt: then what ran before it is rolled back (the parking plugin
+/// keeps its own writes) and the report says why.
+async fn pre_bind_all(
+    registry: &Registry,
+    ctx: &BindContext<'_>,
+    state: &mut BindState,
+    report: &mut PipelineReport,
+    t: Instant,
+) -> Option<usize> {
+    let mut started = 0;
+    for plugin in &registry.plugins {
+        started += 1;
+        match plugin.pre_bind(ctx, state).await {
+            Ok(verdicts) => {
+                // Checks that need local facts (e.g. a fresh GPU probe) refuse here.
+                let refusal = verdicts
+                    .iter()
+                    .find(|v| v.outcome == VerdictOutcome::Fail)
+                    .map(|f| Failure::Refused {
+                        plugin: f.plugin.clone(),
+                        check: f.check.clone(),
+                        message: f.message.clone(),
+                    });
+                report.verdicts.extend(verdicts);
+                if let Some(refusal) = refusal {
+                    report.stages.push(("pre_bind", t.elapsed()));
+                    report.result = Err(AttemptError::Failed(refusal));
+                    rollback(registry, started, ctx, state, report).await;
+                    return None;
+                }
+            }
+            Err(PluginError {
+                park: Some(park), ..
+            }) => {
+                // The waiting plugin keeps its writes (they are what the wait is for: a
+                // driver acts on the allocation); the plugins before it are undone and redo
+                // their work when the request is resumed.
+                report.stages.push(("pre_bind", t.elapsed()));
+                report.result = Err(AttemptError::Parked(park));
+                rollback(registry, started - 1, ctx, state, report).await;
+                return None;
+            }
+            Err(e) => {
+                report.stages.push(("pre_bind", t.elapsed()));
+                report.result = Err(if e.transient {
+                    AttemptError::Transient(format!("{}: {}", plugin.name(), e.message))
+                } else {
+                    AttemptError::Failed(Failure::PreBindFailed {
+                        plugin: plugin.name().to_string(),
+                        message: e.message,
+                    })
+                });
+                rollback(registry, started, ctx, state, report).await;
+                return None;
+            }
+        }
+    }
+    Some(started)
 }
 
 async fn rollback(
