@@ -5,6 +5,9 @@
 //! manual `bind` / `explain` tools on top of it and of the simulated control plane
 //! (`bindlet-sim`). README, Architecture.
 
+// Cluster input, files and NVML must never panic the agent: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bench;
 pub mod cli;
 pub mod demo;

@@ -5,6 +5,9 @@
 //! `tests/module_layers.rs`). The simulated control plane is not a dependency: a change
 //! here does not recompile it, and a change to it does not recompile this.
 
+// Cluster input, files and NVML must never panic the agent: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod binding;
 pub mod daemon;
 pub mod diag;

@@ -7,6 +7,9 @@
 //!
 //! The bottom of the crate graph: it depends on no other crate of the workspace.
 
+// Cluster input, files and NVML must never panic the agent: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod allocation;
 mod backoff;
 mod bindrequest;

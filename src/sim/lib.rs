@@ -196,6 +196,9 @@
 //! - Request counts include every request for a resource (faulted ones too); non-resource
 //!   requests count as `("get", "discovery")`. Fault rules apply to resource requests only.
 
+// Cluster input, files and NVML must never panic the agent: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod auth;
 mod http;
 pub mod kubelet;
