@@ -3,7 +3,6 @@
 
 pub use crate::agent::AgentArgs;
 pub use crate::api::duration::parse_duration;
-pub use crate::kubeapi::connect as kube_client;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -181,7 +180,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let client =
+        crate::kubeapi::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let cfg = args.agent.to_config(&args.node_name);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signal = shutdown.clone();

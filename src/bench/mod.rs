@@ -218,16 +218,9 @@ async fn connect(args: &BenchArgs) -> Result<Target, BenchError> {
             })
         }
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
-            let opts = kube::config::KubeConfigOptions {
-                context: args.context.clone(),
-                ..Default::default()
-            };
-            let config = kube::Config::from_custom_kubeconfig(kc, &opts)
+            let client = crate::kubeapi::connect(Some(path), args.context.as_deref())
                 .await
                 .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
-            let client = Client::try_from(config)?;
             let installed_crd = ensure_crd(&client).await?;
             Ok(Target {
                 sim: None,

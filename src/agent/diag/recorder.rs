@@ -249,6 +249,17 @@ struct Inner {
     permissions: PermissionCheck,
 }
 
+impl Inner {
+    /// The newest timeline record of `br`, if it is still kept.
+    fn latest_record(&mut self, br: &BindRequest) -> Option<&mut RequestRecord> {
+        let key = key_of(br);
+        self.requests
+            .iter_mut()
+            .rev()
+            .find(|r| r.namespace == key.0 && r.name == key.1)
+    }
+}
+
 /// How long after its last attempt an unsettled request still counts as pending: two
 /// retry delays plus slack for a busy queue. Past that the agent no longer works on it
 /// (deleted while the watch was down, or settled by another agent while this one waited
@@ -629,14 +640,8 @@ impl Recorder {
             }
             _ => None,
         };
-        let key = key_of(br);
         let mut i = self.lock();
-        if let Some(r) = i
-            .requests
-            .iter_mut()
-            .rev()
-            .find(|r| r.namespace == key.0 && r.name == key.1)
-        {
+        if let Some(r) = i.latest_record(br) {
             r.phase = status.phase.clone();
             r.reason = status.reason.as_deref().map(truncate);
             if latency.is_some() {
@@ -646,15 +651,8 @@ impl Recorder {
     }
 
     fn with_current_attempt(&self, br: &BindRequest, f: impl FnOnce(&mut AttemptRecord)) {
-        let key = key_of(br);
         let mut i = self.lock();
-        if let Some(a) = i
-            .requests
-            .iter_mut()
-            .rev()
-            .find(|r| r.namespace == key.0 && r.name == key.1)
-            .and_then(|r| r.attempts.back_mut())
-        {
+        if let Some(a) = i.latest_record(br).and_then(|r| r.attempts.back_mut()) {
             f(a);
         }
     }
