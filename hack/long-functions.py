@@ -12,7 +12,6 @@ import pathlib
 import re
 import sys
 
-LIMIT = int(sys.argv[1]) if len(sys.argv) > 1 else 80
 FN = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?(extern\s+\"C\"\s+)?fn\s+(\w+)")
 
 
@@ -101,16 +100,17 @@ def functions(path: pathlib.Path):
 
 
 def main():
+    limit = int(sys.argv[1]) if len(sys.argv) > 1 else 80
     long = []
     for path in sorted(pathlib.Path("src").rglob("*.rs")):
         if path.name == "tests.rs" or "tests" in path.parts[:-1]:
             continue
         for name, line, length in functions(path):
-            if length > LIMIT:
+            if length > limit:
                 long.append((length, f"{path}:{line}", name))
     for length, where, name in sorted(long, reverse=True):
         print(f"{length:5} {where} {name}")
-    print(f"{len(long)} non-test functions over {LIMIT} lines")
+    print(f"{len(long)} non-test functions over {limit} lines")
 
 
 if __name__ == "__main__":
