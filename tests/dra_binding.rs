@@ -987,7 +987,7 @@ async fn binding_conditions_not_met_in_time_clear_the_allocation() {
     dra.slice_of(&node, conditioned_device()).await;
     dra.claim("slow", None).await;
     let mut cfg = env.agent_config(&node);
-    cfg.plugins.dra.binding_timeout = Duration::from_secs(3);
+    cfg.plugins.dra.args.dra_binding_timeout = Duration::from_secs(3);
     let agent = env.start_agent(cfg).await;
     let t0 = Instant::now();
     dra_pod(

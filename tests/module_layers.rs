@@ -1,8 +1,9 @@
 //! The architecture, checked: the crates of the workspace and the top-level modules of the
-//! `bindlet-agent` and `bindlet` crates form layers, and code may only import from layers
-//! below its own (README, Architecture). Cargo already refuses a cycle between crates; this test also refuses an
-//! upward edge between crates and any edge between modules that the table below does not
-//! allow, so the layering cannot erode one `use` at a time.
+//! `bindlet-core`, `bindlet-agent` and `bindlet` crates form layers, and code may only
+//! import from layers below its own (README, Architecture). Cargo already refuses a cycle
+//! between crates; this test also refuses an upward edge between crates, any edge between
+//! modules that the table below does not allow, and kube, tokio or hyper in the pure
+//! crate's dependency tree, so the layering cannot erode one `use` at a time.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,14 +13,26 @@ use std::path::{Path, PathBuf};
 /// re-exports from the crates below it (`api`, `sim`, `agent`, ...) are below everything.
 const CRATE_LAYERS: &[(&str, &[&[&str]])] = &[
     (
+        "src/core",
+        &[
+            // Request validation, status semantics, the pipeline; volume rules.
+            &["binding", "volume"],
+            // Verdicts over the GPU snapshot and the node; flag defaults.
+            &["gpu", "node", "flags"],
+            // DRA and NUMA, which read the GPU snapshot too.
+            &["dra", "numa"],
+        ],
+    ),
+    (
         "src/agent",
         &[
-            // Pure rules and the one door to the API server.
-            &["binding", "kubeapi", "volume"],
-            // Pure decisions over local facts, and the diagnostics recorder.
-            &["gpu", "node", "diag"],
-            &["dra", "numa"],
-            // Plugins: each one's API adapter over the decisions above.
+            // The one door to the API server, and the node's filesystem.
+            &["kubeapi", "volume"],
+            // The GPU backends and the diagnostics recorder.
+            &["gpu", "diag"],
+            // The node's topology (it reads the GPU snapshot).
+            &["numa"],
+            // Plugins: each one's API adapter over the decisions of bindlet-core.
             &["plugins"],
             // The agent: watches, queue, workers, Lease.
             &["daemon"],
@@ -39,10 +52,24 @@ const CRATE_LAYERS: &[(&str, &[&[&str]])] = &[
 /// it may use in its tests only.
 const CRATES: &[(&str, &[&str], &[&str])] = &[
     ("src/api", &[], &[]),
+    ("src/core", &["bindlet-api"], &[]),
     ("src/sim", &["bindlet-api"], &[]),
     // The pod-resources client is tested against the simulated kubelet's server.
-    ("src/agent", &["bindlet-api"], &["bindlet-sim"]),
-    (".", &["bindlet-agent", "bindlet-api", "bindlet-sim"], &[]),
+    (
+        "src/agent",
+        &["bindlet-api", "bindlet-core"],
+        &["bindlet-sim"],
+    ),
+    (
+        ".",
+        &[
+            "bindlet-agent",
+            "bindlet-api",
+            "bindlet-core",
+            "bindlet-sim",
+        ],
+        &[],
+    ),
 ];
 
 fn root() -> PathBuf {
@@ -258,38 +285,82 @@ fn each_crate_uses_only_the_workspace_crates_below_it() {
 
 #[test]
 fn the_core_decisions_need_no_api_client() {
-    // The pure layers name no kube client, watch or runtime type: their inputs are
-    // snapshots. (kube's derive and k8s-openapi types are data and allowed.)
-    let src = root().join("src/agent");
+    // The pure crate names no kube client, watch or runtime type: its inputs are snapshots.
+    // (k8s-openapi types are data and allowed.)
+    let src = root().join("src/core");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
     let mut violations = Vec::new();
-    for module in ["binding", "volume", "node", "dra", "numa"] {
-        let mut files = Vec::new();
-        let dir = src.join(module);
-        if dir.is_dir() {
-            rust_files(&dir, &mut files);
-        } else {
-            files.push(src.join(format!("{module}.rs")));
+    for file in files {
+        let text = code(&std::fs::read_to_string(&file).expect("read"));
+        // Test modules come last in a file (clippy's items_after_test_module) and may
+        // use a runtime.
+        let text = text.split("#[cfg(test)]").next().unwrap_or("");
+        if file.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
         }
-        for file in files {
-            let text = code(&std::fs::read_to_string(&file).expect("read"));
-            // Test modules come last in a file (clippy's items_after_test_module) and may
-            // use a runtime.
-            let text = text.split("#[cfg(test)]").next().unwrap_or("");
-            if file.file_name().is_some_and(|n| n == "tests.rs") {
-                continue;
-            }
-            for banned in [
-                "kube::Client",
-                "kube::Api",
-                "kube::runtime",
-                "tokio::",
-                "hyper::",
-            ] {
-                if text.contains(banned) {
-                    violations.push(format!("{} uses {banned}", file.display()));
-                }
+        for banned in [
+            "kube::",
+            "kube_client",
+            "tokio::",
+            "hyper::",
+            "std::fs",
+            "nix::",
+        ] {
+            if text.contains(banned) {
+                violations.push(format!("{} uses {banned}", file.display()));
             }
         }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_core_crate_has_no_kube_tokio_or_hyper_in_its_dependency_tree() {
+    // Cargo resolves the tree for bindlet-core alone (its normal dependencies, with the
+    // features it asks for), so what the agent adds for itself does not count.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            "bindlet-core",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--manifest-path",
+        ])
+        .arg(root().join("Cargo.toml"))
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let names: BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        names.contains("bindlet-core") && names.contains("k8s-openapi"),
+        "{tree}"
+    );
+    let banned: Vec<&&str> = names
+        .iter()
+        .filter(|n| {
+            matches!(
+                **n,
+                "kube" | "kube-client" | "kube-runtime" | "tokio" | "hyper" | "hyper-util"
+            )
+        })
+        .collect();
+    assert!(
+        banned.is_empty(),
+        "bindlet-core depends on {banned:?}:\n{tree}"
+    );
 }

@@ -404,7 +404,7 @@ async fn provisioning_timeout_fails_and_removes_the_annotation() {
         .await;
     st.pvc("scratch", &class, "1Mi").await;
     let mut cfg = env.agent_config(&node);
-    cfg.plugins.volumes.binding_timeout = Duration::from_millis(600);
+    cfg.plugins.volumes.args.volume_binding_timeout = Duration::from_millis(600);
     let agent = env.start_agent(cfg).await;
     pod_with_claims(&env, "job-1", &["scratch"], Some(1)).await;
 

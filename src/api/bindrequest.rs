@@ -1,7 +1,7 @@
 //! The `BindRequest` custom resource as KAI-Scheduler writes it, plus bindlet's optional
 //! status additions.
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,7 @@ use super::schema;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "scheduling.run.ai",
     version = "v1alpha2",
     kind = "BindRequest",

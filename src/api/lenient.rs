@@ -15,8 +15,8 @@
 use std::borrow::Cow;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::error_boundary::InvalidObject;
-use kube::core::{PartialObjectMeta, Resource};
+use kube_core::error_boundary::InvalidObject;
+use kube_core::{PartialObjectMeta, Resource};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -86,8 +86,8 @@ impl<K: Resource> Resource for Lenient<K> {
 
 #[cfg(test)]
 mod tests {
-    use kube::core::watch::WatchEvent;
-    use kube::core::{ObjectList, Resource};
+    use kube_core::watch::WatchEvent;
+    use kube_core::{ObjectList, Resource};
 
     use super::Lenient;
     use crate::BindRequest;

@@ -43,7 +43,7 @@ pub use lenient::Lenient;
 pub use schema::QUANTITY_PATTERN;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
+use kube_core::CustomResourceExt;
 
 pub const GROUP: &str = "scheduling.run.ai";
 pub const VERSION: &str = "v1alpha2";

@@ -2,7 +2,7 @@
 //! object's type, never typed by hand.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Resource;
+use kube_core::Resource;
 
 /// A reference to `obj`: its type's apiVersion and kind, its namespace, name and UID.
 pub fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {

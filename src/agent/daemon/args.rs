@@ -73,43 +73,53 @@ pub struct AgentArgs {
     pub numa: crate::plugins::numa::NumaArgs,
 }
 
+impl Default for AgentArgs {
+    /// The flags' own defaults (written once, in the `#[arg]`s above).
+    fn default() -> Self {
+        crate::flags::defaults()
+    }
+}
+
 impl AgentArgs {
     pub fn to_config(&self, node_name: &str) -> AgentConfig {
-        let mut cfg = AgentConfig::for_node(node_name);
-        cfg.namespace = self.namespace.clone();
-        cfg.lease_namespace = self.lease_namespace.clone();
-        if let Some(id) = &self.identity {
-            cfg.identity = id.clone();
+        AgentConfig {
+            node_name: node_name.to_string(),
+            namespace: self.namespace.clone(),
+            lease_namespace: self.lease_namespace.clone(),
+            identity: self
+                .identity
+                .clone()
+                .unwrap_or_else(|| format!("bindlet-{node_name}-{:08x}", rand::random::<u32>())),
+            workers: self.workers,
+            default_backoff_limit: self.default_backoff_limit,
+            backoff: Backoff {
+                base: self.retry_base,
+                max: self.retry_max.max(self.retry_base),
+            },
+            api_timeout: self.api_timeout,
+            lease_duration: self.lease_duration,
+            lease_renew: self.lease_renew,
+            lease_retry: self.lease_retry,
+            pod_bound_condition: self.pod_bound_condition,
+            plugins: PluginSettings {
+                node_checks: self.node_checks,
+                memory: self.memory.clone(),
+                gpu: crate::plugins::gpu::GpuSettings {
+                    args: self.gpu.clone(),
+                },
+                volumes: crate::plugins::volumes::VolumeSettings {
+                    args: self.volumes.clone(),
+                },
+                dra: crate::plugins::dra::DraSettings {
+                    args: self.dra.clone(),
+                },
+                sharing: crate::plugins::gpu_sharing::SharingSettings {
+                    args: self.sharing.clone(),
+                },
+                numa: crate::plugins::numa::NumaSettings {
+                    args: self.numa.clone(),
+                },
+            },
         }
-        cfg.workers = self.workers;
-        cfg.default_backoff_limit = self.default_backoff_limit;
-        cfg.backoff = Backoff {
-            base: self.retry_base,
-            max: self.retry_max.max(self.retry_base),
-        };
-        cfg.api_timeout = self.api_timeout;
-        cfg.lease_duration = self.lease_duration;
-        cfg.lease_renew = self.lease_renew;
-        cfg.lease_retry = self.lease_retry;
-        cfg.pod_bound_condition = self.pod_bound_condition;
-        cfg.plugins = PluginSettings {
-            node_checks: self.node_checks,
-            memory: self.memory.clone(),
-            gpu: crate::plugins::gpu::GpuSettings {
-                args: self.gpu.clone(),
-                runtime: None,
-            },
-            volumes: self.volumes.settings(),
-            dra: self.dra.settings(),
-            sharing: crate::plugins::gpu_sharing::SharingSettings {
-                args: self.sharing.clone(),
-                api: None,
-            },
-            numa: crate::plugins::numa::NumaSettings {
-                args: self.numa.clone(),
-                timeout: self.api_timeout,
-            },
-        };
-        cfg
     }
 }

@@ -60,25 +60,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults for `node`, as `bindlet run` would use them.
+    /// Defaults for `node`, as `bindlet run` would use them: the flags' own defaults.
     pub fn for_node(node: &str) -> Self {
-        AgentConfig {
-            node_name: node.to_string(),
-            namespace: None,
-            lease_namespace: "bindlet-system".to_string(),
-            identity: format!("bindlet-{node}-{:08x}", rand::random::<u32>()),
-            workers: 16,
-            default_backoff_limit: 3,
-            backoff: Backoff::default(),
-            api_timeout: Duration::from_secs(10),
-            // Like a kubelet's node lease (40 s), renewed a little less often (15 s) so that
-            // renewals and watch restarts stay under 0.1 requests/s per node (lease.rs).
-            lease_duration: Duration::from_secs(40),
-            lease_renew: Duration::from_secs(15),
-            lease_retry: Duration::from_secs(2),
-            pod_bound_condition: true,
-            plugins: PluginSettings::default(),
-        }
+        AgentArgs::default().to_config(node)
     }
 }
 
@@ -247,17 +231,8 @@ pub async fn run(
     stats: Arc<Stats>,
 ) -> Result<(), AgentError> {
     validate_config(&cfg)?;
-    // The GPU inventory (NVML thread or file) lives as long as the agent's config.
-    let mut cfg = cfg;
-    let gpu_notices = plugins::gpu::ensure_runtime(
-        &mut cfg.plugins.gpu,
-        &client,
-        &cfg.node_name,
-        cfg.api_timeout,
-        stats.diag.clone(),
-    );
     tracing::info!(node = %cfg.node_name, identity = %cfg.identity, workers = cfg.workers,
-        plugins = ?plugins::standard(&cfg.plugins).names(), "bindlet agent starting");
+        "bindlet agent starting");
 
     // Everything spawned here lives in `tasks`: dropping this future (a crash in tests)
     // aborts them all.
@@ -292,7 +267,6 @@ pub async fn run(
             client: &client,
             cfg: &cfg,
             stats: &stats,
-            gpu_notices,
             requests,
             node_store,
             node_slices,
@@ -330,7 +304,6 @@ struct Parts<'a> {
     client: &'a Client,
     cfg: &'a AgentConfig,
     stats: &'a Arc<Stats>,
-    gpu_notices: Option<tokio::sync::mpsc::UnboundedReceiver<plugins::gpu::GpuNotice>>,
     requests: Store<Lenient<BindRequest>>,
     node_store: Store<Node>,
     node_slices: Store<ResourceSlice>,
@@ -346,7 +319,6 @@ fn assemble(tasks: &mut JoinSet<()>, p: Parts<'_>) -> Result<Assembled, AgentErr
         client,
         cfg,
         stats,
-        gpu_notices,
         requests,
         node_store,
         node_slices,
@@ -361,32 +333,37 @@ fn assemble(tasks: &mut JoinSet<()>, p: Parts<'_>) -> Result<Assembled, AgentErr
         background.clone(),
         stats.diag.clone(),
     );
-    let mut plugin_settings = cfg.plugins.clone().with_api(
-        client.clone(),
+    let kube = crate::kubeapi::Kube::new(client.clone(), cfg.api_timeout, stats.diag.clone());
+    // The GPU runtime (NVML thread or file) is shared by the GPU-reading plugins and the
+    // diagnostics; its background tasks stop with the other background work.
+    let gpu = plugins::gpu::start_runtime(
+        &cfg.plugins.gpu.args,
+        &kube,
         &cfg.node_name,
-        cfg.api_timeout,
-        stats.diag.clone(),
-    );
-    spawn_plugin_loops(
+        &events,
+        background,
         tasks,
-        PluginLoops {
-            client,
-            cfg,
-            settings: &plugin_settings,
-            requests: &requests,
-            stats,
-            gpu_notices,
-            events: &events,
-            background,
-        },
-    )?;
-    let slices_ready = node_slices.clone();
-    plugin_settings.dra.api = plugin_settings
-        .dra
-        .api
-        .map(|a| a.with_node_slices(node_slices));
+    );
+    if let Some(rt) = &gpu {
+        stats.diag.set_facts(rt.clone());
+    }
+    let leading = stats.clone();
+    let env = plugins::PluginEnv {
+        kube,
+        node: cfg.node_name.clone(),
+        gpu,
+        node_slices: node_slices.clone(),
+        requests: requests.clone(),
+        default_backoff_limit: cfg.default_backoff_limit,
+        leading: Arc::new(move || leading.is_leading()),
+        stop: background.clone(),
+    };
+    let registry = plugins::standard(&cfg.plugins, &env, tasks)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    tracing::info!(node = %cfg.node_name, plugins = ?registry.names(), "plugins ready");
+    let slices_ready = node_slices;
     let shared = Arc::new(worker::Shared {
-        registry: plugins::standard(&plugin_settings),
+        registry,
         effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),
         diag: stats.diag.clone(),
         events,
@@ -544,98 +521,6 @@ fn validate_config(cfg: &AgentConfig) -> Result<(), AgentError> {
             "--lease-renew ({:?}) must be below 2/3 of --lease-duration ({:?}): the holder stops binding then",
             cfg.lease_renew, cfg.lease_duration
         )));
-    }
-    Ok(())
-}
-
-/// What the plugins' background loops are started with.
-struct PluginLoops<'a> {
-    client: &'a Client,
-    cfg: &'a AgentConfig,
-    settings: &'a PluginSettings,
-    requests: &'a Store<Lenient<BindRequest>>,
-    stats: &'a Arc<Stats>,
-    gpu_notices: Option<tokio::sync::mpsc::UnboundedReceiver<plugins::gpu::GpuNotice>>,
-    events: &'a EventSink,
-    background: &'a CancellationToken,
-}
-
-/// The plugins' background loops: GPU facts and health notices, the reservation-pod
-/// collector of `gpu_sharing`, the NUMA placement publisher. They stop with `background`.
-fn spawn_plugin_loops(tasks: &mut JoinSet<()>, p: PluginLoops<'_>) -> Result<(), AgentError> {
-    let PluginLoops {
-        client,
-        cfg,
-        settings,
-        requests,
-        stats,
-        gpu_notices,
-        events,
-        background,
-    } = p;
-    if let Some(rt) = cfg.plugins.gpu.runtime.clone() {
-        stats.diag.set_facts(rt.clone());
-        tasks.spawn(plugins::gpu::refresh_facts(
-            rt,
-            cfg.plugins.gpu.args.gpu_recheck,
-            background.clone(),
-        ));
-    }
-    if let Some(rx) = gpu_notices {
-        tasks.spawn(plugins::gpu::forward_notices(
-            rx,
-            events.clone(),
-            cfg.node_name.clone(),
-            background.clone(),
-        ));
-    }
-    if let Some(api) = settings.sharing.api.clone()
-        && settings.sharing.args.gpu_sharing
-    {
-        let store = requests.clone();
-        let default_limit = cfg.default_backoff_limit;
-        let pending: plugins::gpu_sharing::PendingGroups = Arc::new(move || {
-            store
-                .state()
-                .iter()
-                .filter_map(|r| r.0.as_ref().ok())
-                .filter(|br| !binding::is_settled(br, default_limit))
-                .flat_map(|br| br.spec.selected_gpu_groups.clone().unwrap_or_default())
-                .collect()
-        });
-        let leading_stats = stats.clone();
-        tasks.spawn(plugins::gpu_sharing::collect_loop(
-            api,
-            settings.sharing.args.clone(),
-            pending,
-            Arc::new(move || leading_stats.is_leading()),
-            background.clone(),
-        ));
-    }
-    let numa_args = &cfg.plugins.numa.args;
-    if numa_args.publish_numa_placement {
-        match cfg.plugins.gpu.args.kubelet_pod_resources_socket.clone() {
-            Some(socket) => {
-                tasks.spawn(plugins::numa::publish_loop(
-                    plugins::numa::PlacementPublisher {
-                        kube: crate::kubeapi::Kube::new(
-                            client.clone(),
-                            cfg.api_timeout,
-                            stats.diag.clone(),
-                        ),
-                        socket,
-                        sysfs_root: numa_args.sysfs_root.clone(),
-                        period: numa_args.numa_placement_period,
-                    },
-                    background.clone(),
-                ));
-            }
-            None => {
-                return Err(AgentError::Config(
-                    "--publish-numa-placement needs --kubelet-pod-resources-socket".into(),
-                ));
-            }
-        }
     }
     Ok(())
 }

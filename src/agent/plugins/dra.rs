@@ -55,32 +55,17 @@ pub struct DraArgs {
     pub dra_binding_timeout: Duration,
 }
 
-impl DraArgs {
-    pub fn settings(&self) -> DraSettings {
-        DraSettings {
-            api: None,
-            binding_timeout: self.dra_binding_timeout,
-        }
-    }
-}
-
-/// Settings of the dra plugin.
-#[derive(Debug, Clone)]
-pub struct DraSettings {
-    /// API access; attached by the agent (see `PluginSettings::with_api`).
-    pub api: Option<DraApi>,
-    /// How long to wait for binding conditions, counted from the allocation's
-    /// `allocationTimestamp` (kube-scheduler's `bindingTimeout`, 600 s by default).
-    pub binding_timeout: Duration,
-}
-
-impl Default for DraSettings {
+impl Default for DraArgs {
+    /// The flags' own defaults (written once, in the `#[arg]`s above).
     fn default() -> Self {
-        DraSettings {
-            api: None,
-            binding_timeout: decide::conditions::DEFAULT_BINDING_TIMEOUT,
-        }
+        crate::flags::defaults()
     }
+}
+
+/// Settings of the dra plugin: its flags.
+#[derive(Debug, Clone, Default)]
+pub struct DraSettings {
+    pub args: DraArgs,
 }
 
 /// The API client the plugin uses, with the agent's per-call timeout.
@@ -88,36 +73,26 @@ impl Default for DraSettings {
 pub struct DraApi {
     pub(crate) kube: Kube,
     /// The agent's watch-backed cache of this node's ResourceSlices (`spec.nodeName`), so a
-    /// bind reads them for free; `None` (e.g. outside the agent) lists them per bind.
-    node_slices: Option<Store<ResourceSlice>>,
+    /// bind reads them for free; until it has synced, binds list them.
+    node_slices: Store<ResourceSlice>,
 }
 
 impl DraApi {
-    pub fn new(client: kube::Client, timeout: Duration, diag: Arc<crate::diag::Recorder>) -> Self {
-        DraApi {
-            kube: Kube::new(client, timeout, diag),
-            node_slices: None,
-        }
-    }
-
-    /// Reads this node's slices from `store` (kept by a watch with field selector
-    /// `spec.nodeName=<node>`) instead of listing them per bind.
-    pub fn with_node_slices(mut self, store: Store<ResourceSlice>) -> Self {
-        self.node_slices = Some(store);
-        self
+    pub fn new(kube: Kube, node_slices: Store<ResourceSlice>) -> Self {
+        DraApi { kube, node_slices }
     }
 
     /// This node's slices: from the cache once it has synced, else one LIST as before.
     /// A cache a moment behind costs nothing in correctness: a device it does not show
     /// yet sends the caller to the LIST of all slices, as any unfound device does.
     async fn node_slices(&self, node: &str) -> Result<Vec<Arc<ResourceSlice>>, PluginError> {
-        if let Some(store) = &self.node_slices
-            && store
-                .wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok())
+        if self
+            .node_slices
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
         {
-            return Ok(store.state());
+            return Ok(self.node_slices.state());
         }
         self.list_slices(Some(node)).await
     }
@@ -149,7 +124,7 @@ pub struct DraWrites {
 }
 
 pub struct DraPlugin {
-    api: Option<DraApi>,
+    api: DraApi,
     gpu: Option<Arc<GpuRuntime>>,
     binding_timeout: Duration,
     /// Claims reserved by an attempt that then waited for binding conditions, by (claim UID,
@@ -169,17 +144,19 @@ struct Waiting {
     since: std::time::Instant,
 }
 
-impl DraPlugin {
-    pub fn new(settings: &DraSettings, gpu: Option<Arc<GpuRuntime>>) -> Self {
-        DraPlugin {
-            api: settings.api.clone(),
-            gpu,
-            binding_timeout: settings.binding_timeout,
-            waits: Mutex::default(),
-            capacity_lock: tokio::sync::Mutex::new(()),
-        }
+/// The `dra` plugin, reading claims and this node's slices through the agent's API handle
+/// and slice cache.
+pub fn setup(settings: &DraSettings, env: &super::PluginEnv) -> DraPlugin {
+    DraPlugin {
+        api: DraApi::new(env.kube.clone(), env.node_slices.clone()),
+        gpu: env.gpu.clone(),
+        binding_timeout: settings.args.dra_binding_timeout,
+        waits: Mutex::default(),
+        capacity_lock: tokio::sync::Mutex::new(()),
     }
+}
 
+impl DraPlugin {
     fn waits(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Waiting>> {
         self.waits.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -432,11 +409,7 @@ impl Plugin for DraPlugin {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let Some(api) = &self.api else {
-            return Err(PluginError::transient(
-                "the dra plugin has no API access to read the pod's claims",
-            ));
-        };
+        let api = &self.api;
         let ns = ctx.request.namespace.as_str();
         let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
@@ -503,7 +476,7 @@ impl Plugin for DraPlugin {
     }
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
-        let Some(api) = &self.api else { return };
+        let api = &self.api;
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
         self.forget_waits(state, pod_uid);
         let w = state.take::<DraWrites>().unwrap_or_default();

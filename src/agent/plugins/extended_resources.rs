@@ -17,7 +17,6 @@
 //! Requests without `extendedResourceClaimAllocation` cost no API request.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, PodExtendedResourceClaimStatus};
 use k8s_openapi::api::resource::v1::ResourceClaim;
@@ -30,7 +29,6 @@ use crate::dra::extended::{self as decide, ClaimPlan};
 use crate::kubeapi::ApiError;
 use crate::kubeapi::calls;
 use crate::plugins::dra::{DraApi, DraPlugin, DraSettings, Slices, reservation_verdict, reserve};
-use crate::plugins::gpu::GpuRuntime;
 
 const NAME: &str = "extended_resources";
 /// Re-reads after a 409 before giving up for this attempt (retried later, not counted).
@@ -55,15 +53,14 @@ pub struct ExtendedWrites {
 pub struct ExtendedResourcesPlugin {
     /// The `dra` plugin's allocation check, shared so both check claims the same way.
     dra: DraPlugin,
-    api: Option<DraApi>,
+    api: DraApi,
 }
 
-impl ExtendedResourcesPlugin {
-    pub fn new(settings: &DraSettings, gpu: Option<Arc<GpuRuntime>>) -> Self {
-        ExtendedResourcesPlugin {
-            dra: DraPlugin::new(settings, gpu),
-            api: settings.api.clone(),
-        }
+/// The `extended_resources` plugin, with its own copy of the `dra` plugin's checks.
+pub fn setup(settings: &DraSettings, env: &super::PluginEnv) -> ExtendedResourcesPlugin {
+    ExtendedResourcesPlugin {
+        dra: super::dra::setup(settings, env),
+        api: DraApi::new(env.kube.clone(), env.node_slices.clone()),
     }
 }
 
@@ -86,11 +83,7 @@ impl Plugin for ExtendedResourcesPlugin {
         else {
             return Ok(Vec::new());
         };
-        let Some(api) = &self.api else {
-            return Err(PluginError::transient(
-                "the extended_resources plugin has no API access to create the pod's claim",
-            ));
-        };
+        let api = &self.api;
         let req = decide::parse_request(spec, ctx.pod).map_err(PluginError::refused)?;
         let ns = ctx.request.namespace.as_str();
         let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");
@@ -153,7 +146,7 @@ impl Plugin for ExtendedResourcesPlugin {
     }
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
-        let Some(api) = &self.api else { return };
+        let api = &self.api;
         let Some(used) = state.slot::<ExtendedWrites>().claim.take() else {
             return;
         };

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::Client;
 use kube::api::{Api, ListParams};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
@@ -27,21 +26,11 @@ use crate::kubeapi::events::{EventSink, EventSpec, EventType};
 
 use super::CheckMode;
 
-/// The `gpu` plugin's settings: the flags, and the running inventory once the agent
-/// (or a test) has started one.
-#[derive(Clone, Default)]
+/// The `gpu` plugin's settings: its flags (they also configure the GPU runtime that the
+/// agent starts once and every GPU-reading plugin shares).
+#[derive(Debug, Clone, Default)]
 pub struct GpuSettings {
     pub args: GpuArgs,
-    pub runtime: Option<Arc<GpuRuntime>>,
-}
-
-impl std::fmt::Debug for GpuSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuSettings")
-            .field("args", &self.args)
-            .field("runtime", &self.runtime.as_ref().map(|r| r.describe()))
-            .finish()
-    }
 }
 
 /// The pods bound to this node, as the GPU checks need them.
@@ -281,46 +270,60 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts the inventory named by `settings.args` unless a runtime is already there;
-/// returns the receiver of health transitions and verdict notices.
-pub fn ensure_runtime(
-    settings: &mut GpuSettings,
-    client: &Client,
+/// Starts the inventory named by `args` (the NVML thread or the file), with the pod
+/// source and the kubelet's socket, unless GPU checks are off; its background tasks go in
+/// `tasks`: the periodic re-read of health facts, and the health and verdict notices turned
+/// into Events until `stop`. Shared by every plugin that reads GPUs and by the diagnostics.
+pub fn start_runtime(
+    args: &GpuArgs,
+    kube: &crate::kubeapi::Kube,
     node: &str,
-    timeout: Duration,
-    diag: Arc<crate::diag::Recorder>,
-) -> Option<UnboundedReceiver<GpuNotice>> {
-    if settings.runtime.is_some() || settings.args.gpu_verification == CheckMode::Off {
+    events: &EventSink,
+    stop: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Option<Arc<GpuRuntime>> {
+    if args.gpu_verification == CheckMode::Off {
         return None;
     }
     let (tx, rx) = unbounded_channel();
     let (ttx, mut trx) = unbounded_channel::<Transition>();
-    let forward = tx.clone();
-    tokio::spawn(async move {
-        while let Some(t) = trx.recv().await {
+    let (forward, forward_stop) = (tx.clone(), stop.clone());
+    tasks.spawn(async move {
+        // Stops with the agent: the sender lives in the inventory, which outlives this.
+        while let Some(t) = tokio::select! {
+            t = trx.recv() => t,
+            _ = forward_stop.cancelled() => None,
+        } {
             if forward.send(GpuNotice::Health(t)).is_err() {
                 return;
             }
         }
     });
-    let a = &settings.args;
-    let inventory = match crate::gpu::open(&a.source(), a.health(), a.gpu_recheck, Some(ttx)) {
-        Ok(i) => i,
-        Err(e) => Arc::new(Unavailable(e.to_string())) as Arc<dyn GpuInventory>,
-    };
+    let inventory =
+        match crate::gpu::open(&args.source(), args.health(), args.gpu_recheck, Some(ttx)) {
+            Ok(i) => i,
+            Err(e) => Arc::new(Unavailable(e.to_string())) as Arc<dyn GpuInventory>,
+        };
     let pods = Arc::new(ApiNodePods {
-        kube: crate::kubeapi::Kube::new(client.clone(), timeout, diag),
+        kube: kube.clone(),
         node: node.to_string(),
     });
     let mut rt = GpuRuntime::new(inventory, pods, Some(tx));
-    if let Some(path) = &a.kubelet_pod_resources_socket {
+    if let Some(path) = &args.kubelet_pod_resources_socket {
         rt = rt.with_assignments(Arc::new(SocketAssignments {
             path: path.clone(),
-            timeout,
+            timeout: kube.timeout,
         }));
     }
-    settings.runtime = Some(Arc::new(rt));
-    Some(rx)
+    let rt = Arc::new(rt);
+    tasks.spawn(refresh_facts(rt.clone(), args.gpu_recheck, stop.clone()));
+    tasks.spawn(forward_notices(
+        rx,
+        events.clone(),
+        node.to_string(),
+        stop.clone(),
+    ));
+    Some(rt)
 }
 
 /// Turns notices into Events until `stop`: health changes on the Node, verdicts on the pod.
@@ -400,12 +403,11 @@ pub struct GpuPlugin {
     runtime: Option<Arc<GpuRuntime>>,
 }
 
-impl GpuPlugin {
-    pub fn new(settings: &GpuSettings) -> Self {
-        GpuPlugin {
-            mode: settings.args.gpu_verification,
-            runtime: settings.runtime.clone(),
-        }
+/// The `gpu` plugin over the shared GPU runtime (`None`: GPU checks are off).
+pub fn setup(settings: &GpuSettings, env: &super::PluginEnv) -> GpuPlugin {
+    GpuPlugin {
+        mode: settings.args.gpu_verification,
+        runtime: env.gpu.clone(),
     }
 }
 

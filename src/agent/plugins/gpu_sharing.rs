@@ -124,23 +124,9 @@ fn json_arg<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
 }
 
 impl Default for SharingArgs {
+    /// The flags' own defaults (written once, in the `#[arg]`s above).
     fn default() -> Self {
-        SharingArgs {
-            gpu_sharing: true,
-            reservation_namespace: "kai-resource-reservation".into(),
-            reservation_image: DEFAULT_RESERVATION_IMAGE.into(),
-            reservation_service_account: "kai-resource-reservation".into(),
-            reservation_app_label: "kai-resource-reservation".into(),
-            reservation_runtime_class: None,
-            reservation_timeout: Duration::from_secs(40),
-            reservation_gc_interval: Duration::from_secs(30),
-            reservation_gc_grace: Duration::from_secs(30),
-            cdi: false,
-            reservation_pod_resources: None,
-            reservation_pod_security_context: None,
-            reservation_container_security_context: None,
-            hamicore: false,
-        }
+        crate::flags::defaults()
     }
 }
 
@@ -167,11 +153,10 @@ impl SharingArgs {
     }
 }
 
-/// Settings of the plugin: the flags, and API access once the agent attached it.
+/// Settings of the plugin: its flags.
 #[derive(Debug, Clone, Default)]
 pub struct SharingSettings {
     pub args: SharingArgs,
-    pub api: Option<SharingApi>,
 }
 
 /// One lock per GPU group, shared by binds and garbage collection.
@@ -238,14 +223,8 @@ impl std::fmt::Debug for SharingApi {
 }
 
 impl SharingApi {
-    pub fn new(
-        client: kube::Client,
-        node: &str,
-        timeout: Duration,
-        diag: Arc<crate::diag::Recorder>,
-        socket: Option<std::path::PathBuf>,
-    ) -> Self {
-        let kube = Kube::new(client, timeout, diag);
+    pub fn new(kube: Kube, node: &str, socket: Option<std::path::PathBuf>) -> Self {
+        let timeout = kube.timeout;
         let pods = Arc::new(super::gpu::ApiNodePods {
             kube: kube.clone(),
             node: node.to_string(),
@@ -357,20 +336,51 @@ struct NodeView<'a> {
 pub struct GpuSharingPlugin {
     args: SharingArgs,
     mode: CheckMode,
-    api: Option<SharingApi>,
+    api: SharingApi,
     gpu: Option<Arc<GpuRuntime>>,
 }
 
-impl GpuSharingPlugin {
-    pub fn new(settings: &SharingSettings, gpu: &super::gpu::GpuSettings) -> Self {
-        GpuSharingPlugin {
-            args: settings.args.clone(),
-            mode: gpu.args.gpu_verification,
-            api: settings.api.clone(),
-            gpu: gpu.runtime.clone(),
-        }
+/// The `gpu_sharing` plugin; when sharing is on, also the collector of reservation pods no
+/// group needs any more (a background task in `tasks`, acting only while leading).
+pub fn setup(
+    settings: &SharingSettings,
+    gpu: &crate::gpu::GpuArgs,
+    env: &super::PluginEnv,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> GpuSharingPlugin {
+    let api = SharingApi::new(
+        env.kube.clone(),
+        &env.node,
+        gpu.kubelet_pod_resources_socket.clone(),
+    );
+    if settings.args.gpu_sharing {
+        let (store, limit) = (env.requests.clone(), env.default_backoff_limit);
+        let pending: PendingGroups = Arc::new(move || {
+            store
+                .state()
+                .iter()
+                .filter_map(|r| r.0.as_ref().ok())
+                .filter(|br| !crate::binding::is_settled(br, limit))
+                .flat_map(|br| br.spec.selected_gpu_groups.clone().unwrap_or_default())
+                .collect()
+        });
+        tasks.spawn(collect_loop(
+            api.clone(),
+            settings.args.clone(),
+            pending,
+            env.leading.clone(),
+            env.stop.clone(),
+        ));
     }
+    GpuSharingPlugin {
+        args: settings.args.clone(),
+        mode: gpu.gpu_verification,
+        api,
+        gpu: env.gpu.clone(),
+    }
+}
 
+impl GpuSharingPlugin {
     fn v(check: &str, outcome: VerdictOutcome, message: String) -> Verdict {
         verdict(PLUGIN, check, outcome, message)
     }
@@ -827,11 +837,7 @@ impl Plugin for GpuSharingPlugin {
         else {
             return Ok(Vec::new());
         };
-        let Some(api) = &self.api else {
-            return Err(PluginError::transient(
-                "GPU sharing has no API access (agent misconfigured)",
-            ));
-        };
+        let api = &self.api;
         let portion_text = ctx
             .bind_request
             .spec
@@ -914,7 +920,7 @@ impl Plugin for GpuSharingPlugin {
     }
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
-        let Some(api) = &self.api else { return };
+        let api = &self.api;
         let w = state.slot::<SharingWrites>();
         let ns = &ctx.request.namespace;
         let cms: Api<ConfigMap> = Api::namespaced(api.kube.client.clone(), ns);

@@ -1,4 +1,8 @@
-//! Built-in plugins. Adding one is a module here and one line in [`standard`].
+//! Built-in plugins. Each is one folder: its flags and settings, its API adapter (the only
+//! code that calls the server for it), its rollback state, and the plugin itself over the
+//! pure decisions of `bindlet-core`. A plugin is built once, complete, by its `setup` from
+//! its settings and the [`PluginEnv`]; `setup` also starts the plugin's background tasks.
+//! Adding one is a folder here and one line in [`standard`].
 
 pub mod dra;
 pub mod extended_resources;
@@ -8,11 +12,21 @@ pub mod node;
 pub mod numa;
 pub mod volumes;
 
+use std::sync::Arc;
+
+use k8s_openapi::api::resource::v1::ResourceSlice;
+use kube::runtime::reflector::Store;
+use thiserror::Error;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{BindRequest, Lenient};
 use crate::binding::Registry;
+use crate::kubeapi::Kube;
 
 pub use crate::binding::CheckMode;
 
-/// Settings the built-in plugins read.
+/// The plugins' settings: their flags, nothing else (no slot is filled in later).
 #[derive(Debug, Clone, Default)]
 pub struct PluginSettings {
     pub node_checks: CheckMode,
@@ -25,52 +39,45 @@ pub struct PluginSettings {
     pub numa: numa::NumaSettings,
 }
 
-/// The standard pipeline, in order.
-pub fn standard(settings: &PluginSettings) -> Registry {
-    Registry::new()
-        .with(node::NodePlugin::new(settings.node_checks).with_memory(&settings.memory))
-        .with(gpu::GpuPlugin::new(&settings.gpu))
-        .with(numa::NumaPlugin::new(
-            &settings.numa,
-            settings.gpu.runtime.clone(),
-            settings.gpu.args.kubelet_pod_resources_socket.clone(),
-        ))
-        .with(gpu_sharing::GpuSharingPlugin::new(
-            &settings.sharing,
-            &settings.gpu,
-        ))
-        .with(volumes::VolumesPlugin::new(&settings.volumes))
-        .with(dra::DraPlugin::new(
-            &settings.dra,
-            settings.gpu.runtime.clone(),
-        ))
-        .with(extended_resources::ExtendedResourcesPlugin::new(
-            &settings.dra,
-            settings.gpu.runtime.clone(),
-        ))
+/// What every plugin is built from: the API handle (client, per-call timeout, observer),
+/// this node, the node's GPU runtime (`None` when GPU checks are off), what the agent's
+/// watches keep, and when background tasks stop.
+#[derive(Clone)]
+pub struct PluginEnv {
+    pub kube: Kube,
+    pub node: String,
+    pub gpu: Option<Arc<gpu::GpuRuntime>>,
+    /// This node's ResourceSlices, kept by the agent's watch (`spec.nodeName`).
+    pub node_slices: Store<ResourceSlice>,
+    /// This node's BindRequests, kept by the agent's watch.
+    pub requests: Store<Lenient<BindRequest>>,
+    /// The agent's `--default-backoff-limit` (when a request counts as settled).
+    pub default_backoff_limit: i32,
+    /// Whether this agent holds the node Lease (background writers act only then).
+    pub leading: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Background tasks stop when this fires.
+    pub stop: CancellationToken,
 }
 
-impl PluginSettings {
-    /// Gives the plugins that read or write API objects their client and per-call timeout.
-    pub fn with_api(
-        mut self,
-        client: kube::Client,
-        node: &str,
-        timeout: std::time::Duration,
-        diag: std::sync::Arc<crate::diag::Recorder>,
-    ) -> Self {
-        self.sharing.api = Some(gpu_sharing::SharingApi::new(
-            client.clone(),
-            node,
-            timeout,
-            diag.clone(),
-            self.gpu.args.kubelet_pod_resources_socket.clone(),
-        ));
-        self.dra.api = Some(dra::DraApi::new(client.clone(), timeout, diag.clone()));
-        self.numa.timeout = timeout;
-        self.volumes.api = Some(volumes::ApiAccess {
-            kube: crate::kubeapi::Kube::new(client, timeout, diag),
-        });
-        self
-    }
+/// Settings that cannot work together, found while building the plugins.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SetupError {
+    #[error("--publish-numa-placement needs --kubelet-pod-resources-socket")]
+    NumaPlacementWithoutSocket,
+}
+
+/// The standard pipeline, in order, each plugin with its background tasks in `tasks`.
+pub fn standard(
+    s: &PluginSettings,
+    env: &PluginEnv,
+    tasks: &mut JoinSet<()>,
+) -> Result<Registry, SetupError> {
+    Ok(Registry::new()
+        .with(node::setup(s.node_checks, &s.memory))
+        .with(gpu::setup(&s.gpu, env))
+        .with(numa::setup(&s.numa, &s.gpu.args, env, tasks)?)
+        .with(gpu_sharing::setup(&s.sharing, &s.gpu.args, env, tasks))
+        .with(volumes::setup(&s.volumes, env))
+        .with(dra::setup(&s.dra, env))
+        .with(extended_resources::setup(&s.dra, env)))
 }

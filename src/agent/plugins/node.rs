@@ -36,11 +36,9 @@ fn parse_reserve(s: &str) -> Result<u64, String> {
 }
 
 impl Default for MemoryArgs {
+    /// The flags' own defaults (written once, in the `#[arg]`s above).
     fn default() -> Self {
-        MemoryArgs {
-            memory_check: CheckMode::Off,
-            memory_reserve: DEFAULT_MEMORY_RESERVE,
-        }
+        crate::flags::defaults()
     }
 }
 
@@ -62,21 +60,17 @@ pub struct NodePlugin {
     probe: Arc<dyn MemoryProbe>,
 }
 
+/// The `node` plugin: `--node-checks`, and the memory check as `--memory-check` sets it,
+/// reading this machine's available memory.
+pub fn setup(mode: CheckMode, memory: &MemoryArgs) -> NodePlugin {
+    NodePlugin {
+        mode,
+        memory: memory.clone(),
+        probe: Arc::new(SystemProbe::own()),
+    }
+}
+
 impl NodePlugin {
-    pub fn new(mode: CheckMode) -> Self {
-        NodePlugin {
-            mode,
-            memory: MemoryArgs::default(),
-            probe: Arc::new(SystemProbe::own()),
-        }
-    }
-
-    /// Turns on the memory check (off by default).
-    pub fn with_memory(mut self, args: &MemoryArgs) -> Self {
-        self.memory = args.clone();
-        self
-    }
-
     /// Reads available memory from `probe` instead of the node.
     pub fn with_memory_probe(mut self, probe: Arc<dyn MemoryProbe>) -> Self {
         self.probe = probe;

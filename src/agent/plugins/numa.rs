@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Verdict, VerdictOutcome};
 use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
 use crate::gpu::podresources;
-use crate::gpu::{GpuSnapshot, InventoryState};
+use crate::gpu::{GpuArgs, GpuSnapshot, InventoryState};
 use crate::kubeapi::calls::PATCH_POD;
 use crate::numa::{self, NodeView, OBSERVED_ANNOTATION, PLUGIN, sysfs};
 use crate::plugins::gpu::GpuRuntime;
@@ -45,31 +45,16 @@ pub struct NumaArgs {
 }
 
 impl Default for NumaArgs {
+    /// The flags' own defaults (written once, in the `#[arg]`s above).
     fn default() -> Self {
-        NumaArgs {
-            numa_checks: CheckMode::Enforce,
-            sysfs_root: PathBuf::from("/sys"),
-            publish_numa_placement: false,
-            numa_placement_period: Duration::from_secs(1),
-        }
+        crate::flags::defaults()
     }
 }
 
-/// The plugin's flags, and the bound of a call to the kubelet's socket (the agent's
-/// per-call timeout, set with the API access).
-#[derive(Debug, Clone)]
+/// The plugin's settings: its flags.
+#[derive(Debug, Clone, Default)]
 pub struct NumaSettings {
     pub args: NumaArgs,
-    pub timeout: Duration,
-}
-
-impl Default for NumaSettings {
-    fn default() -> Self {
-        NumaSettings {
-            args: NumaArgs::default(),
-            timeout: Duration::from_secs(10),
-        }
-    }
 }
 
 pub struct NumaPlugin {
@@ -79,20 +64,34 @@ pub struct NumaPlugin {
     timeout: Duration,
 }
 
-impl NumaPlugin {
-    /// `socket`: the kubelet's pod-resources socket, when configured.
-    pub fn new(
-        settings: &NumaSettings,
-        runtime: Option<Arc<GpuRuntime>>,
-        socket: Option<PathBuf>,
-    ) -> Self {
-        NumaPlugin {
-            args: settings.args.clone(),
-            runtime,
+/// The `numa` plugin; with `--publish-numa-placement`, also the publisher of observed
+/// placements (a background task in `tasks`), which needs the kubelet's socket.
+pub fn setup(
+    settings: &NumaSettings,
+    gpu: &GpuArgs,
+    env: &super::PluginEnv,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<NumaPlugin, super::SetupError> {
+    let args = &settings.args;
+    let socket = gpu.kubelet_pod_resources_socket.clone();
+    if args.publish_numa_placement {
+        let Some(socket) = socket.clone() else {
+            return Err(super::SetupError::NumaPlacementWithoutSocket);
+        };
+        let publisher = PlacementPublisher {
+            kube: env.kube.clone(),
             socket,
-            timeout: settings.timeout,
-        }
+            sysfs_root: args.sysfs_root.clone(),
+            period: args.numa_placement_period,
+        };
+        tasks.spawn(publish_loop(publisher, env.stop.clone()));
     }
+    Ok(NumaPlugin {
+        args: args.clone(),
+        runtime: env.gpu.clone(),
+        socket,
+        timeout: env.kube.timeout,
+    })
 }
 
 #[async_trait::async_trait]

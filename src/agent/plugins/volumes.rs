@@ -58,39 +58,19 @@ pub struct VolumeArgs {
     pub volume_host_root: PathBuf,
 }
 
-impl VolumeArgs {
-    pub fn settings(&self) -> VolumeSettings {
-        VolumeSettings {
-            checks: self.volume_checks,
-            binding_timeout: self.volume_binding_timeout,
-            host_root: self.volume_host_root.clone(),
-            api: None,
-        }
-    }
-}
-
-/// Settings of the volumes plugin.
-#[derive(Debug, Clone)]
-pub struct VolumeSettings {
-    pub checks: CheckMode,
-    pub binding_timeout: Duration,
-    pub host_root: PathBuf,
-    /// API access for claims; attached by the agent (see [`super::PluginSettings::with_api`]).
-    pub api: Option<ApiAccess>,
-}
-
-impl Default for VolumeSettings {
+impl Default for VolumeArgs {
+    /// The flags' own defaults (written once, in the `#[arg]`s above).
     fn default() -> Self {
-        VolumeSettings {
-            checks: CheckMode::Enforce,
-            binding_timeout: Duration::from_secs(120),
-            host_root: PathBuf::from("/"),
-            api: None,
-        }
+        crate::flags::defaults()
     }
 }
 
-/// The API client the plugin uses, with the agent's per-call timeout.
+/// Settings of the volumes plugin: its flags.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeSettings {
+    pub args: VolumeArgs,
+}
+
 #[derive(Clone, Debug)]
 pub struct ApiAccess {
     pub(super) kube: Kube,
@@ -168,26 +148,28 @@ pub fn pod_volumes(pod: &Pod) -> (Vec<ClaimUse>, Vec<HostPathUse>) {
 pub struct VolumesPlugin {
     checks: CheckMode,
     binding_timeout: Duration,
-    api: Option<ApiAccess>,
+    api: ApiAccess,
     facts: Arc<dyn VolumeFacts>,
     /// Bound on one filesystem inspection (a hung mount must not hang the worker).
     fs_timeout: Duration,
 }
 
-impl VolumesPlugin {
-    pub fn new(settings: &VolumeSettings) -> Self {
-        VolumesPlugin {
-            checks: settings.checks,
-            binding_timeout: settings.binding_timeout,
-            fs_timeout: settings
-                .api
-                .as_ref()
-                .map_or(Duration::from_secs(10), |a| a.kube.timeout),
-            api: settings.api.clone(),
-            facts: Arc::new(HostFs::new(settings.host_root.clone())),
-        }
+/// The `volumes` plugin: its API access, and the node's filesystem under
+/// `--volume-host-root`, each inspection bounded by the agent's per-call timeout.
+pub fn setup(settings: &VolumeSettings, env: &super::PluginEnv) -> VolumesPlugin {
+    let args = &settings.args;
+    VolumesPlugin {
+        checks: args.volume_checks,
+        binding_timeout: args.volume_binding_timeout,
+        fs_timeout: env.kube.timeout,
+        api: ApiAccess {
+            kube: env.kube.clone(),
+        },
+        facts: Arc::new(HostFs::new(args.volume_host_root.clone())),
     }
+}
 
+impl VolumesPlugin {
     /// Replaces the filesystem source (tests).
     pub fn with_facts(mut self, facts: Arc<dyn VolumeFacts>) -> Self {
         self.facts = facts;
@@ -577,11 +559,7 @@ impl Plugin for VolumesPlugin {
         if claim_uses.is_empty() {
             return Ok(out);
         }
-        let Some(api) = &self.api else {
-            return Err(PluginError::transient(
-                "the volumes plugin has no API access to read the pod's claims",
-            ));
-        };
+        let api = &self.api;
         for c in &claim_uses {
             out.extend(
                 self.claim(ctx, api, c, state.slot::<VolumeWrites>())
@@ -595,7 +573,7 @@ impl Plugin for VolumesPlugin {
     /// that nothing needs undoing. Best effort: the PV's claimRef carries the claim's UID, so
     /// the PV controller finishes the binding if this write is lost.
     async fn post_bind(&self, _ctx: &BindContext<'_>, state: &BindState) {
-        let Some(api) = &self.api else { return };
+        let api = &self.api;
         for r in state.get::<VolumeWrites>().map_or(&[][..], |w| &w.reserved) {
             if let Err(e) = complete_claim(api, r).await {
                 tracing::warn!(claim = %format!("{}/{}", r.namespace, r.claim), pv = %r.pv, error = %e.message,
@@ -605,7 +583,7 @@ impl Plugin for VolumesPlugin {
     }
 
     async fn rollback(&self, ctx: &BindContext<'_>, state: &mut BindState) {
-        let Some(api) = &self.api else { return };
+        let api = &self.api;
         let w = state.take::<VolumeWrites>().unwrap_or_default();
         for r in w.reserved.iter().rev() {
             if let Err(e) = release_pv(api, r).await {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::gpu::podresources::{ContainerDevices, ContainerMemory, ContainerResources};
+use crate::api::podresources::{ContainerDevices, ContainerMemory, ContainerResources};
 use crate::gpu::{Gpu, Health, InventoryState};
 
 fn facts() -> NumaFacts {

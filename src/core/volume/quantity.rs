@@ -7,7 +7,7 @@ use crate::api::quantity;
 /// byte). `None` for malformed or negative quantities, or values beyond `u64`.
 ///
 /// ```
-/// use bindlet_agent::volume::quantity::parse_bytes;
+/// use bindlet_core::volume::quantity::parse_bytes;
 /// assert_eq!(parse_bytes("10Gi"), Some(10 << 30));
 /// assert_eq!(parse_bytes("1.5k"), Some(1500));
 /// assert_eq!(parse_bytes("2e3"), Some(2000));
@@ -25,7 +25,7 @@ pub fn parse_bytes(q: &str) -> Option<u64> {
 /// Bytes in binary units with one decimal where it matters: `3.1 GiB`, `10 GiB`, `512 B`.
 ///
 /// ```
-/// use bindlet_agent::volume::quantity::format_bytes;
+/// use bindlet_core::volume::quantity::format_bytes;
 /// assert_eq!(format_bytes(10 << 30), "10 GiB");
 /// assert_eq!(format_bytes(3_328_599_654), "3.1 GiB");
 /// assert_eq!(format_bytes(512), "512 B");

@@ -10,8 +10,8 @@ use crate::binding::CheckMode;
 use crate::binding::decide::GpuRequest;
 use crate::binding::verdict;
 
-use super::podresources::PodResources;
 use super::{GpuSnapshot, InventoryState};
+use crate::api::podresources::PodResources;
 
 pub use crate::api::wellknown::{GPU_RESOURCE, RESERVED_GPU_ANNOTATION};
 
@@ -550,7 +550,7 @@ pub(crate) mod tests {
     }
 
     fn pr(namespace: &str, name: &str, ids: &[&str]) -> PodResources {
-        use crate::gpu::podresources::{ContainerDevices, ContainerResources};
+        use crate::api::podresources::{ContainerDevices, ContainerResources};
         PodResources {
             name: name.into(),
             namespace: namespace.into(),

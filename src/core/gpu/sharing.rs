@@ -1,6 +1,6 @@
 //! Fractional GPU sharing the way KAI-Scheduler does it, as pure decisions over the pods
 //! bound to this node, the kubelet's device assignments and a GPU snapshot. The
-//! `gpu_sharing` plugin (`crate::plugins::gpu_sharing`) performs what these decide.
+//! `gpu_sharing` plugin (the agent's `plugins::gpu_sharing`) performs what these decide.
 //!
 //! KAI's contract, kept exactly (so pods, reservation pods and ConfigMaps made by KAI's
 //! binder and by bindlet are interchangeable):
