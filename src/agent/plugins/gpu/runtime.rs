@@ -1,37 +1,6 @@
-//! `gpu`: the node's GPUs can serve the request, checked on the node right before binding.
-//!
-//! `validate` cross-checks the request with the pod (pure). `pre_bind` takes a fresh
-//! probe of the GPUs and lists the pods already bound to this node (only for requests
-//! that ask for GPUs, so a plain bind costs no extra API request), then applies the pure
-//! verdicts of [`crate::gpu::verdict`]. GPU binds on one node are serialized from the
-//! probe until the bind is done, so two binds cannot both count the same free GPU.
+//! The node's GPU runtime, started once by the agent and shared by every GPU-reading plugin and the diagnostics: the inventory, the pods on this node (the API adapter: one LIST per GPU bind), the kubelet's device assignments, the bind lock, and the notices turned into Events.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Api, ListParams};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio_util::sync::CancellationToken;
-
-use crate::api::{Verdict, VerdictOutcome};
-use crate::binding::decide::GpuRequest;
-use crate::binding::{BindContext, BindState, Plugin, PluginError, verdict};
-use crate::gpu::podresources::{self, PodResources};
-use crate::gpu::verdict::{self as gv, PLUGIN};
-use crate::gpu::{GpuArgs, GpuInventory, GpuSnapshot, Transition};
-use crate::kubeapi::events::{EventSink, EventSpec, EventType};
-
-use super::CheckMode;
-
-/// The `gpu` plugin's settings: its flags (they also configure the GPU runtime that the
-/// agent starts once and every GPU-reading plugin shares).
-#[derive(Debug, Clone, Default)]
-pub struct GpuSettings {
-    pub args: GpuArgs,
-}
+use super::*;
 
 /// The pods bound to this node, as the GPU checks need them.
 #[async_trait::async_trait]
@@ -99,17 +68,17 @@ pub struct VerdictRecord {
     pub verdicts: Vec<Verdict>,
 }
 
-const KEEP_VERDICTS: usize = 32;
+pub(super) const KEEP_VERDICTS: usize = 32;
 
 /// The inventory, the pod source and the lock shared by every GPU bind of this agent.
 pub struct GpuRuntime {
-    inventory: Arc<dyn GpuInventory>,
-    pods: Arc<dyn NodePods>,
-    assignments: Option<Arc<dyn DeviceAssignments>>,
-    notices: Option<UnboundedSender<GpuNotice>>,
-    bind_lock: Arc<tokio::sync::Mutex<()>>,
-    last_snapshot: Mutex<Option<GpuSnapshot>>,
-    last_verdicts: Mutex<VecDeque<VerdictRecord>>,
+    pub(super) inventory: Arc<dyn GpuInventory>,
+    pub(super) pods: Arc<dyn NodePods>,
+    pub(super) assignments: Option<Arc<dyn DeviceAssignments>>,
+    pub(super) notices: Option<UnboundedSender<GpuNotice>>,
+    pub(super) bind_lock: Arc<tokio::sync::Mutex<()>>,
+    pub(super) last_snapshot: Mutex<Option<GpuSnapshot>>,
+    pub(super) last_verdicts: Mutex<VecDeque<VerdictRecord>>,
 }
 
 impl GpuRuntime {
@@ -143,7 +112,7 @@ impl GpuRuntime {
     /// when configured and answering, else (saying why) the pods' limits. The pod list is
     /// needed either way: for reservations (fractions) and for pods the kubelet has not
     /// admitted yet.
-    async fn holders(&self, req: &GpuRequest) -> Result<gv::Holders, PluginError> {
+    pub(super) async fn holders(&self, req: &GpuRequest) -> Result<gv::Holders, PluginError> {
         let answer = match (&self.assignments, req) {
             (Some(a), GpuRequest::Whole { .. }) => Some(a.list().await),
             _ => None,
@@ -209,7 +178,7 @@ impl GpuRuntime {
         snap
     }
 
-    fn record(&self, request: String, verdicts: &[Verdict]) {
+    pub(super) fn record(&self, request: String, verdicts: &[Verdict]) {
         let mut q = lock(&self.last_verdicts);
         if q.len() >= KEEP_VERDICTS {
             q.pop_front();
@@ -266,7 +235,7 @@ pub async fn refresh_facts(rt: Arc<GpuRuntime>, period: Duration, stop: Cancella
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -378,7 +347,7 @@ pub fn notice_event(n: GpuNotice, node: &str) -> EventSpec {
 }
 
 /// An inventory that could not even be started.
-struct Unavailable(String);
+pub(super) struct Unavailable(String);
 
 impl GpuInventory for Unavailable {
     fn snapshot(&self) -> GpuSnapshot {
@@ -386,123 +355,5 @@ impl GpuInventory for Unavailable {
     }
     fn describe(&self) -> String {
         "unavailable".into()
-    }
-}
-
-/// What `pre_bind` leaves for the rest of the attempt: the verdicts, and the node's GPU
-/// bind lock, held until the attempt ends (the state is dropped after the bind).
-#[derive(Debug, Default)]
-pub struct GpuBindState {
-    pub snapshot: Option<GpuSnapshot>,
-    pub verdicts: Vec<Verdict>,
-    pub guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-pub struct GpuPlugin {
-    mode: CheckMode,
-    runtime: Option<Arc<GpuRuntime>>,
-}
-
-/// The `gpu` plugin over the shared GPU runtime (`None`: GPU checks are off).
-pub fn setup(settings: &GpuSettings, env: &super::PluginEnv) -> GpuPlugin {
-    GpuPlugin {
-        mode: settings.args.gpu_verification,
-        runtime: env.gpu.clone(),
-    }
-}
-
-#[async_trait::async_trait]
-impl Plugin for GpuPlugin {
-    fn name(&self) -> &'static str {
-        PLUGIN
-    }
-
-    fn validate(&self, ctx: &BindContext<'_>) -> Vec<Verdict> {
-        let mut out = gv::request_verdicts(&ctx.request.gpu, ctx.pod, self.mode);
-        if ctx.bind_request.spec.received_resource_type.as_deref() == Some("MigInstance") {
-            out.push(verdict(
-                PLUGIN,
-                "mig",
-                VerdictOutcome::Skip,
-                "MIG instances are not verified on the node; the device plugin assigns them".into(),
-            ));
-        }
-        out
-    }
-
-    async fn pre_bind(
-        &self,
-        ctx: &BindContext<'_>,
-        state: &mut BindState,
-    ) -> Result<Vec<Verdict>, PluginError> {
-        // Fractions are checked by `gpu_sharing`, once it knows the group's GPU.
-        if matches!(
-            ctx.request.gpu,
-            GpuRequest::None | GpuRequest::Fraction { .. }
-        ) {
-            return Ok(Vec::new());
-        }
-        if self.mode == CheckMode::Off {
-            return Ok(vec![verdict(
-                PLUGIN,
-                "gpu",
-                VerdictOutcome::Skip,
-                "GPU verification is off".into(),
-            )]);
-        }
-        let Some(rt) = &self.runtime else {
-            let bad = if self.mode == CheckMode::Warn {
-                VerdictOutcome::Warn
-            } else {
-                VerdictOutcome::Fail
-            };
-            return Ok(vec![verdict(
-                PLUGIN,
-                "inventory",
-                bad,
-                "GPU inventory unavailable: no GPU backend is running".into(),
-            )]);
-        };
-        let guard = rt.bind_lock.clone().lock_owned().await;
-        let snap = rt.snapshot().await;
-        let holders = rt.holders(&ctx.request.gpu).await?;
-        let verdicts = gv::inventory_verdicts(&ctx.request.gpu, &snap, &holders, self.mode);
-        let request = format!("{}/{}", ctx.request.namespace, ctx.request.pod_name);
-        rt.record(request, &verdicts);
-        let failed: Vec<&Verdict> = verdicts
-            .iter()
-            .filter(|v| v.outcome == VerdictOutcome::Fail)
-            .collect();
-        if let Some(tx) = &rt.notices {
-            let ok = failed.is_empty();
-            let shown: Vec<&Verdict> = if ok {
-                verdicts.iter().collect()
-            } else {
-                failed
-            };
-            let message = shown
-                .iter()
-                .map(|v| v.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            let _ = tx.send(GpuNotice::Verdict {
-                pod: crate::api::refs::object_ref(ctx.pod),
-                ok,
-                message,
-            });
-        }
-        state.put(GpuBindState {
-            snapshot: Some(snap),
-            verdicts: verdicts.clone(),
-            guard: Some(guard),
-        });
-        Ok(verdicts)
-    }
-
-    async fn rollback(&self, _ctx: &BindContext<'_>, state: &mut BindState) {
-        // Nothing was written; releasing the lock lets the next GPU bind probe.
-        if let Some(s) = state.get_mut::<GpuBindState>() {
-            s.guard = None;
-        }
     }
 }
