@@ -394,7 +394,7 @@ fn log_and_emit(
         }
         Outcome::Failed(f) => {
             sh.stats.failed(phase == "Failed");
-            tracing::warn!(request = %key, phase, attempts, code = f.code(), reason, "bind attempt failed");
+            tracing::warn!(request = %key, phase, attempts, code = f.code(), detail = f.detail_code().unwrap_or(""), reason, "bind attempt failed");
             let limit = binding::backoff_limit(br, sh.cfg.default_backoff_limit);
             let note = if phase == "Failed" {
                 format!("Binding failed, giving up (attempt {attempts}): {reason}")

@@ -53,6 +53,14 @@ pub struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginErrorLabels {
+    pub plugin: String,
+    /// The plugin's stable code (`ObjectMissing`, `NotReady`, `Unsatisfiable`,
+    /// `InvalidRequest`, `WriteRejected`).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// `NotThisNode` | `StatusWriteRefused`
     pub reason: String,
@@ -104,6 +112,7 @@ pub struct Metrics {
     pub oldest_pending: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub requests_left_alone: Family<ReasonLabels, Counter>,
+    pub plugin_errors: Family<PluginErrorLabels, Counter>,
     pub dra_binding_waits: Gauge,
     pub dra_binding_wait_seconds: HistogramFamily<WaitLabels>,
     pub permissions_missing: Gauge,
@@ -133,6 +142,7 @@ impl Default for Metrics {
             oldest_pending: Gauge::default(),
             ready: Gauge::default(),
             requests_left_alone: Family::default(),
+            plugin_errors: Family::default(),
             dra_binding_waits: Gauge::default(),
             dra_binding_wait_seconds: Family::new_with_constructor(
                 wait_histogram as fn() -> Histogram,
@@ -207,6 +217,11 @@ impl Default for Metrics {
             "requests_left_alone",
             "BindRequest versions this agent stopped working on without writing a status (not this node's, or the status write was refused), by reason",
             m.requests_left_alone.clone(),
+        );
+        registry.register(
+            "plugin_errors",
+            "Attempts a plugin's pre-bind step failed, by plugin and the plugin's code",
+            m.plugin_errors.clone(),
         );
         registry.register(
             "dra_binding_waits",

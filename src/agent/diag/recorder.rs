@@ -577,7 +577,20 @@ impl Recorder {
             Ok(Outcome::Bound) => ("bound", None),
             Ok(Outcome::AlreadyBound) => ("already_bound", None),
             Ok(Outcome::Failed(f)) | Err(AttemptError::Failed(f)) => {
-                ("failed", Some(format!("{}: {f}", f.code())))
+                if let Failure::PreBindFailed { plugin, kind, .. } = f {
+                    self.metrics
+                        .plugin_errors
+                        .get_or_create(&super::metrics::PluginErrorLabels {
+                            plugin: plugin.clone(),
+                            code: kind.code().to_string(),
+                        })
+                        .inc();
+                }
+                let code = match f.detail_code() {
+                    Some(detail) => format!("{}/{detail}", f.code()),
+                    None => f.code().to_string(),
+                };
+                ("failed", Some(format!("{code}: {f}")))
             }
             Err(AttemptError::Transient(m)) => ("transient", Some(m.clone())),
             Err(AttemptError::Cancelled) => ("cancelled", None),
@@ -895,6 +908,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_plugin_step_is_counted_and_recorded_with_the_plugin_code() {
+        let r = Recorder::new(10);
+        let b = br("p");
+        let t = r.attempt_started(&b);
+        let failed = Err(AttemptError::Failed(Failure::PreBindFailed {
+            plugin: "volumes".into(),
+            kind: crate::binding::PluginErrorKind::ObjectMissing,
+            message: "volume data: PersistentVolumeClaim ns/c does not exist".into(),
+        }));
+        r.attempt_finished(&b, t, &failed, None);
+        let text = r.metrics.encode();
+        assert!(
+            text.contains(
+                r#"bindlet_plugin_errors_total{plugin="volumes",code="ObjectMissing"} 1"#
+            ),
+            "{text}"
+        );
+        let i = r.lock();
+        let reason = i.requests[0].attempts[0].reason.as_deref().unwrap_or("");
+        assert!(
+            reason.starts_with("PreBindFailed/ObjectMissing: pre-bind step volumes failed"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn an_active_request_is_not_evicted_first() {
         let r = Recorder::new(3);
         let (a, b, c, d) = (br("a"), br("b"), br("c"), br("d"));
@@ -988,11 +1027,13 @@ mod tests {
         );
         let refused = Err(AttemptError::Failed(Failure::PreBindFailed {
             plugin: "volumes".into(),
+            kind: crate::binding::PluginErrorKind::ObjectMissing,
             message: "volume data: hostPath /x does not exist".into(),
         }));
         assert_eq!(volume_check_failures(&refused, &[]), ["refused"]);
         let other = Err(AttemptError::Failed(Failure::PreBindFailed {
             plugin: "dra".into(),
+            kind: crate::binding::PluginErrorKind::Unsatisfiable,
             message: String::new(),
         }));
         assert!(volume_check_failures(&other, &[]).is_empty());

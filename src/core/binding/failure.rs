@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use super::pipeline::PluginErrorKind;
+
 /// A refusal or failure of one attempt. Transient infrastructure errors (API server
 /// unreachable, 5xx, timeouts) are not `Failure`s: they say nothing about the request
 /// and are retried without counting an attempt (see `agent::effects::ApiError`).
@@ -35,7 +37,12 @@ pub enum Failure {
         message: String,
     },
     #[error("pre-bind step {plugin} failed: {message}")]
-    PreBindFailed { plugin: String, message: String },
+    PreBindFailed {
+        plugin: String,
+        /// The plugin's own code for why (see [`PluginErrorKind`]).
+        kind: PluginErrorKind,
+        message: String,
+    },
     #[error("the API server rejected the binding: {0}")]
     BindingRejected(String),
 }
@@ -54,6 +61,14 @@ impl Failure {
             Failure::Refused { .. } => "NodeRefused",
             Failure::PreBindFailed { .. } => "PreBindFailed",
             Failure::BindingRejected(_) => "BindingRejected",
+        }
+    }
+
+    /// The finer code beneath [`Self::code`]: the plugin's own, for a failed pre-bind step.
+    pub fn detail_code(&self) -> Option<&'static str> {
+        match self {
+            Failure::PreBindFailed { kind, .. } => Some(kind.code()),
+            _ => None,
         }
     }
 

@@ -16,6 +16,6 @@ pub use decide::{
 pub use failure::Failure;
 pub use pipeline::{
     AttemptError, BindContext, BindFault, BindState, Binder, Park, ParkedOn, PipelineReport,
-    Plugin, PluginError, Registry, verdict,
+    Plugin, PluginError, PluginErrorKind, Registry, verdict,
 };
 pub use status::{Outcome, backoff_limit, is_settled, next_status};

@@ -86,16 +86,69 @@ impl std::fmt::Debug for BindState {
     }
 }
 
-/// A `pre_bind` step that could not complete.
+/// A `pre_bind` step that could not complete: a stable code (its [`PluginErrorKind`]),
+/// and the text for the status reason, logs and Events.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{message}")]
 pub struct PluginError {
+    pub kind: PluginErrorKind,
     pub message: String,
-    /// True when the cause is infrastructure (API server, timeouts), not the request.
-    pub transient: bool,
     /// Set when the step must wait for someone else (a DRA driver's binding condition):
     /// the attempt ends without binding and without undoing this plugin's writes.
     pub park: Option<Park>,
+}
+
+/// Why a plugin step could not complete. Each kind has a stable code ([`Self::code`], a
+/// metrics label and a field of the log line) and says whether it is about the request
+/// (a failed attempt) or about the infrastructure (retried without counting one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginErrorKind {
+    /// An object the request needs does not exist or is being deleted (a claim, a
+    /// PersistentVolume, a StorageClass, a ResourceClaim).
+    ObjectMissing,
+    /// Another component has to act first (the PV controller, a provisioner, the kubelet,
+    /// a DRA driver); later attempts may succeed.
+    NotReady,
+    /// This node cannot honour the request as things are (a volume claimed by another
+    /// claim, a device already taken, a GPU the kubelet refused).
+    Unsatisfiable,
+    /// The request carries data this step cannot use (an allocation entry without an
+    /// allocation, an invalid extended-resource request).
+    InvalidRequest,
+    /// The API server refused one of the step's writes (validation, admission, RBAC).
+    WriteRejected,
+    /// The API server or a local source did not answer: infrastructure, retried without
+    /// counting an attempt.
+    Unavailable,
+    /// The objects kept changing under concurrent writers: retried without counting an
+    /// attempt.
+    Contention,
+    /// The step waits for someone else (see [`Park`]).
+    Waiting,
+}
+
+impl PluginErrorKind {
+    /// Stable CamelCase code, like [`Failure::code`].
+    pub fn code(self) -> &'static str {
+        match self {
+            PluginErrorKind::ObjectMissing => "ObjectMissing",
+            PluginErrorKind::NotReady => "NotReady",
+            PluginErrorKind::Unsatisfiable => "Unsatisfiable",
+            PluginErrorKind::InvalidRequest => "InvalidRequest",
+            PluginErrorKind::WriteRejected => "WriteRejected",
+            PluginErrorKind::Unavailable => "Unavailable",
+            PluginErrorKind::Contention => "Contention",
+            PluginErrorKind::Waiting => "Waiting",
+        }
+    }
+
+    /// Infrastructure, not the request: retried without counting an attempt.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            PluginErrorKind::Unavailable | PluginErrorKind::Contention
+        )
+    }
 }
 
 /// An attempt that waits: on what, and for how long at most. The agent hands the request
@@ -121,31 +174,61 @@ pub struct ParkedOn {
 }
 
 impl PluginError {
-    /// A refusal about the request, pod or node: counts as a failed attempt.
-    pub fn refused(message: impl Into<String>) -> Self {
+    pub fn new(kind: PluginErrorKind, message: impl Into<String>) -> Self {
         PluginError {
+            kind,
             message: message.into(),
-            transient: false,
             park: None,
         }
     }
 
-    /// Infrastructure trouble (API server, timeouts): retried without counting an attempt.
-    pub fn transient(message: impl Into<String>) -> Self {
-        PluginError {
-            message: message.into(),
-            transient: true,
-            park: None,
-        }
+    /// See [`PluginErrorKind::ObjectMissing`].
+    pub fn missing(message: impl Into<String>) -> Self {
+        Self::new(PluginErrorKind::ObjectMissing, message)
+    }
+
+    /// See [`PluginErrorKind::NotReady`].
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self::new(PluginErrorKind::NotReady, message)
+    }
+
+    /// See [`PluginErrorKind::Unsatisfiable`].
+    pub fn unsatisfiable(message: impl Into<String>) -> Self {
+        Self::new(PluginErrorKind::Unsatisfiable, message)
+    }
+
+    /// See [`PluginErrorKind::InvalidRequest`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(PluginErrorKind::InvalidRequest, message)
+    }
+
+    /// See [`PluginErrorKind::WriteRejected`].
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(PluginErrorKind::WriteRejected, message)
+    }
+
+    /// See [`PluginErrorKind::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(PluginErrorKind::Unavailable, message)
+    }
+
+    /// See [`PluginErrorKind::Contention`].
+    pub fn contention(message: impl Into<String>) -> Self {
+        Self::new(PluginErrorKind::Contention, message)
     }
 
     /// The step waits on `park` (see [`Park`]).
     pub fn parked(park: Park) -> Self {
         PluginError {
+            kind: PluginErrorKind::Waiting,
             message: format!("waiting for {}", park.waiting_for),
-            transient: false,
             park: Some(park),
         }
+    }
+
+    /// Infrastructure trouble: retried without counting an attempt.
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
     }
 }
 
@@ -356,11 +439,12 @@ async fn pre_bind_all(
             }
             Err(e) => {
                 report.stages.push(("pre_bind", t.elapsed()));
-                report.result = Err(if e.transient {
+                report.result = Err(if e.is_transient() {
                     AttemptError::Transient(format!("{}: {}", plugin.name(), e.message))
                 } else {
                     AttemptError::Failed(Failure::PreBindFailed {
                         plugin: plugin.name().to_string(),
+                        kind: e.kind,
                         message: e.message,
                     })
                 });
@@ -400,6 +484,27 @@ pub fn verdict(plugin: &str, check: &str, outcome: VerdictOutcome, message: Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_infrastructure_kinds_are_transient_and_every_code_is_distinct() {
+        use PluginErrorKind::*;
+        let all = [
+            ObjectMissing,
+            NotReady,
+            Unsatisfiable,
+            InvalidRequest,
+            WriteRejected,
+            Unavailable,
+            Contention,
+            Waiting,
+        ];
+        let transient: Vec<_> = all.iter().filter(|k| k.is_transient()).collect();
+        assert_eq!(transient, [&Unavailable, &Contention]);
+        let codes: std::collections::BTreeSet<_> = all.iter().map(|k| k.code()).collect();
+        assert_eq!(codes.len(), all.len());
+        assert!(PluginError::unavailable("x").is_transient());
+        assert!(!PluginError::missing("x").is_transient());
+    }
     use crate::api::{BindRequestSpec, VerdictOutcome::*};
     use crate::binding::decide::GpuRequest;
     use std::sync::Mutex;
@@ -437,8 +542,8 @@ mod tests {
                 .unwrap()
                 .push(format!("pre_bind {}", self.name));
             match self.pre_bind_fails {
-                Some(true) => Err(PluginError::transient("boom")),
-                Some(false) => Err(PluginError::refused("boom")),
+                Some(true) => Err(PluginError::unavailable("boom")),
+                Some(false) => Err(PluginError::unsatisfiable("boom")),
                 // The plugin named "waits" waits on a claim.
                 None if self.name == "waits" => Err(PluginError::parked(Park {
                     claims: vec![ParkedOn {

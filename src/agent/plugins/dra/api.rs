@@ -56,7 +56,7 @@ pub(crate) async fn reserve(
 ) -> Result<(ReservedClaim, bool, ResourceClaim), PluginError> {
     for _ in 0..CONFLICT_TRIES {
         let Some(mut live) = api.get_claim(ns, claim).await? else {
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::missing(format!(
                 "claim {entry}: ResourceClaim {ns}/{claim} does not exist (will retry)"
             )));
         };
@@ -68,7 +68,7 @@ pub(crate) async fn reserve(
         };
         match decide::plan_reservation(&live, requested, pod_name, pod_uid) {
             Reservation::AlreadyReserved => return Ok((rec, false, live)),
-            Reservation::Refuse(why) => return Err(PluginError::refused(why)),
+            Reservation::Refuse(why) => return Err(PluginError::unsatisfiable(why)),
             Reservation::Write {
                 status,
                 sets_allocation,
@@ -81,7 +81,7 @@ pub(crate) async fn reserve(
             }
         }
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "ResourceClaim {ns}/{claim} kept changing while reserving it"
     )))
 }
@@ -108,7 +108,7 @@ pub(super) async fn release(
             return Ok(());
         }
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "ResourceClaim {}/{} kept changing",
         r.namespace, r.name
     )))
@@ -126,7 +126,7 @@ impl DraApi {
             )
             .await
             .map(|l| l.items)
-            .map_err(|e| PluginError::transient(format!("listing ResourceClaims: {e}")))
+            .map_err(|e| PluginError::unavailable(format!("listing ResourceClaims: {e}")))
     }
 
     pub(crate) async fn get_claim(
@@ -138,7 +138,9 @@ impl DraApi {
         self.kube
             .call(calls::GET_RESOURCE_CLAIM, api.get_opt(name))
             .await
-            .map_err(|e| PluginError::transient(format!("reading ResourceClaim {ns}/{name}: {e}")))
+            .map_err(|e| {
+                PluginError::unavailable(format!("reading ResourceClaim {ns}/{name}: {e}"))
+            })
     }
 
     /// This node's slices (`spec.nodeName`), or all of them.
@@ -155,7 +157,7 @@ impl DraApi {
             .call(calls::LIST_RESOURCE_SLICES, api.list(&lp))
             .await
             .map(|l| l.items.into_iter().map(Arc::new).collect())
-            .map_err(|e| PluginError::transient(format!("listing ResourceSlices: {e}")))
+            .map_err(|e| PluginError::unavailable(format!("listing ResourceSlices: {e}")))
     }
 
     /// PUT of the claim's status, guarded by the resourceVersion it carries. `false` when the
@@ -193,10 +195,10 @@ impl DraApi {
                 code: code @ (400 | 403 | 422),
                 message,
                 ..
-            }) => Err(PluginError::refused(format!(
+            }) => Err(PluginError::rejected(format!(
                 "writing ResourceClaim {ns}/{name} status was refused ({code}): {message}"
             ))),
-            Err(e) => Err(PluginError::transient(format!(
+            Err(e) => Err(PluginError::unavailable(format!(
                 "writing ResourceClaim {ns}/{name} status: {e}"
             ))),
         }

@@ -141,7 +141,7 @@ impl DraPlugin {
             &checks.slices.items,
             &[],
         )
-        .map_err(PluginError::refused)?;
+        .map_err(PluginError::unsatisfiable)?;
         out.extend(
             tainted
                 .into_iter()
@@ -172,7 +172,7 @@ impl DraPlugin {
                 &checks.slices.items,
                 &checks.others,
             )
-            .map_err(PluginError::refused)?;
+            .map_err(PluginError::unsatisfiable)?;
             out.extend(
                 within
                     .into_iter()
@@ -260,17 +260,17 @@ fn parse_entry<'e>(
 ) -> Result<(&'e str, AllocationResult, String), PluginError> {
     let entry = e.name.as_deref().unwrap_or("");
     let Some(mirror) = e.allocation.clone() else {
-        return Err(PluginError::refused(format!(
+        return Err(PluginError::invalid(format!(
             "resourceClaimAllocations entry {entry} has no allocation"
         )));
     };
     let requested = AllocationResult::try_from(mirror).map_err(|err| {
-        PluginError::refused(format!(
+        PluginError::invalid(format!(
             "resourceClaimAllocations entry {entry}: invalid allocation: {err}"
         ))
     })?;
     let claim = decide::claim_name(pod, entry)
-        .map_err(|why| PluginError::refused(format!("claim {entry}: {why} (will retry)")))?;
+        .map_err(|why| PluginError::not_ready(format!("claim {entry}: {why} (will retry)")))?;
     Ok((entry, requested, claim))
 }
 
@@ -382,7 +382,7 @@ impl Plugin for DraPlugin {
                 // The rollback that follows clears the allocation this agent wrote, so the
                 // scheduler can allocate again (kube-scheduler does the same on giving up).
                 BindingConditions::Failed(why) | BindingConditions::TimedOut(why) => {
-                    return Err(PluginError::refused(format!(
+                    return Err(PluginError::unsatisfiable(format!(
                         "{why}; the reservation is undone{}",
                         if written {
                             " and the allocation this agent wrote is cleared"
@@ -446,7 +446,7 @@ impl DraPlugin {
             checked =
                 decide::verify_allocation(label, requested, node, &slices.items, gpus.as_ref());
         }
-        checked.map_err(PluginError::refused)
+        checked.map_err(PluginError::unsatisfiable)
     }
 
     /// Takes the GPU snapshot into `gpus` the first time an allocation names a GPU.

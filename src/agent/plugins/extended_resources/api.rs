@@ -40,15 +40,15 @@ pub(super) async fn obtain_claim(
                     .and_then(|c| c.metadata.uid.clone())
                     .unwrap_or_default();
                 remove_claim(api, ns, name, &uid).await?;
-                return Err(PluginError::transient(format!(
+                return Err(PluginError::contention(format!(
                     "{why}; removed it, the next attempt creates it anew"
                 )));
             }
-            ClaimPlan::Refuse(why) => return Err(PluginError::refused(why)),
+            ClaimPlan::Refuse(why) => return Err(PluginError::unsatisfiable(why)),
         }
     }
     let Some((how, uid)) = how else {
-        return Err(PluginError::transient(format!(
+        return Err(PluginError::contention(format!(
             "ResourceClaim {label} kept appearing and vanishing while creating it"
         )));
     };
@@ -90,8 +90,8 @@ pub(super) fn written(r: Result<(), ApiError>, what: &str) -> Result<bool, Plugi
         Err(ApiError::Status {
             code: 409 | 404, ..
         }) => Ok(false),
-        Err(e) if e.is_refusal() => Err(PluginError::refused(format!("{what} was refused: {e}"))),
-        Err(e) => Err(PluginError::transient(format!("{what}: {e}"))),
+        Err(e) if e.is_refusal() => Err(PluginError::rejected(format!("{what} was refused: {e}"))),
+        Err(e) => Err(PluginError::unavailable(format!("{what}: {e}"))),
     }
 }
 
@@ -139,10 +139,10 @@ pub(super) async fn write_pod_status(
             return Ok(true);
         }
         live = Cow::Owned(get_pod(api, ns, pod_name).await?.ok_or_else(|| {
-            PluginError::refused(format!("pod {ns}/{pod_name} vanished while binding it"))
+            PluginError::missing(format!("pod {ns}/{pod_name} vanished while binding it"))
         })?);
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "pod {ns}/{pod_name} kept changing while writing its extendedResourceClaimStatus"
     )))
 }
@@ -165,7 +165,7 @@ pub(super) async fn clear_pod_status(
             return Ok(());
         }
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "pod {ns}/{pod_name} kept changing while clearing its extendedResourceClaimStatus"
     )))
 }
@@ -179,7 +179,7 @@ pub(super) async fn get_pod(
     api.kube
         .call(calls::GET_POD, pods.get_opt(name))
         .await
-        .map_err(|e| PluginError::transient(format!("reading pod {ns}/{name}: {e}")))
+        .map_err(|e| PluginError::unavailable(format!("reading pod {ns}/{name}: {e}")))
 }
 
 /// Merge patch of `status.extendedResourceClaimStatus` (`None`: remove it, as a `null`),
@@ -274,7 +274,7 @@ pub(super) async fn remove_claim(
             }
         }
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "ResourceClaim {ns}/{name} kept changing while removing it"
     )))
 }

@@ -75,7 +75,7 @@ impl Plugin for ExtendedResourcesPlugin {
             return Ok(Vec::new());
         };
         let api = &self.api;
-        let req = decide::parse_request(spec, ctx.pod).map_err(PluginError::refused)?;
+        let req = decide::parse_request(spec, ctx.pod).map_err(PluginError::invalid)?;
         let ns = ctx.request.namespace.as_str();
         let pod_name = ctx.pod.metadata.name.as_deref().unwrap_or("");
         let pod_uid = ctx.pod.metadata.uid.as_deref().unwrap_or("");
@@ -192,7 +192,7 @@ impl ExtendedResourcesPlugin {
             &slices.items,
             &[],
         )
-        .map_err(PluginError::refused)?;
+        .map_err(PluginError::unsatisfiable)?;
         out.extend(
             tainted
                 .into_iter()

@@ -117,7 +117,7 @@ impl GpuRuntime {
             (Some(a), GpuRequest::Whole { .. }) => Some(a.list().await),
             _ => None,
         };
-        let pods = self.pods.list().await.map_err(PluginError::transient)?;
+        let pods = self.pods.list().await.map_err(PluginError::unavailable)?;
         Ok(match answer {
             Some(Ok(answer)) => gv::holders_from_pod_resources(&answer, &pods),
             Some(Err(e)) => {
@@ -158,7 +158,7 @@ impl GpuRuntime {
         gv::inventory_verdicts(&req, &snap, &holders, CheckMode::Enforce)
             .into_iter()
             .next()
-            .ok_or_else(|| PluginError::transient("no whole-GPU verdict"))
+            .ok_or_else(|| PluginError::unavailable("no whole-GPU verdict"))
     }
 
     /// What the agent's debug state shows: the last probe and the last verdicts.

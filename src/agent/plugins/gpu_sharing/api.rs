@@ -170,7 +170,7 @@ impl GpuSharingPlugin {
         pods: &[Pod],
     ) -> Result<(String, String, bool), PluginError> {
         if let Some(last) = api.recent_refusal() {
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::not_ready(format!(
                 "group {group} needs a new reservation pod, but none is created on this node for {} s after a refusal: {last}",
                 REFUSAL_COOL_DOWN.as_secs()
             )));
@@ -180,7 +180,7 @@ impl GpuSharingPlugin {
                 let guard = rt.lock_binds().await;
                 let free = rt.whole_gpu_verdict(pods).await?;
                 if free.outcome == VerdictOutcome::Fail {
-                    return Err(PluginError::refused(format!(
+                    return Err(PluginError::unsatisfiable(format!(
                         "group {group} needs a new reservation pod, which needs a free GPU: {}",
                         free.message
                     )));
@@ -206,7 +206,7 @@ impl GpuSharingPlugin {
             }
             Err(ApiError::Status { code: 409, .. }) => {
                 let found = api.get_pod(ns, &name).await.map_err(|e| {
-                    PluginError::transient(format!(
+                    PluginError::unavailable(format!(
                         "group {group}: reservation pod {ns}/{name} already exists; reading it: {e}"
                     ))
                 })?;
@@ -215,7 +215,7 @@ impl GpuSharingPlugin {
                         tracing::info!(group, pod = %name, "GPU reservation pod already exists; using it");
                         Ok((name, p.metadata.uid.unwrap_or_default(), false))
                     }
-                    _ => Err(PluginError::transient(format!(
+                    _ => Err(PluginError::contention(format!(
                         "group {group}: reservation pod {ns}/{name} is being deleted; retrying"
                     ))),
                 }
@@ -224,9 +224,9 @@ impl GpuSharingPlugin {
                 let m = format!("group {group}: creating a reservation pod in {ns}: {e}");
                 Err(
                     if e.code().is_some_and(|c| c == 403 || c == 404 || c == 422) {
-                        PluginError::refused(m)
+                        PluginError::rejected(m)
                     } else {
-                        PluginError::transient(m)
+                        PluginError::unavailable(m)
                     },
                 )
             }
@@ -271,7 +271,7 @@ impl GpuSharingPlugin {
             ..Default::default()
         };
         let fail = |e: ApiError| {
-            PluginError::transient(format!("writing ConfigMap {ns}/{}: {e}", plan.name))
+            PluginError::unavailable(format!("writing ConfigMap {ns}/{}: {e}", plan.name))
         };
         for _ in 0..CONFLICT_TRIES {
             let existing = api
@@ -331,7 +331,7 @@ impl GpuSharingPlugin {
                 Err(e) => return Err(fail(e)),
             }
         }
-        Err(PluginError::transient(format!(
+        Err(PluginError::contention(format!(
             "writing ConfigMap {ns}/{}: it kept changing ({CONFLICT_TRIES} conflicts)",
             plan.name
         )))

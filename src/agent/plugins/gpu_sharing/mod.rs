@@ -190,7 +190,7 @@ impl GpuSharingPlugin {
             Ok(()) => "it was removed".to_string(),
             Err(e) => format!("removing it failed ({e}); garbage collection will retry"),
         };
-        PluginError::refused(format!(
+        PluginError::unsatisfiable(format!(
             "group {group}: the kubelet refused reservation pod {ns}/{pod} ({message}); {removed}"
         ))
     }
@@ -216,10 +216,10 @@ impl GpuSharingPlugin {
                 return Ok((id.clone(), GpuSource::PodResources));
             }
             let current = api.get_pod(ns, pod).await.map_err(|e| {
-                PluginError::transient(format!("reading reservation pod {key}: {e}"))
+                PluginError::unavailable(format!("reading reservation pod {key}: {e}"))
             })?;
             let Some(current) = current.filter(|p| p.metadata.uid.as_deref() == Some(uid)) else {
-                return Err(PluginError::refused(format!(
+                return Err(PluginError::missing(format!(
                     "group {group}: reservation pod {key} was deleted while waiting for its GPU"
                 )));
             };
@@ -239,7 +239,7 @@ impl GpuSharingPlugin {
                 } else {
                     "no kubelet pod-resources socket is configured"
                 };
-                return Err(PluginError::refused(format!(
+                return Err(PluginError::not_ready(format!(
                     "group {group}: reservation pod {key} got no GPU within {}: {socket}, and its annotation {} is not set; check that it can start on this node",
                     humantime(timeout),
                     crate::gpu::verdict::RESERVED_GPU_ANNOTATION
@@ -291,9 +291,9 @@ impl GpuSharingPlugin {
             .map_err(|e| {
                 let m = format!("labelling the pod with its GPU groups: {e}");
                 if e.code() == Some(409) {
-                    PluginError::refused(format!("{m} (the pod was recreated)"))
+                    PluginError::missing(format!("{m} (the pod was recreated)"))
                 } else {
-                    PluginError::transient(m)
+                    PluginError::unavailable(m)
                 }
             })
     }
@@ -409,7 +409,7 @@ impl Plugin for GpuSharingPlugin {
         }
         w.groups = groups.clone();
 
-        let pods = api.pods.list().await.map_err(PluginError::transient)?;
+        let pods = api.pods.list().await.map_err(PluginError::unavailable)?;
         let assigned = api.assigned().await;
         let node_groups = decide::node_groups(&pods, &self.args.scope());
         let mut verdicts = Vec::new();
@@ -446,7 +446,7 @@ impl Plugin for GpuSharingPlugin {
             return Ok(verdicts);
         }
         let mut plans = decide::configmaps(ctx.pod, &devices, &portion_text, self.args.cdi)
-            .map_err(PluginError::refused)?;
+            .map_err(PluginError::invalid)?;
         if self.args.hamicore {
             if snapshot.is_none()
                 && let Some(rt) = &self.gpu

@@ -47,7 +47,7 @@ pub(super) async fn release_pv(api: &ApiAccess, r: &ReservedPv) -> Result<(), Pl
             return Ok(());
         }
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "PersistentVolume {} kept changing",
         r.pv
     )))
@@ -77,7 +77,7 @@ pub(super) async fn unselect_node(
             return Ok(());
         }
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "claim {ns}/{name} kept changing"
     )))
 }
@@ -109,14 +109,14 @@ pub(super) async fn complete_claim(api: &ApiAccess, r: &ReservedPv) -> Result<()
             return Ok(());
         }
     }
-    Err(PluginError::transient(format!(
+    Err(PluginError::contention(format!(
         "claim {}/{} kept changing",
         r.namespace, r.claim
     )))
 }
 
 pub(super) fn api_failure(what: &str, e: ApiError) -> PluginError {
-    PluginError::transient(format!("{what}: {e}"))
+    PluginError::unavailable(format!("{what}: {e}"))
 }
 
 impl ApiAccess {

@@ -144,8 +144,8 @@ impl VolumesPlugin {
         .await
         {
             Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(PluginError::transient(format!("inspecting {path}: {e}"))),
-            Err(_) => Err(PluginError::refused(format!(
+            Ok(Err(e)) => Err(PluginError::unavailable(format!("inspecting {path}: {e}"))),
+            Err(_) => Err(PluginError::not_ready(format!(
                 "{path} did not answer within {:?} (a hung mount?)",
                 self.fs_timeout
             ))),
@@ -157,7 +157,7 @@ impl VolumesPlugin {
         let outcome = match (f.ok, self.checks) {
             (true, _) => VerdictOutcome::Pass,
             (false, CheckMode::Warn) => VerdictOutcome::Warn,
-            (false, _) => return Err(PluginError::refused(f.message)),
+            (false, _) => return Err(PluginError::unsatisfiable(f.message)),
         };
         out.push(verdict(NAME, f.check, outcome, f.message));
         Ok(())
@@ -176,7 +176,7 @@ impl VolumesPlugin {
         if let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
             && !claims::claim_ref_is(pv, pvc)
         {
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::unsatisfiable(format!(
                 "volume {v}: PersistentVolume {pv_name} is claimed by {}/{}, not by this claim",
                 r.namespace.as_deref().unwrap_or(""),
                 r.name.as_deref().unwrap_or("")
@@ -184,7 +184,7 @@ impl VolumesPlugin {
         }
         // A PV for another node can never be mounted here, whatever the check mode.
         if let Err(why) = claims::node_affinity_matches(pv, ctx.node) {
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::unsatisfiable(format!(
                 "volume {v}: PersistentVolume {pv_name} cannot be used here: {why}"
             )));
         }
@@ -237,20 +237,20 @@ impl VolumesPlugin {
         let ns = ctx.request.namespace.as_str();
         let v = &c.volume;
         let Some(pvc) = api.get_pvc(ns, &c.claim).await? else {
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::missing(format!(
                 "volume {v}: PersistentVolumeClaim {ns}/{} does not exist",
                 c.claim
             )));
         };
         if pvc.metadata.deletion_timestamp.is_some() {
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::missing(format!(
                 "volume {v}: PersistentVolumeClaim {ns}/{} is being deleted",
                 c.claim
             )));
         }
         if let Some(pv_name) = bound_volume(&pvc) {
             let Some(pv) = api.get_pv(pv_name).await? else {
-                return Err(PluginError::refused(format!(
+                return Err(PluginError::missing(format!(
                     "volume {v}: claim {ns}/{} is bound to PersistentVolume {pv_name}, which does not exist",
                     c.claim
                 )));
@@ -275,7 +275,7 @@ impl VolumesPlugin {
             match api.get_class(class_name).await? {
                 Some(sc) => Some(sc),
                 None => {
-                    return Err(PluginError::refused(format!(
+                    return Err(PluginError::missing(format!(
                         "volume {v}: StorageClass {class_name} of claim {ns}/{} does not exist",
                         c.claim
                     )));
@@ -293,7 +293,7 @@ impl VolumesPlugin {
             } else {
                 format!("has StorageClass {class_name} with volumeBindingMode Immediate")
             };
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::not_ready(format!(
                 "volume {v}: claim {ns}/{} is not bound yet; it {class_text}, so the PV controller binds it (will retry)",
                 c.claim
             )));
@@ -301,7 +301,7 @@ impl VolumesPlugin {
         let provisioner = class.as_ref().map_or("", |sc| sc.provisioner.as_str());
         let selected = claims::annotation(&pvc.metadata, SELECTED_NODE_ANNOTATION);
         if let Some(other) = selected.filter(|s| *s != ctx.node_name) {
-            return Err(PluginError::refused(format!(
+            return Err(PluginError::unsatisfiable(format!(
                 "volume {v}: claim {ns}/{} is already being provisioned for node {other}",
                 c.claim
             )));
@@ -330,7 +330,7 @@ impl VolumesPlugin {
                     return Ok(out);
                 }
                 Err(why) if provisioner.is_empty() || provisioner == NO_PROVISIONER => {
-                    return Err(PluginError::refused(format!(
+                    return Err(PluginError::unsatisfiable(format!(
                         "volume {v}: claim {ns}/{}: {why}",
                         c.claim
                     )));
@@ -401,7 +401,7 @@ impl VolumesPlugin {
                 return Ok(Ok((updated, true)));
             }
         }
-        Err(PluginError::transient(format!(
+        Err(PluginError::contention(format!(
             "PersistentVolumes kept changing while reserving one for claim {}",
             pvc.metadata.name.as_deref().unwrap_or("")
         )))
@@ -422,7 +422,7 @@ impl VolumesPlugin {
             match claims::annotation(&pvc.metadata, SELECTED_NODE_ANNOTATION) {
                 Some(n) if n == ctx.node_name => return Ok(pvc),
                 Some(other) => {
-                    return Err(PluginError::refused(format!(
+                    return Err(PluginError::unsatisfiable(format!(
                         "claim {ns}/{name} is already being provisioned for node {other}"
                     )));
                 }
@@ -440,13 +440,13 @@ impl VolumesPlugin {
             match api.get_pvc(&ns, &name).await? {
                 Some(live) => pvc = live,
                 None => {
-                    return Err(PluginError::refused(format!(
+                    return Err(PluginError::missing(format!(
                         "claim {ns}/{name} was deleted"
                     )));
                 }
             }
         }
-        Err(PluginError::transient(format!(
+        Err(PluginError::contention(format!(
             "claim {ns}/{name} kept changing while selecting this node"
         )))
     }
@@ -464,7 +464,7 @@ impl VolumesPlugin {
         let mut delay = Duration::from_millis(50);
         loop {
             let Some(pvc) = api.get_pvc(ns, &c.claim).await? else {
-                return Err(PluginError::refused(format!(
+                return Err(PluginError::missing(format!(
                     "volume {}: claim {ns}/{} was deleted while waiting for provisioning",
                     c.volume, c.claim
                 )));
@@ -476,7 +476,7 @@ impl VolumesPlugin {
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Err(PluginError::refused(format!(
+                return Err(PluginError::not_ready(format!(
                     "volume {}: claim {ns}/{} was not provisioned by {provisioner} within {:?} (--volume-binding-timeout)",
                     c.volume, c.claim, self.binding_timeout
                 )));
