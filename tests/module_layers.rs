@@ -318,7 +318,8 @@ fn the_core_decisions_need_no_api_client() {
 #[test]
 fn the_core_crate_has_no_kube_tokio_or_hyper_in_its_dependency_tree() {
     // Cargo resolves the tree for bindlet-core alone (its normal dependencies, with the
-    // features it asks for), so what the agent adds for itself does not count.
+    // features it asks for), so what the agent adds for itself (bindlet-api's `kube`
+    // feature) does not count.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
         .args([
@@ -355,12 +356,41 @@ fn the_core_crate_has_no_kube_tokio_or_hyper_in_its_dependency_tree() {
         .filter(|n| {
             matches!(
                 **n,
-                "kube" | "kube-client" | "kube-runtime" | "tokio" | "hyper" | "hyper-util"
+                "kube"
+                    | "kube-core"
+                    | "kube-derive"
+                    | "kube-client"
+                    | "kube-runtime"
+                    | "tokio"
+                    | "hyper"
+                    | "hyper-util"
             )
         })
         .collect();
     assert!(
         banned.is_empty(),
         "bindlet-core depends on {banned:?}:\n{tree}"
+    );
+    // And it compiles that way: built alone, bindlet-api's `kube` feature is off, so a
+    // use of anything kube-only in bindlet-core fails here (the workspace build, where the
+    // agent turns the feature on, would not notice).
+    let check =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "check",
+                "--offline",
+                "--locked",
+                "--quiet",
+                "-p",
+                "bindlet-core",
+                "--manifest-path",
+            ])
+            .arg(root().join("Cargo.toml"))
+            .output()
+            .expect("run cargo check");
+    assert!(
+        check.status.success(),
+        "bindlet-core does not build without kube: {}",
+        String::from_utf8_lossy(&check.stderr)
     );
 }

@@ -1,6 +1,7 @@
 //! The `BindRequest` custom resource as KAI-Scheduler writes it, plus bindlet's optional
 //! status additions.
 
+#[cfg(feature = "kube")]
 use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -11,24 +12,28 @@ use super::allocation::{AllocationResult, QuantityValue};
 use super::device_request::{ContainerExtendedResourceRequest, DeviceRequest};
 use super::schema;
 
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    crates(kube_core = "::kube_core"),
-    group = "scheduling.run.ai",
-    version = "v1alpha2",
-    kind = "BindRequest",
-    plural = "bindrequests",
-    singular = "bindrequest",
-    namespaced,
-    status = "BindRequestStatus",
-    derive = "PartialEq",
-    derive = "Default",
-    doc = "BindRequest asks the binder to bind one pod to the node the scheduler selected.",
-    selectable = ".spec.selectedNode",
-    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.selectedNode"}"#,
-    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Attempts","type":"integer","jsonPath":".status.failedAttempts"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        crates(kube_core = "::kube_core"),
+        group = "scheduling.run.ai",
+        version = "v1alpha2",
+        kind = "BindRequest",
+        plural = "bindrequests",
+        singular = "bindrequest",
+        namespaced,
+        status = "BindRequestStatus",
+        derive = "PartialEq",
+        derive = "Default",
+        doc = "BindRequest asks the binder to bind one pod to the node the scheduler selected.",
+        selectable = ".spec.selectedNode",
+        printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.selectedNode"}"#,
+        printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+        printcolumn = r#"{"name":"Attempts","type":"integer","jsonPath":".status.failedAttempts"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase")]
 /// What the scheduler decided for the pod.
@@ -113,6 +118,34 @@ pub struct ResourceClaimAllocation {
     /// The allocation to record in the claim's status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocation: Option<AllocationResult>,
+}
+
+/// The BindRequest object without the `kube` feature: the same fields as the derived
+/// custom resource, as plain data, so the pure decisions (bindlet-core) build without kube.
+/// With the feature (the agent, the simulator, the CLI) the derive above defines it instead.
+#[cfg(not(feature = "kube"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct BindRequest {
+    #[serde(default)]
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub spec: BindRequestSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<BindRequestStatus>,
+}
+
+#[cfg(not(feature = "kube"))]
+impl BindRequest {
+    /// Like the derive's constructor: `name` in the metadata, no status.
+    pub fn new(name: &str, spec: BindRequestSpec) -> Self {
+        BindRequest {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        }
+    }
 }
 
 /// Observed state of a BindRequest.

@@ -15,9 +15,11 @@ mod backoff;
 mod bindrequest;
 mod device_request;
 pub mod duration;
+#[cfg(feature = "kube")]
 mod lenient;
 pub mod podresources;
 pub mod quantity;
+#[cfg(feature = "kube")]
 pub mod refs;
 mod schema;
 pub mod selector;
@@ -39,10 +41,13 @@ pub use device_request::{
     CapacityRequirements, CelDeviceSelector, ContainerExtendedResourceRequest, DeviceRequest,
     DeviceSelector, DeviceSubRequest, ExactDeviceRequest,
 };
+#[cfg(feature = "kube")]
 pub use lenient::Lenient;
 pub use schema::QUANTITY_PATTERN;
 
+#[cfg(feature = "kube")]
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+#[cfg(feature = "kube")]
 use kube_core::CustomResourceExt;
 
 pub const GROUP: &str = "scheduling.run.ai";
@@ -60,6 +65,7 @@ pub const SELECTED_NODE_FIELD: &str = "spec.selectedNode";
 
 /// bindlet's BindRequest CRD: KAI's schema plus optional additions, `selectableFields` for
 /// `.spec.selectedNode` and printer columns.
+#[cfg(feature = "kube")]
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = BindRequest::crd();
     schema::finish(&mut crd, "BindRequestList");
@@ -67,6 +73,7 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 /// The CRD as YAML, exactly what `bindlet crd` prints and `daemonset/crd.yaml` holds.
+#[cfg(feature = "kube")]
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     let body = serde_yaml::to_string(&crd())?;
     Ok(format!(
@@ -238,6 +245,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "kube")]
     fn crd_basics() {
         let crd = crd();
         assert_eq!(
