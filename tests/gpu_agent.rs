@@ -11,7 +11,7 @@ use bindlet::api::{Phase, VerdictOutcome};
 use common::{TestEnv, reason};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const GIB_MIB: u64 = 1024;
 
@@ -21,24 +21,8 @@ fn inventory(dir: &tempfile::TempDir, yaml: &str) -> PathBuf {
     p
 }
 
-/// A pod whose single container asks for `gpus` whole GPUs (0: none).
-fn gpu_spec(gpus: u32) -> Value {
-    let mut c = json!({ "name": "main", "image": "registry.k8s.io/pause:3.10" });
-    if gpus > 0 {
-        c["resources"] = json!({ "limits": { "nvidia.com/gpu": gpus.to_string() } });
-    }
-    json!({ "containers": [c] })
-}
-
 async fn gpu_pod(env: &TestEnv, name: &str, node: &str, gpus: u32, count: u32) {
-    let pod = env.create_pod(name, gpu_spec(gpus)).await;
-    env.create_request(
-        name,
-        node,
-        pod.metadata.uid.as_deref(),
-        json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": count, "portion": "1.00" } }),
-    )
-    .await;
+    env.whole_gpu_pod(name, node, gpus, count).await;
 }
 
 async fn start(env: &TestEnv, node: &str, file: PathBuf) -> bindlet::agent::AgentHandle {

@@ -148,16 +148,8 @@ async fn the_agent_binds_on_gpus_the_real_driver_reports_and_refuses_beyond_them
     let agent = env.start_agent(cfg).await;
 
     // Every GPU of the machine, whole: verified against the real driver, then bound.
-    let limits = json!({ "nvidia.com/gpu": count.to_string() });
-    let spec = json!({ "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10", "resources": { "limits": limits } }] });
-    let pod = env.create_pod("all", spec.clone()).await;
-    env.create_request(
-        "all",
-        &node,
-        pod.metadata.uid.as_deref(),
-        json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": count, "portion": "1.00" } }),
-    )
-    .await;
+    let all = u32::try_from(count).expect("GPU count");
+    env.whole_gpu_pod("all", &node, all, all).await;
     let br = env.wait_phase("all", Phase::Succeeded).await;
     let v = env.verification(&agent, &br);
     let whole = v
@@ -170,15 +162,7 @@ async fn the_agent_binds_on_gpus_the_real_driver_reports_and_refuses_beyond_them
     assert!(whole.message.contains(&counted), "{}", whole.message);
 
     // One more whole GPU does not exist free on this machine: refused, with the numbers.
-    let one = json!({ "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10", "resources": { "limits": { "nvidia.com/gpu": "1" } } }] });
-    let pod = env.create_pod("one-more", one).await;
-    env.create_request(
-        "one-more",
-        &node,
-        pod.metadata.uid.as_deref(),
-        json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": 1, "portion": "1.00" } }),
-    )
-    .await;
+    env.whole_gpu_pod("one-more", &node, 1, 1).await;
     let br = env.wait_phase("one-more", Phase::Failed).await;
     let r = reason(&br);
     assert!(r.starts_with("gpu: needs 1 whole GPU(s)"), "{r}");

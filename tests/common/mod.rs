@@ -317,6 +317,24 @@ impl TestEnv {
             .expect("create pod")
     }
 
+    /// A pod whose one container asks for `gpus` whole GPUs (none when 0), and its request
+    /// for `count` whole GPUs (`portion` 1.00) on `node`.
+    pub async fn whole_gpu_pod(&self, name: &str, node: &str, gpus: u32, count: u32) -> Pod {
+        let mut c = json!({ "name": "main", "image": "registry.k8s.io/pause:3.10" });
+        if gpus > 0 {
+            c["resources"] = json!({ "limits": { "nvidia.com/gpu": gpus.to_string() } });
+        }
+        let pod = self.create_pod(name, json!({ "containers": [c] })).await;
+        self.create_request(
+            name,
+            node,
+            pod.metadata.uid.as_deref(),
+            json!({ "receivedResourceType": "Regular", "receivedGPU": { "count": count, "portion": "1.00" } }),
+        )
+        .await;
+        pod
+    }
+
     /// Creates a KAI-style BindRequest: labelled for `label_node`, owned by the pod with `owner_uid`.
     pub async fn create_request(
         &self,
