@@ -2,6 +2,7 @@
 //! BindRequest, or the Binding with `--direct`), follow, print. Every API call has a timeout.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -14,7 +15,7 @@ use kube::{Client, ResourceExt};
 use crate::agent::effects::Effects;
 use crate::api::{BindRequest, Phase};
 use crate::binding::{self, BindFault};
-use crate::kubeapi::{ApiError, call};
+use crate::kubeapi::{ApiError, Kube, NoObserver, call};
 
 use super::checks::{self, Snapshot};
 use super::render::{self, EventLine};
@@ -69,7 +70,7 @@ pub async fn bind(
     let timeout = args.cluster.api_timeout;
     let ns = namespace_of(client, &args.cluster.namespace);
     let node_name = args.node.as_str();
-    let effects = Effects::new(client.clone(), timeout);
+    let effects = Effects::new(Kube::new(client.clone(), timeout, Arc::new(NoObserver)));
     let pod = effects
         .get_pod(&ns, &args.pod)
         .await

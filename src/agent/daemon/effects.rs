@@ -3,7 +3,6 @@
 //! (retry without counting an attempt) and answers about the request.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -14,10 +13,9 @@ use serde_json::json;
 
 use crate::api::{BindRequest, BindRequestStatus};
 use crate::binding::{BindFault, Failure};
-use crate::diag::Recorder;
 use crate::kubeapi::calls as api_calls;
 use crate::kubeapi::send_unread;
-pub use crate::kubeapi::{ApiError, call, call_as, call_opt_as};
+pub use crate::kubeapi::{ApiError, Kube, call, call_as, call_opt_as};
 
 /// The body of a status merge patch, serialized straight from the status.
 #[derive(Serialize)]
@@ -45,38 +43,26 @@ pub enum StatusWrite {
 
 #[derive(Clone)]
 pub struct Effects {
-    client: Client,
-    timeout: Duration,
-    diag: Arc<Recorder>,
+    kube: Kube,
 }
 
 impl Effects {
-    pub fn new(client: Client, timeout: Duration) -> Self {
-        Effects {
-            client,
-            timeout,
-            diag: Arc::default(),
-        }
-    }
-
-    /// Counts this layer's API calls in `diag`.
-    pub fn with_recorder(mut self, diag: Arc<Recorder>) -> Self {
-        self.diag = diag;
-        self
+    pub fn new(kube: Kube) -> Self {
+        Effects { kube }
     }
 
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.kube.client
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.kube.timeout
     }
 
     pub async fn get_pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, ApiError> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<Pod> = Api::namespaced(self.kube.client.clone(), ns);
         let what = api_calls::GET_POD;
-        call_opt_as(&self.diag, what, self.timeout, api.get_opt(name)).await
+        self.kube.call_opt(what, api.get_opt(name)).await
     }
 
     pub async fn get_bind_request(
@@ -84,9 +70,9 @@ impl Effects {
         ns: &str,
         name: &str,
     ) -> Result<Option<BindRequest>, ApiError> {
-        let api: Api<BindRequest> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<BindRequest> = Api::namespaced(self.kube.client.clone(), ns);
         let what = api_calls::GET_BIND_REQUEST;
-        call_opt_as(&self.diag, what, self.timeout, api.get_opt(name)).await
+        self.kube.call_opt(what, api.get_opt(name)).await
     }
 
     /// Merge-patches `status`, guarded by the resourceVersion we computed it from.
@@ -106,7 +92,7 @@ impl Effects {
             }),
             status,
         };
-        let api: Api<BindRequest> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<BindRequest> = Api::namespaced(self.kube.client.clone(), ns);
         let request = kube::core::Request::new(api.resource_url())
             .patch_subresource(
                 "status",
@@ -115,13 +101,13 @@ impl Effects {
                 &Patch::Merge(&body),
             )
             .map_err(KubeError::BuildRequest);
-        match call_as(
-            &self.diag,
-            api_calls::PATCH_BIND_REQUEST_STATUS,
-            self.timeout,
-            send_unread(&self.client, request),
-        )
-        .await
+        match self
+            .kube
+            .call(
+                api_calls::PATCH_BIND_REQUEST_STATUS,
+                send_unread(&self.kube.client, request),
+            )
+            .await
         {
             Ok(_) => Ok(StatusWrite::Written),
             Err(ApiError::Status { code: 409, .. }) => Ok(StatusWrite::Conflict),
@@ -150,7 +136,7 @@ impl Effects {
         name: &str,
         body: &serde_json::Value,
     ) -> Result<(), ApiError> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<Pod> = Api::namespaced(self.kube.client.clone(), ns);
         let request = kube::core::Request::new(api.resource_url())
             .patch_subresource(
                 "status",
@@ -159,13 +145,12 @@ impl Effects {
                 &Patch::Strategic(body),
             )
             .map_err(KubeError::BuildRequest);
-        call_as(
-            &self.diag,
-            api_calls::PATCH_POD_STATUS,
-            self.timeout,
-            send_unread(&self.client, request),
-        )
-        .await
+        self.kube
+            .call(
+                api_calls::PATCH_POD_STATUS,
+                send_unread(&self.kube.client, request),
+            )
+            .await
     }
 
     /// POSTs `pods/binding` carrying the pod UID as a precondition, to `node` only.
@@ -193,7 +178,7 @@ impl Effects {
         node: &str,
         annotations: &BTreeMap<String, String>,
     ) -> Result<(), BindFault> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<Pod> = Api::namespaced(self.kube.client.clone(), ns);
         let mut metadata = json!({ "name": name, "namespace": ns, "uid": uid });
         if !annotations.is_empty() {
             metadata["annotations"] = json!(annotations);
@@ -211,13 +196,13 @@ impl Effects {
                 .create_subresource("binding", name, &PostParams::default(), body)
                 .map_err(KubeError::BuildRequest)
         });
-        let res = call_as(
-            &self.diag,
-            api_calls::CREATE_POD_BINDING,
-            self.timeout,
-            send_unread(&self.client, request),
-        )
-        .await;
+        let res = self
+            .kube
+            .call(
+                api_calls::CREATE_POD_BINDING,
+                send_unread(&self.kube.client, request),
+            )
+            .await;
         match res {
             Ok(_) => Ok(()),
             Err(ApiError::Status {

@@ -364,7 +364,7 @@ fn assemble(tasks: &mut JoinSet<()>, p: Parts<'_>) -> Result<Assembled, AgentErr
     let slices_ready = node_slices;
     let shared = Arc::new(worker::Shared {
         registry,
-        effects: Effects::new(client.clone(), cfg.api_timeout).with_recorder(stats.diag.clone()),
+        effects: Effects::new(env.kube.clone()),
         diag: stats.diag.clone(),
         events,
         requests,
