@@ -255,19 +255,7 @@ pub fn start_runtime(
         return None;
     }
     let (tx, rx) = unbounded_channel();
-    let (ttx, mut trx) = unbounded_channel::<Transition>();
-    let (forward, forward_stop) = (tx.clone(), stop.clone());
-    tasks.spawn(async move {
-        // Stops with the agent: the sender lives in the inventory, which outlives this.
-        while let Some(t) = tokio::select! {
-            t = trx.recv() => t,
-            _ = forward_stop.cancelled() => None,
-        } {
-            if forward.send(GpuNotice::Health(t)).is_err() {
-                return;
-            }
-        }
-    });
+    let (ttx, trx) = unbounded_channel::<Transition>();
     let inventory =
         match crate::gpu::open(&args.source(), args.health(), args.gpu_recheck, Some(ttx)) {
             Ok(i) => i,
@@ -288,6 +276,7 @@ pub fn start_runtime(
     tasks.spawn(refresh_facts(rt.clone(), args.gpu_recheck, stop.clone()));
     tasks.spawn(forward_notices(
         rx,
+        trx,
         events.clone(),
         node.to_string(),
         stop.clone(),
@@ -295,19 +284,22 @@ pub fn start_runtime(
     Some(rt)
 }
 
-/// Turns notices into Events until `stop`: health changes on the Node, verdicts on the pod.
-pub async fn forward_notices(
-    mut rx: UnboundedReceiver<GpuNotice>,
+/// Turns notices into Events until `stop`: health transitions (from the inventory) on the
+/// Node, verdicts (from the plugins) on the pod.
+pub(super) async fn forward_notices(
+    mut notices: UnboundedReceiver<GpuNotice>,
+    mut transitions: UnboundedReceiver<Transition>,
     events: EventSink,
     node: String,
     stop: CancellationToken,
 ) {
     loop {
         let n = tokio::select! {
-            n = rx.recv() => n,
+            Some(t) = transitions.recv() => GpuNotice::Health(t),
+            Some(n) = notices.recv() => n,
             _ = stop.cancelled() => return,
+            else => return,
         };
-        let Some(n) = n else { return };
         events.emit(notice_event(n, &node));
     }
 }
