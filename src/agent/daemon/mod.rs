@@ -508,6 +508,7 @@ async fn drain(
 }
 
 fn validate_config(cfg: &AgentConfig) -> Result<(), AgentError> {
+    plugins::check(&cfg.plugins).map_err(|e| AgentError::Config(e.to_string()))?;
     if cfg.node_name.is_empty() {
         return Err(AgentError::Config(
             "the node name is empty (--node-name / NODE_NAME)".into(),

@@ -66,6 +66,12 @@ pub enum SetupError {
     NumaPlacementWithoutSocket,
 }
 
+/// Settings the plugins cannot work with, checked before the agent starts anything (a
+/// Lease taken and then dropped by a failing agent would hold the node back).
+pub fn check(s: &PluginSettings) -> Result<(), SetupError> {
+    numa::placement_socket(&s.numa.args, &s.gpu.args).map(|_| ())
+}
+
 /// The standard pipeline, in order, each plugin with its background tasks in `tasks`.
 pub fn standard(
     s: &PluginSettings,
@@ -80,4 +86,24 @@ pub fn standard(
         .with(volumes::setup(&s.volumes, env))
         .with(dra::setup(&s.dra, env))
         .with(extended_resources::setup(&s.dra, env)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_publishing_without_the_kubelet_socket_is_refused_up_front() {
+        let mut s = PluginSettings::default();
+        assert_eq!(check(&s), Ok(()));
+        s.numa.args.publish_numa_placement = true;
+        let e = check(&s).expect_err("no socket");
+        assert_eq!(
+            e.to_string(),
+            "--publish-numa-placement needs --kubelet-pod-resources-socket"
+        );
+        s.gpu.args.kubelet_pod_resources_socket =
+            Some("/var/lib/kubelet/pod-resources/kubelet.sock".into());
+        assert_eq!(check(&s), Ok(()));
+    }
 }

@@ -40,6 +40,21 @@ pub struct NumaPlugin {
     timeout: Duration,
 }
 
+/// The socket the placement publisher reads, when `--publish-numa-placement` is on; it
+/// cannot work without `--kubelet-pod-resources-socket`.
+pub(super) fn placement_socket(
+    args: &NumaArgs,
+    gpu: &GpuArgs,
+) -> Result<Option<PathBuf>, super::SetupError> {
+    if !args.publish_numa_placement {
+        return Ok(None);
+    }
+    gpu.kubelet_pod_resources_socket
+        .clone()
+        .map(Some)
+        .ok_or(super::SetupError::NumaPlacementWithoutSocket)
+}
+
 /// The `numa` plugin; with `--publish-numa-placement`, also the publisher of observed
 /// placements (a background task in `tasks`), which needs the kubelet's socket.
 pub fn setup(
@@ -50,10 +65,7 @@ pub fn setup(
 ) -> Result<NumaPlugin, super::SetupError> {
     let args = &settings.args;
     let socket = gpu.kubelet_pod_resources_socket.clone();
-    if args.publish_numa_placement {
-        let Some(socket) = socket.clone() else {
-            return Err(super::SetupError::NumaPlacementWithoutSocket);
-        };
+    if let Some(socket) = placement_socket(args, gpu)? {
         let publisher = PlacementPublisher {
             kube: env.kube.clone(),
             socket,
