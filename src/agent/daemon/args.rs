@@ -123,3 +123,45 @@ impl AgentArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `flags::defaults` panics if a flag has no default; every flag struct of the agent is
+    /// built here, so a flag added without one fails this test, not a run.
+    #[test]
+    fn every_flag_struct_takes_its_defaults_from_its_flags() {
+        let a = AgentArgs::default();
+        assert_eq!(a.workers, 16);
+        assert_eq!(a.lease_duration, Duration::from_secs(40));
+        assert_eq!(a.node_checks, CheckMode::Enforce);
+        assert_eq!(a.gpu.nvml_library.to_str(), Some("libnvidia-ml.so.1"));
+        assert_eq!(a.gpu.gpu_ignored_xids, crate::gpu::DEFAULT_IGNORED_XIDS);
+        assert_eq!(a.memory.memory_check, CheckMode::Off);
+        assert_eq!(a.memory.memory_reserve, 1 << 30);
+        assert!(a.sharing.gpu_sharing);
+        assert_eq!(a.volumes.volume_binding_timeout, Duration::from_secs(120));
+        assert_eq!(
+            a.dra.dra_binding_timeout,
+            crate::dra::conditions::DEFAULT_BINDING_TIMEOUT
+        );
+        assert_eq!(a.numa.sysfs_root.to_str(), Some("/sys"));
+        // Each struct alone gives what the flattened one does.
+        let same = |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| {
+            assert_eq!(format!("{x:?}"), format!("{y:?}"))
+        };
+        same(&crate::gpu::GpuArgs::default(), &a.gpu);
+        same(&crate::plugins::node::MemoryArgs::default(), &a.memory);
+        same(
+            &crate::plugins::gpu_sharing::SharingArgs::default(),
+            &a.sharing,
+        );
+        same(&crate::plugins::volumes::VolumeArgs::default(), &a.volumes);
+        same(&crate::plugins::dra::DraArgs::default(), &a.dra);
+        same(&crate::plugins::numa::NumaArgs::default(), &a.numa);
+        let cfg = AgentConfig::for_node("n1");
+        assert_eq!(cfg.backoff.base, Duration::from_millis(500));
+        assert_eq!(cfg.api_timeout, Duration::from_secs(10));
+    }
+}

@@ -2,9 +2,6 @@
 
 use super::*;
 
-/// Default of `--memory-reserve`: headroom kept for the node's own daemons.
-pub const DEFAULT_MEMORY_RESERVE: u64 = 1 << 30;
-
 /// Flags of the optional memory check.
 #[derive(Args, Debug, Clone)]
 pub struct MemoryArgs {
